@@ -1,0 +1,148 @@
+//! The errors ringbus returns. Every error that refuses an event hands it back.
+
+use std::fmt;
+
+/// Why a store could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The capacity was 0.
+    #[error("ring capacity must be at least 1")]
+    ZeroCapacity,
+    /// The capacity was not a power of two (slots are indexed with `seq & (capacity - 1)`).
+    #[error("ring capacity {0} is not a power of two")]
+    NotPowerOfTwo(usize),
+    /// The capacity is above the largest the ring supports.
+    #[error("ring capacity {capacity} exceeds the maximum of {max} slots")]
+    TooLarge {
+        /// The capacity asked for.
+        capacity: usize,
+        /// The largest capacity accepted.
+        max: usize,
+    },
+    /// The slots could not be allocated.
+    #[error("could not allocate {bytes} bytes for a ring of {capacity} slots")]
+    AllocationFailed {
+        /// The capacity asked for.
+        capacity: usize,
+        /// The bytes the slots need (saturating).
+        bytes: usize,
+    },
+}
+
+/// Why [`EventStore::enqueue`](crate::EventStore::enqueue) refused an event. Every variant
+/// hands the event back.
+#[derive(PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError<E> {
+    /// The ring was full under [`OverrunPolicy::ReturnError`](crate::OverrunPolicy::ReturnError).
+    #[error("ring is full")]
+    Full(E),
+    /// The store is closed.
+    #[error("store is closed")]
+    Closed(E),
+    /// Under [`OverrunPolicy::Block`](crate::OverrunPolicy::Block), no room came before the
+    /// deadline.
+    #[error("timed out waiting for room in the ring")]
+    Timeout(E),
+}
+
+impl<E> EnqueueError<E> {
+    /// The refused event.
+    pub fn into_inner(self) -> E {
+        match self {
+            Self::Full(e) | Self::Closed(e) | Self::Timeout(e) => e,
+        }
+    }
+
+    /// A reference to the refused event.
+    pub fn event(&self) -> &E {
+        match self {
+            Self::Full(e) | Self::Closed(e) | Self::Timeout(e) => e,
+        }
+    }
+}
+
+impl<E> fmt::Debug for EnqueueError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full(_) => "Full(..)",
+            Self::Closed(_) => "Closed(..)",
+            Self::Timeout(_) => "Timeout(..)",
+        })
+    }
+}
+
+/// Why [`EventStore::enqueue_batch`](crate::EventStore::enqueue_batch) refused a batch. The
+/// events stay in the caller's `Vec`, untouched and in order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// Not enough room under [`OverrunPolicy::ReturnError`](crate::OverrunPolicy::ReturnError).
+    #[error("not enough room in the ring for {len} events")]
+    Full {
+        /// Events in the batch.
+        len: usize,
+    },
+    /// The store is closed.
+    #[error("store is closed")]
+    Closed,
+    /// Under [`OverrunPolicy::Block`](crate::OverrunPolicy::Block), no room came before the
+    /// deadline.
+    #[error("timed out waiting for room for {len} events")]
+    Timeout {
+        /// Events in the batch.
+        len: usize,
+    },
+    /// The batch is larger than the ring, so it could never fit at once.
+    #[error("batch of {len} events exceeds the ring capacity of {capacity}")]
+    TooLarge {
+        /// Events in the batch.
+        len: usize,
+        /// The ring's capacity.
+        capacity: usize,
+    },
+}
+
+/// [`drain`](crate::EventStore::drain) or [`close`](crate::EventStore::close) ran out of time.
+/// Nothing is lost: what is left stays pending or keeps running, and a later `publish`,
+/// `drain` or `close` picks it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out with {pending} events pending and {in_flight} in flight")]
+pub struct TimeoutError {
+    /// Events still in the ring.
+    pub pending: u64,
+    /// Events taken out whose handlers had not finished.
+    pub in_flight: u64,
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enqueue_error_hands_the_event_back() {
+        let e = EnqueueError::Full(String::from("x"));
+        assert_eq!(e.event(), "x");
+        assert_eq!(e.to_string(), "ring is full");
+        assert_eq!(format!("{e:?}"), "Full(..)");
+        assert_eq!(e.into_inner(), "x");
+        assert_eq!(EnqueueError::Closed(1).into_inner(), 1);
+        assert_eq!(EnqueueError::Timeout(2).into_inner(), 2);
+    }
+
+    #[test]
+    fn messages_name_the_numbers() {
+        assert_eq!(
+            BuildError::NotPowerOfTwo(3).to_string(),
+            "ring capacity 3 is not a power of two"
+        );
+        let t = TimeoutError {
+            pending: 4,
+            in_flight: 2,
+        };
+        assert_eq!(
+            t.to_string(),
+            "timed out with 4 events pending and 2 in flight"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! A lock-free, power-of-two ring-buffer event dispatcher for low-latency loops.
+//!
+//! Any thread [`enqueue`](EventStore::enqueue)s events into a ring of 2^n slots; a
+//! [`Dispatcher`] maps each event's *projection* (its routing key) to handlers; and
+//! [`publish`](EventStore::publish) takes what is pending out of the ring and runs the handlers,
+//! in the caller, fork-join on rayon, or handed off to rayon ([`DispatchMode`]). It is the Rust
+//! answer to Go's GoEventBus: same model, stored by value, and every event accounted for.
+//!
+//! ```
+//! use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+//!
+//! #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+//! enum Kind { Spawned, Moved }
+//! struct GameEvent { kind: Kind, entity: u32 }
+//! impl Event for GameEvent {
+//!     type Projection = Kind;
+//!     fn projection(&self) -> Kind { self.kind }
+//! }
+//!
+//! let mut dispatcher = Dispatcher::<GameEvent>::new();
+//! dispatcher.on(Kind::Moved, |ctx, ev| {
+//!     println!("entity {} moved (event #{})", ev.entity, ctx.sequence());
+//!     Ok(())
+//! });
+//! let store = EventStore::new(dispatcher, 1 << 10, OverrunPolicy::DropOldest)?;
+//! store.enqueue(GameEvent { kind: Kind::Moved, entity: 7 })?;
+//! store.enqueue(GameEvent { kind: Kind::Spawned, entity: 8 })?; // no handler: unrouted
+//! let report = store.publish();
+//! assert_eq!((report.dispatched, report.processed, report.unrouted), (2, 1, 1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # The ring
+//! A bounded MPMC ring (Vyukov's algorithm, reshaped for batches; see `src/ring.rs`). Events are
+//! stored by value: no `Box`, no `Arc`, no allocation per event. Enqueue is one CAS on the tail
+//! counter plus a slot write; a publisher claims up to 256 events with one CAS on the head
+//! counter and copies them out before running any handler, so a handler may enqueue (or even
+//! publish) without deadlocking on its own slots. Head and tail sit on separate cache lines.
+//!
+//! # Ordering
+//! - Every accepted event gets a unique [sequence number](Context::sequence) (0, 1, 2, ...), its
+//!   position in the store's single total order. Events of one producer are in its program order;
+//!   a [batch](EventStore::enqueue_batch) is contiguous.
+//! - `publish` dispatches the events enqueued before it was called (its snapshot of the tail).
+//!   Events enqueued meanwhile, by handlers or other threads, wait for the next call, so a handler
+//!   that re-enqueues cannot make one `publish` run forever.
+//! - [`DispatchMode::Sync`] with one publishing thread runs handlers in sequence order. Several
+//!   threads may call `publish` at once: each event is dispatched by exactly one of them, in
+//!   chunks of up to 256 consecutive events, each chunk in order. [`DispatchMode::Parallel`] and
+//!   [`DispatchMode::Async`] promise no order between events.
+//! - The handlers of one event run one after another, in registration order, on one thread.
+//!
+//! # Overrun
+//! When the ring is full, the [`OverrunPolicy`] decides: `DropOldest` (the default) discards the
+//! oldest pending event and says so in [`Enqueued::dropped`] and [`Metrics::dropped`]; `Block`
+//! spins, yields, then parks until a publisher makes room ([`EventStore::enqueue_timeout`] bounds
+//! the wait); `ReturnError` returns [`EnqueueError::Full`] with the event. Every refusal hands
+//! the event back.
+//!
+//! # Handlers, errors and panics
+//! A handler gets a [`Context`] (sequence, projection, the publish's deadline) and `&E`, and
+//! returns `Result<(), Err>` with the user's error type. Every handler of an event runs even if
+//! an earlier one failed. A panic is caught (`catch_unwind`) and counted like an error, and the
+//! store keeps working; errors and panics go to the [`Builder::on_error`] hook with the
+//! projection, the sequence and the error or panic message. An event whose projection has no
+//! handler is counted as unrouted. (A panic in an event's own `Drop` is not caught.)
+//!
+//! # Parallel dispatch
+//! [`DispatchMode::Parallel`] first runs 16 events of the batch in the caller and times them.
+//! If the rest would take under 50 µs at that rate, it runs in the caller too: waking rayon's
+//! workers and joining them costs tens of microseconds, more than tiny handlers save. Otherwise
+//! the rest is forked on the pool in tasks of about 10 µs each. The threshold is re-estimated
+//! for every batch, so it follows the handlers' real cost.
+//!
+//! # Accounting
+//! Each event accepted by the store ends up in exactly one of: processed, failed, dropped,
+//! unrouted, or still pending / in flight. So once the store is quiescent,
+//! `published == processed + failed + dropped + unrouted + pending + in_flight`
+//! ([`Metrics::is_balanced`]), and `in_flight == 0` after a successful [`drain`](EventStore::drain).
+//! Refused events (full, timed out, closed) are counted in [`Metrics::rejected`] and are not
+//! part of `published`. Counters are updated once per batch, so metrics cost the hot path
+//! nothing.
+//!
+//! # Shutdown
+//! [`close`](EventStore::close) marks the store closed atomically with respect to every enqueue:
+//! an enqueue either got in before the close (and is dispatched by it) or fails with
+//! [`EnqueueError::Closed`], event handed back, including producers blocked under `Block`.
+//! `close` then dispatches everything pending and waits for in-flight async work, within its
+//! timeout; on timeout what is left stays pending and a later `publish` or `close` dispatches
+//! it. `publish` and `drain` keep working after close.
+//!
+//! Dropping the last handle of a store (async batches hold one until they finish) drops the
+//! events still pending without running their handlers: each one's destructor runs exactly
+//! once, and each is reported to the [`Builder::on_error`] hook as [`ErrorKind::Discarded`]
+//! first. Call `close` before dropping to dispatch them instead.
+//!
+//! # Limits
+//! Sequence numbers are 63-bit: at a billion events a second they last for centuries. The ring
+//! holds at most 2^32 slots.
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod dispatcher;
+mod error;
+mod metrics;
+mod ring;
+mod store;
+mod sync;
+
+pub use dispatcher::{BoxError, Context, Dispatcher, Event, TypeKey};
+pub use error::{BatchError, BuildError, EnqueueError, TimeoutError};
+pub use metrics::Metrics;
+pub use store::{
+    Builder, DispatchMode, Enqueued, ErrorKind, ErrorReport, EventStore, OverrunPolicy,
+    PublishReport,
+};

@@ -1,0 +1,939 @@
+//! [`EventStore`]: enqueue into the ring, publish to the handlers, drain and close.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use rayon::prelude::*;
+
+use crate::dispatcher::{BoxError, Context, Dispatcher, Event};
+use crate::error::{BatchError, BuildError, EnqueueError, TimeoutError};
+use crate::metrics::{Counters, Metrics, Tally};
+use crate::ring::{ClaimError, MAX_CAPACITY, Ring};
+use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering};
+
+/// What [`EventStore::enqueue`] does when the ring is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OverrunPolicy {
+    /// Discard the oldest pending event to make room (GoEventBus's default). The discarded
+    /// event is dropped on the enqueuing thread, counted in [`Metrics::dropped`], and the
+    /// count is returned in [`Enqueued::dropped`].
+    #[default]
+    DropOldest,
+    /// Wait for room: spin briefly, then yield, then park until a publisher takes events out.
+    /// [`EventStore::enqueue_timeout`] bounds the wait; closing the store wakes waiters, who get
+    /// [`EnqueueError::Closed`] with their event.
+    Block,
+    /// Return [`EnqueueError::Full`] at once, with the event.
+    ReturnError,
+}
+
+/// How [`EventStore::publish`] runs handlers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DispatchMode {
+    /// In the calling thread, in FIFO order. `publish` returns when all handlers have run.
+    #[default]
+    Sync,
+    /// Fork-join on the rayon pool: `publish` returns when all handlers have run. A batch too
+    /// small to pay for the fork runs in the caller instead (see the crate docs).
+    Parallel,
+    /// Hand the batch to the rayon pool and return at once (GoEventBus's `Async = true`);
+    /// [`EventStore::drain`] waits for it.
+    Async,
+}
+
+/// An accepted enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Sequence number of the event (of the first event, for a batch).
+    pub sequence: u64,
+    /// Older events `DropOldest` discarded to make room for this one (or this batch).
+    pub dropped: u64,
+}
+
+/// What a [`publish`](EventStore::publish) did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PublishReport {
+    /// Events taken out of the ring by this call. In [`DispatchMode::Async`] they were handed
+    /// to the pool, and the outcome fields below stay 0: see [`EventStore::metrics`].
+    pub dispatched: u64,
+    /// Events whose handlers all succeeded.
+    pub processed: u64,
+    /// Events with at least one failing or panicking handler.
+    pub failed: u64,
+    /// Events whose projection had no handler.
+    pub unrouted: u64,
+    /// Handler invocations that returned an error or panicked.
+    pub handler_errors: u64,
+}
+
+impl PublishReport {
+    fn from_tally(dispatched: u64, t: Tally) -> Self {
+        Self {
+            dispatched,
+            processed: t.processed,
+            failed: t.failed,
+            unrouted: t.unrouted,
+            handler_errors: t.handler_errors,
+        }
+    }
+}
+
+/// A failure reported to the [`Builder::on_error`] callback.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ErrorReport<'a, K, Err> {
+    /// The event's projection.
+    pub projection: &'a K,
+    /// The event's sequence number.
+    pub sequence: u64,
+    /// What went wrong.
+    pub kind: ErrorKind<'a, Err>,
+}
+
+/// What went wrong, in an [`ErrorReport`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ErrorKind<'a, Err> {
+    /// A handler returned this error.
+    Handler(&'a Err),
+    /// A handler panicked with this message (`"<non-string panic>"` when the payload was not
+    /// a string).
+    Panic(&'a str),
+    /// The store was dropped with this event still pending; its handlers never ran.
+    Discarded,
+}
+
+type ErrorHook<K, Err> = Box<dyn Fn(&ErrorReport<'_, K, Err>) + Send + Sync>;
+
+/// Events a sync publisher takes out of the ring per claim: a few KiB, so the chunk stays in
+/// L1 between the copy-out and the handlers, and producers get the slots back early.
+const SYNC_CHUNK: u64 = 256;
+/// Events a parallel publish runs in the caller, timed, to estimate the batch's cost.
+const PROBE_EVENTS: usize = 16;
+/// Estimated handler time below which a parallel publish stays in the caller: waking rayon's
+/// workers and joining them costs tens of microseconds on a small machine.
+const PARALLEL_MIN_WORK: Duration = Duration::from_micros(50);
+/// Work per rayon task, so that splitting does not cost more than it saves.
+const PARALLEL_TASK_WORK: Duration = Duration::from_micros(10);
+/// Spare buffers kept for publishers.
+const BUFFER_POOL: usize = 8;
+
+/// A set of threads waiting for a condition that atomics signal: producers blocked on a full
+/// ring, or `drain` waiting for in-flight work.
+///
+/// The waker checks `count` after making progress and only takes the lock when someone waits;
+/// the waiter registers in `count` before re-checking the condition. Both sides use SeqCst, so
+/// either the waker sees the waiter or the waiter sees the progress.
+#[derive(Debug)]
+struct Waiters {
+    count: AtomicUsize,
+    lock: Mutex<()>,
+    condvar: Condvar,
+}
+
+impl Waiters {
+    fn new() -> Self {
+        Self {
+            count: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            condvar: Condvar::new(),
+        }
+    }
+
+    /// Wakes all waiters if there are any.
+    #[inline]
+    fn wake(&self) {
+        if self.count.load(Ordering::SeqCst) > 0 {
+            self.wake_all();
+        }
+    }
+
+    #[cold]
+    fn wake_all(&self) {
+        drop(sync::lock(&self.lock));
+        self.condvar.notify_all();
+    }
+
+    /// Blocks until `ready()` or `deadline`; returns `ready()`'s last answer.
+    fn wait(&self, deadline: Option<Instant>, ready: impl Fn() -> bool) -> bool {
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            if ready() {
+                return true;
+            }
+            backoff.snooze();
+        }
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let mut guard = sync::lock(&self.lock);
+        let outcome = loop {
+            if ready() {
+                break true;
+            }
+            let (g, timed_out) = sync::wait_until(&self.condvar, guard, deadline);
+            guard = g;
+            if timed_out {
+                break ready();
+            }
+        };
+        drop(guard);
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        outcome
+    }
+}
+
+/// The state every handle of a store shares.
+struct Shared<E: Event, Err> {
+    ring: Ring<E>,
+    dispatcher: Dispatcher<E, Err>,
+    policy: OverrunPolicy,
+    mode: DispatchMode,
+    counters: Counters,
+    on_error: Option<ErrorHook<E::Projection, Err>>,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    /// Emptied buffers for publishers to reuse, so publishing allocates nothing in steady state.
+    buffers: ArrayQueue<Vec<E>>,
+    /// Producers blocked on a full ring (`Block`).
+    blocked: Waiters,
+    /// Threads in `drain` / `close` waiting for `in_flight` to reach 0.
+    draining: Waiters,
+}
+
+/// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.
+///
+/// Cloning is cheap and every clone is a handle to the same store. See the
+/// [crate docs](crate) for the full contract (ordering, overrun, accounting, shutdown).
+///
+/// ```
+/// use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// struct Deposit(u64);
+/// impl Event for Deposit {
+///     type Projection = &'static str;
+///     fn projection(&self) -> &'static str { "deposit" }
+/// }
+///
+/// let total = Arc::new(AtomicU64::new(0));
+/// let mut dispatcher = Dispatcher::<Deposit>::new();
+/// let sum = total.clone();
+/// dispatcher.on("deposit", move |_ctx, d| {
+///     sum.fetch_add(d.0, Ordering::Relaxed);
+///     Ok(())
+/// });
+///
+/// let store = EventStore::new(dispatcher, 1024, OverrunPolicy::ReturnError)?;
+/// for amount in 1..=10 {
+///     store.enqueue(Deposit(amount))?;
+/// }
+/// let report = store.publish();
+/// assert_eq!(report.dispatched, 10);
+/// assert_eq!(total.load(Ordering::Relaxed), 55);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventStore<E: Event, Err = BoxError> {
+    shared: Arc<Shared<E, Err>>,
+}
+
+impl<E: Event, Err> Clone for EventStore<E, Err> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Configures an [`EventStore`]; from [`EventStore::builder`].
+pub struct Builder<E: Event, Err = BoxError> {
+    dispatcher: Dispatcher<E, Err>,
+    capacity: usize,
+    policy: OverrunPolicy,
+    mode: DispatchMode,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    on_error: Option<ErrorHook<E::Projection, Err>>,
+}
+
+impl<E, Err> Builder<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Ring capacity in events: a power of two, at least 1. Default 65,536.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// What enqueue does when the ring is full. Default [`OverrunPolicy::DropOldest`].
+    pub fn policy(mut self, policy: OverrunPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How `publish` runs handlers. Default [`DispatchMode::Sync`].
+    pub fn mode(mut self, mode: DispatchMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The rayon pool for [`DispatchMode::Parallel`] and [`DispatchMode::Async`]. Default:
+    /// rayon's global pool.
+    pub fn thread_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Called for every handler error and panic, and for each event discarded when the store
+    /// is dropped. Runs on the thread that ran the handler; a panic in it is caught and ignored.
+    pub fn on_error<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ErrorReport<'_, E::Projection, Err>) + Send + Sync + 'static,
+    {
+        self.on_error = Some(Box::new(hook));
+        self
+    }
+
+    /// Allocates the ring and builds the store.
+    pub fn build(self) -> Result<EventStore<E, Err>, BuildError> {
+        let capacity = self.capacity;
+        if capacity == 0 {
+            return Err(BuildError::ZeroCapacity);
+        }
+        if !capacity.is_power_of_two() {
+            return Err(BuildError::NotPowerOfTwo(capacity));
+        }
+        if capacity > MAX_CAPACITY {
+            return Err(BuildError::TooLarge {
+                capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let ring = Ring::try_new(capacity).ok_or(BuildError::AllocationFailed {
+            capacity,
+            bytes: capacity.saturating_mul(std::mem::size_of::<E>() + 8),
+        })?;
+        Ok(EventStore {
+            shared: Arc::new(Shared {
+                ring,
+                dispatcher: self.dispatcher,
+                policy: self.policy,
+                mode: self.mode,
+                counters: Counters::default(),
+                on_error: self.on_error,
+                pool: self.pool,
+                buffers: ArrayQueue::new(BUFFER_POOL),
+                blocked: Waiters::new(),
+                draining: Waiters::new(),
+            }),
+        })
+    }
+}
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// A store of `capacity` slots (a power of two) with the given overrun policy, dispatching
+    /// synchronously. GoEventBus's `NewEventStore`.
+    pub fn new(
+        dispatcher: Dispatcher<E, Err>,
+        capacity: usize,
+        policy: OverrunPolicy,
+    ) -> Result<Self, BuildError> {
+        Self::builder(dispatcher)
+            .capacity(capacity)
+            .policy(policy)
+            .build()
+    }
+
+    /// A [`Builder`] for a store with every option.
+    pub fn builder(dispatcher: Dispatcher<E, Err>) -> Builder<E, Err> {
+        Builder {
+            dispatcher,
+            capacity: 1 << 16,
+            policy: OverrunPolicy::default(),
+            mode: DispatchMode::default(),
+            pool: None,
+            on_error: None,
+        }
+    }
+
+    /// Puts an event in the ring for the next [`publish`](Self::publish) (GoEventBus's
+    /// `Subscribe`). Lock-free unless the ring is full under [`OverrunPolicy::Block`].
+    ///
+    /// # Errors
+    /// [`EnqueueError::Closed`] after [`close`](Self::close); [`EnqueueError::Full`] when the
+    /// ring is full under [`OverrunPolicy::ReturnError`]. The event comes back in the error.
+    #[inline]
+    pub fn enqueue(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
+        match self.shared.ring.claim(1) {
+            Ok(sequence) => {
+                // SAFETY: `sequence` was claimed just above, and is written once.
+                unsafe { self.shared.ring.write(sequence, event) };
+                Ok(Enqueued {
+                    sequence,
+                    dropped: 0,
+                })
+            }
+            Err(refusal) => self.shared.enqueue_slow(event, refusal, None),
+        }
+    }
+
+    /// Like [`enqueue`](Self::enqueue), but under [`OverrunPolicy::Block`] waits at most
+    /// `timeout` for room, then returns [`EnqueueError::Timeout`] with the event. Under the
+    /// other policies it is `enqueue`.
+    pub fn enqueue_timeout(
+        &self,
+        event: E,
+        timeout: Duration,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        let deadline = Instant::now().checked_add(timeout);
+        match self.shared.ring.claim(1) {
+            Ok(sequence) => {
+                // SAFETY: `sequence` was claimed just above, and is written once.
+                unsafe { self.shared.ring.write(sequence, event) };
+                Ok(Enqueued {
+                    sequence,
+                    dropped: 0,
+                })
+            }
+            Err(refusal) => self.shared.enqueue_slow(event, refusal, deadline),
+        }
+    }
+
+    /// Enqueues a whole batch, all or nothing: the events take consecutive sequence numbers
+    /// with no other producer's event between them, and a publisher never sees part of the
+    /// batch without the rest becoming visible right behind it. One atomic claim for the whole
+    /// batch makes this the fastest way in.
+    ///
+    /// On success `batch` is left empty (its allocation kept, for reuse next tick). On error it
+    /// is left untouched: every event is handed back. A batch the ring can never hold fails
+    /// with [`BatchError::TooLarge`] under every policy. Full ring: `DropOldest` discards as
+    /// many old events as needed; `Block` waits for room for the whole batch; `ReturnError`
+    /// fails with [`BatchError::Full`].
+    ///
+    /// ```
+    /// # use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+    /// # struct Ev(u32);
+    /// # impl Event for Ev { type Projection = u8; fn projection(&self) -> u8 { 0 } }
+    /// let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::ReturnError)?;
+    /// let mut batch: Vec<Ev> = (0..6).map(Ev).collect();
+    /// let first = store.enqueue_batch(&mut batch)?;
+    /// assert_eq!((first.sequence, batch.len()), (0, 0));
+    ///
+    /// batch.extend((0..6).map(Ev));
+    /// assert!(store.enqueue_batch(&mut batch).is_err()); // only 2 free slots
+    /// assert_eq!(batch.len(), 6); // handed back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn enqueue_batch(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
+        self.shared.enqueue_batch(batch, None)
+    }
+
+    /// [`enqueue_batch`](Self::enqueue_batch) that waits at most `timeout` for room under
+    /// [`OverrunPolicy::Block`].
+    pub fn enqueue_batch_timeout(
+        &self,
+        batch: &mut Vec<E>,
+        timeout: Duration,
+    ) -> Result<Enqueued, BatchError> {
+        self.shared
+            .enqueue_batch(batch, Instant::now().checked_add(timeout))
+    }
+
+    /// Dispatches every event enqueued before the call (GoEventBus's `Publish`), according to
+    /// the store's [`DispatchMode`]. Events enqueued while it runs, by handlers or other
+    /// threads, wait for the next call.
+    ///
+    /// Safe to call from several threads at once: each event is dispatched by exactly one of
+    /// them.
+    pub fn publish(&self) -> PublishReport {
+        self.shared.publish(None)
+    }
+
+    /// Waits until no handler is running: every async batch handed out, and every concurrent
+    /// `publish`, has finished. Does not dispatch pending events (call [`publish`](Self::publish)
+    /// first for that). Do not call it from a handler: it would wait for itself.
+    ///
+    /// # Errors
+    /// [`TimeoutError`] if work is still running after `timeout` (a zero timeout fails at once
+    /// if anything is in flight). Nothing is lost.
+    pub fn drain(&self, timeout: Duration) -> Result<(), TimeoutError> {
+        self.shared.wait_idle(Instant::now().checked_add(timeout))
+    }
+
+    /// Shuts the store down (GoEventBus's `Close`): from now on every enqueue fails with the
+    /// event handed back (producers blocked in `Block` wake up with theirs), then every event
+    /// already accepted is dispatched in the store's mode and in-flight work is waited for,
+    /// all within `timeout`. Returns what the final dispatch did. Calling it again is harmless.
+    ///
+    /// # Errors
+    /// [`TimeoutError`] when the deadline passes first; the events not yet dispatched stay in
+    /// the ring, and a later `publish` or `close` dispatches them. A zero timeout dispatches
+    /// nothing and fails if anything is pending or in flight.
+    pub fn close(&self, timeout: Duration) -> Result<PublishReport, TimeoutError> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.shared.ring.close();
+        self.shared.blocked.wake_all();
+        let report = self.shared.publish(deadline);
+        self.shared.wait_idle(deadline)?;
+        if self.pending() > 0 {
+            return Err(self.shared.timeout_error());
+        }
+        Ok(report)
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> Metrics {
+        let head = self.shared.ring.head();
+        let tail = self.shared.ring.tail();
+        self.shared.counters.snapshot(head, tail)
+    }
+
+    /// Events waiting in the ring.
+    pub fn pending(&self) -> u64 {
+        let head = self.shared.ring.head();
+        self.shared.ring.tail().saturating_sub(head)
+    }
+
+    /// The ring's capacity.
+    pub fn capacity(&self) -> usize {
+        self.shared.ring.capacity() as usize
+    }
+
+    /// True once [`close`](Self::close) has been called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.ring.is_closed()
+    }
+
+    /// The overrun policy.
+    pub fn policy(&self) -> OverrunPolicy {
+        self.shared.policy
+    }
+
+    /// The dispatch mode.
+    pub fn mode(&self) -> DispatchMode {
+        self.shared.mode
+    }
+}
+
+impl<E, Err> Shared<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// The full-ring and closed paths of `enqueue`, out of line to keep the fast path small.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_slow(
+        &self,
+        event: E,
+        mut refusal: ClaimError,
+        deadline: Option<Instant>,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        let mut dropped = 0;
+        // The last evicted event is dropped after our own is in, so that a panicking `Drop`
+        // cannot lose the event being enqueued.
+        let mut evicted = None;
+        loop {
+            match (refusal, self.policy) {
+                (ClaimError::Closed, _) => {
+                    self.counters.add_rejected(1);
+                    return Err(EnqueueError::Closed(event));
+                }
+                (ClaimError::Full, OverrunPolicy::ReturnError) => {
+                    self.counters.add_rejected(1);
+                    return Err(EnqueueError::Full(event));
+                }
+                (ClaimError::Full, OverrunPolicy::DropOldest) => {
+                    if let Some((_, old)) = self.ring.take_oldest() {
+                        self.counters.add_dropped(1);
+                        dropped += 1;
+                        drop(evicted.replace(old));
+                    }
+                }
+                (ClaimError::Full, OverrunPolicy::Block) => {
+                    if !self.wait_for_room(1, deadline) {
+                        self.counters.add_rejected(1);
+                        return Err(EnqueueError::Timeout(event));
+                    }
+                }
+            }
+            match self.ring.claim(1) {
+                Ok(sequence) => {
+                    // SAFETY: `sequence` was claimed just above, and is written once.
+                    unsafe { self.ring.write(sequence, event) };
+                    drop(evicted);
+                    return Ok(Enqueued { sequence, dropped });
+                }
+                Err(r) => refusal = r,
+            }
+        }
+    }
+
+    fn enqueue_batch(
+        &self,
+        batch: &mut Vec<E>,
+        deadline: Option<Instant>,
+    ) -> Result<Enqueued, BatchError> {
+        let len = batch.len();
+        if len == 0 {
+            return Ok(Enqueued {
+                sequence: self.ring.tail(),
+                dropped: 0,
+            });
+        }
+        let n = len as u64;
+        if n > self.ring.capacity() {
+            self.counters.add_rejected(n);
+            return Err(BatchError::TooLarge {
+                len,
+                capacity: self.ring.capacity() as usize,
+            });
+        }
+        let mut dropped = 0;
+        loop {
+            match self.ring.claim(n) {
+                Ok(first) => {
+                    for (seq, event) in (first..).zip(batch.drain(..)) {
+                        // SAFETY: `[first, first + n)` was claimed just above; each sequence
+                        // is written once. `Drain::next` cannot panic.
+                        unsafe { self.ring.write(seq, event) };
+                    }
+                    return Ok(Enqueued {
+                        sequence: first,
+                        dropped,
+                    });
+                }
+                Err(ClaimError::Closed) => {
+                    self.counters.add_rejected(n);
+                    return Err(BatchError::Closed);
+                }
+                Err(ClaimError::Full) => match self.policy {
+                    OverrunPolicy::ReturnError => {
+                        self.counters.add_rejected(n);
+                        return Err(BatchError::Full { len });
+                    }
+                    OverrunPolicy::DropOldest => {
+                        if let Some((_, old)) = self.ring.take_oldest() {
+                            self.counters.add_dropped(1);
+                            dropped += 1;
+                            drop(old);
+                        }
+                    }
+                    OverrunPolicy::Block => {
+                        if !self.wait_for_room(n, deadline) {
+                            self.counters.add_rejected(n);
+                            return Err(BatchError::Timeout { len });
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Blocks until `n` slots are free or the ring closes (true), or `deadline` passes (false).
+    fn wait_for_room(&self, n: u64, deadline: Option<Instant>) -> bool {
+        let ring = &self.ring;
+        self.blocked.wait(deadline, || {
+            ring.is_closed() || ring.tail() + n <= ring.head() + ring.capacity()
+        })
+    }
+
+    /// Takes a spare (empty) buffer.
+    fn buffer(&self) -> Vec<E> {
+        self.buffers.pop().unwrap_or_default()
+    }
+
+    fn recycle(&self, buf: Vec<E>) {
+        debug_assert!(buf.is_empty());
+        let _ = self.buffers.push(buf);
+    }
+
+    /// Marks `n` events taken out of the ring as in flight, and wakes blocked producers: the
+    /// take made room.
+    #[inline]
+    fn took(&self, n: u64) {
+        self.counters.in_flight.fetch_add(n, Ordering::SeqCst);
+        self.blocked.wake();
+    }
+
+    /// Records the outcome of `n` in-flight events and wakes `drain` if they were the last.
+    #[inline]
+    fn finished(&self, n: u64, tally: Tally) {
+        self.counters.record(tally);
+        // SeqCst: pairs with `Waiters::wait` in `wait_idle` (see `Waiters`).
+        if self.counters.in_flight.fetch_sub(n, Ordering::SeqCst) == n {
+            self.draining.wake();
+        }
+    }
+
+    fn publish(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+        match self.mode {
+            DispatchMode::Sync => self.publish_sync(deadline),
+            DispatchMode::Parallel => self.publish_parallel(deadline),
+            DispatchMode::Async => self.publish_async(deadline),
+        }
+    }
+
+    /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
+    fn publish_sync(&self, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        let mut buf = self.buffer();
+        let mut dispatched = 0;
+        let mut tally = Tally::default();
+        while !expired(deadline) {
+            let Some((first, n)) = self.ring.take(limit, SYNC_CHUNK, &mut buf) else {
+                break;
+            };
+            self.took(n);
+            let t = self.run_in_order(first, &mut buf, deadline);
+            self.finished(n, t);
+            dispatched += n;
+            tally += t;
+        }
+        self.recycle(buf);
+        PublishReport::from_tally(dispatched, tally)
+    }
+
+    /// Parallel publish: takes everything pending in one claim, then forks it out if it is
+    /// worth it (see [`Self::run_parallel`]).
+    fn publish_parallel(&self, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        let mut dispatched = 0;
+        let mut tally = Tally::default();
+        while !expired(deadline) {
+            let want = limit.saturating_sub(self.ring.head());
+            let mut buf = self.buffer();
+            let Some((first, n)) = self.ring.take(limit, want, &mut buf) else {
+                self.recycle(buf);
+                break;
+            };
+            self.took(n);
+            let t = self.run_parallel(first, &mut buf, deadline);
+            self.finished(n, t);
+            self.recycle(buf);
+            dispatched += n;
+            tally += t;
+        }
+        PublishReport::from_tally(dispatched, tally)
+    }
+
+    /// Async publish: takes everything pending and hands it to the pool.
+    fn publish_async(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        let mut dispatched = 0;
+        while !expired(deadline) {
+            let want = limit.saturating_sub(self.ring.head());
+            let mut buf = self.buffer();
+            let Some((first, n)) = self.ring.take(limit, want, &mut buf) else {
+                self.recycle(buf);
+                break;
+            };
+            self.took(n);
+            dispatched += n;
+            let shared = Arc::clone(self);
+            let job = move || {
+                let t = shared.run_parallel(first, &mut buf, None);
+                shared.finished(n, t);
+                shared.recycle(buf);
+            };
+            match &self.pool {
+                Some(pool) => pool.spawn(job),
+                None => rayon::spawn(job),
+            }
+        }
+        PublishReport {
+            dispatched,
+            ..PublishReport::default()
+        }
+    }
+
+    /// Runs the handlers of `buf`'s events (sequences from `first`) in order, emptying `buf`.
+    #[inline]
+    fn run_in_order(&self, first: u64, buf: &mut Vec<E>, deadline: Option<Instant>) -> Tally {
+        let mut tally = Tally::default();
+        for (seq, event) in (first..).zip(buf.drain(..)) {
+            self.dispatch(seq, &event, deadline, &mut tally);
+        }
+        tally
+    }
+
+    /// Runs `buf`'s events on the rayon pool when the batch is worth forking, emptying `buf`.
+    ///
+    /// The first [`PROBE_EVENTS`] run here, timed, to estimate the cost of the rest. Below
+    /// [`PARALLEL_MIN_WORK`] of estimated work the rest runs here too; above it the rest is
+    /// split into tasks of about [`PARALLEL_TASK_WORK`] each.
+    fn run_parallel(&self, first: u64, buf: &mut Vec<E>, deadline: Option<Instant>) -> Tally {
+        let threads = self
+            .pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        let probe = buf.len().min(PROBE_EVENTS);
+        if threads < 2 || buf.len() <= probe {
+            return self.run_in_order(first, buf, deadline);
+        }
+        let mut tally = Tally::default();
+        let started = Instant::now();
+        for (seq, event) in (first..).zip(&buf[..probe]) {
+            self.dispatch(seq, event, deadline, &mut tally);
+        }
+        let per_event = started.elapsed() / probe as u32;
+        let rest = buf.len() - probe;
+        if per_event.as_nanos() * (rest as u128) < PARALLEL_MIN_WORK.as_nanos() {
+            for (seq, event) in (first + probe as u64..).zip(&buf[probe..]) {
+                self.dispatch(seq, event, deadline, &mut tally);
+            }
+        } else {
+            let per_task = (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)) as usize;
+            let mut fork = || {
+                buf[probe..]
+                    .par_iter_mut()
+                    .with_min_len(per_task.max(1))
+                    .enumerate()
+                    .fold(Tally::default, |mut t, (i, event)| {
+                        let seq = first + (probe + i) as u64;
+                        self.dispatch(seq, event, deadline, &mut t);
+                        t
+                    })
+                    .reduce(Tally::default, |a, b| a + b)
+            };
+            tally += match &self.pool {
+                Some(pool) => pool.install(fork),
+                None => fork(),
+            };
+        }
+        buf.clear();
+        tally
+    }
+
+    /// Runs every handler of one event, catching panics, and tallies the outcome.
+    #[inline]
+    fn dispatch(&self, sequence: u64, event: &E, deadline: Option<Instant>, tally: &mut Tally) {
+        let projection = event.projection();
+        let Some(handlers) = self.dispatcher.route(&projection) else {
+            tally.unrouted += 1;
+            return;
+        };
+        let ctx = Context {
+            sequence,
+            projection: &projection,
+            deadline,
+        };
+        let mut failures = 0;
+        for handler in handlers {
+            match catch_unwind(AssertUnwindSafe(|| handler(&ctx, event))) {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    failures += 1;
+                    self.report(&ctx, ErrorKind::Handler(&err));
+                }
+                Err(payload) => {
+                    failures += 1;
+                    tally.panics += 1;
+                    self.report(&ctx, ErrorKind::Panic(panic_message(&*payload)));
+                }
+            }
+        }
+        if failures == 0 {
+            tally.processed += 1;
+        } else {
+            tally.failed += 1;
+            tally.handler_errors += failures;
+        }
+    }
+
+    #[cold]
+    fn report(&self, ctx: &Context<'_, E::Projection>, kind: ErrorKind<'_, Err>) {
+        if let Some(hook) = &self.on_error {
+            let report = ErrorReport {
+                projection: ctx.projection,
+                sequence: ctx.sequence,
+                kind,
+            };
+            // A panicking hook must not take the publisher down with it.
+            let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
+        }
+    }
+
+    /// Waits until nothing is in flight, or `deadline`.
+    fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
+        let in_flight = &self.counters.in_flight;
+        if self
+            .draining
+            .wait(deadline, || in_flight.load(Ordering::SeqCst) == 0)
+        {
+            Ok(())
+        } else {
+            Err(self.timeout_error())
+        }
+    }
+
+    fn timeout_error(&self) -> TimeoutError {
+        let head = self.ring.head();
+        TimeoutError {
+            pending: self.ring.tail().saturating_sub(head),
+            in_flight: self.counters.in_flight.load(Ordering::SeqCst),
+        }
+    }
+}
+
+fn expired(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "<non-string panic>"
+    }
+}
+
+impl<E: Event, Err> Drop for Shared<E, Err> {
+    /// The last handle is gone: report each pending event to the error hook as
+    /// [`ErrorKind::Discarded`], then let the ring drop them.
+    fn drop(&mut self) {
+        let Some(hook) = &self.on_error else { return };
+        while let Some((sequence, event)) = self.ring.take_oldest() {
+            let projection = event.projection();
+            let report = ErrorReport {
+                projection: &projection,
+                sequence,
+                kind: ErrorKind::Discarded,
+            };
+            let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
+        }
+    }
+}
+
+impl<E: Event, Err> fmt::Debug for EventStore<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.shared;
+        f.debug_struct("EventStore")
+            .field("ring", &s.ring)
+            .field("policy", &s.policy)
+            .field("mode", &s.mode)
+            .field("dispatcher", &s.dispatcher)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Event, Err> fmt::Debug for Builder<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("capacity", &self.capacity)
+            .field("policy", &self.policy)
+            .field("mode", &self.mode)
+            .field("dispatcher", &self.dispatcher)
+            .finish_non_exhaustive()
+    }
+}
