@@ -52,22 +52,21 @@ pub(crate) enum ClaimError {
     Closed,
 }
 
-/// One slot: the event and the stamp that says whose turn it is.
-struct Slot<T> {
-    /// `2s` when empty and waiting for the producer of `s`; `2s + 1` when holding the event of `s`.
-    stamp: AtomicU64,
-    /// Initialised exactly when `stamp` is odd.
-    value: UnsafeCell<MaybeUninit<T>>,
-}
-
 /// A bounded MPMC ring of `2^n` events.
+///
+/// Stamps and events live in two parallel arrays rather than side by side, so that a batch of
+/// events is one contiguous run of memory that moves in and out with a single `memcpy`, between
+/// a scan of its stamps and a store of its new stamps.
 pub(crate) struct Ring<T> {
     /// Next sequence handed to a producer, with the closed mark in bit 63.
     tail: CachePadded<AtomicU64>,
     /// Next sequence handed to a consumer. Never passes `tail`'s sequence.
     head: CachePadded<AtomicU64>,
-    /// `capacity` slots; sequence `s` lives in `slots[s & mask]`.
-    slots: Box<[Slot<T>]>,
+    /// `stamps[s & mask]`: `2s` when the slot is empty and waits for the producer of `s`;
+    /// `2s + 1` when it holds the event of `s`.
+    stamps: Box<[AtomicU64]>,
+    /// `values[s & mask]` is initialised exactly when its stamp is odd.
+    values: Box<[UnsafeCell<MaybeUninit<T>>]>,
     /// `capacity - 1`.
     mask: u64,
 }
@@ -86,16 +85,17 @@ impl<T> Ring<T> {
     /// Returns `None` when the memory cannot be allocated.
     pub(crate) fn try_new(capacity: usize) -> Option<Self> {
         debug_assert!(capacity.is_power_of_two() && capacity <= MAX_CAPACITY);
-        let mut slots = Vec::new();
-        slots.try_reserve_exact(capacity).ok()?;
-        slots.extend((0..capacity as u64).map(|s| Slot {
-            stamp: AtomicU64::new(2 * s),
-            value: UnsafeCell::new(MaybeUninit::uninit()),
-        }));
+        let mut values = Vec::new();
+        values.try_reserve_exact(capacity).ok()?;
+        values.extend((0..capacity).map(|_| UnsafeCell::new(MaybeUninit::uninit())));
+        let mut stamps = Vec::new();
+        stamps.try_reserve_exact(capacity).ok()?;
+        stamps.extend((0..capacity as u64).map(|s| AtomicU64::new(2 * s)));
         Some(Self {
             tail: CachePadded::new(AtomicU64::new(0)),
             head: CachePadded::new(AtomicU64::new(0)),
-            slots: slots.into_boxed_slice(),
+            stamps: stamps.into_boxed_slice(),
+            values: values.into_boxed_slice(),
             mask: capacity as u64 - 1,
         })
     }
@@ -107,10 +107,40 @@ impl<T> Ring<T> {
     }
 
     #[inline(always)]
-    fn slot(&self, seq: u64) -> &Slot<T> {
-        // `seq & mask` is below `slots.len()`, so the bounds check folds away in practice;
-        // indexing keeps this safe code.
-        &self.slots[(seq & self.mask) as usize]
+    fn index(&self, seq: u64) -> usize {
+        (seq & self.mask) as usize
+    }
+
+    #[inline(always)]
+    fn stamp(&self, seq: u64) -> &AtomicU64 {
+        let index = self.index(seq);
+        debug_assert!(index < self.stamps.len());
+        // SAFETY: `stamps.len() == mask + 1`, so `seq & mask` is in bounds. Unchecked because
+        // this is on every enqueue and every take.
+        unsafe { self.stamps.get_unchecked(index) }
+    }
+
+    #[inline(always)]
+    fn value(&self, seq: u64) -> &UnsafeCell<MaybeUninit<T>> {
+        let index = self.index(seq);
+        debug_assert!(index < self.values.len());
+        // SAFETY: `values.len() == mask + 1`, so `seq & mask` is in bounds.
+        unsafe { self.values.get_unchecked(index) }
+    }
+
+    /// Waits (briefly: see the module docs) until the stamp of `seq` reads `expected`.
+    ///
+    /// Acquire: whatever the thread that stored `expected` did to the slot before (a producer's
+    /// write, a consumer's move-out) happens-before what the caller does next.
+    #[inline(always)]
+    fn wait_for(&self, seq: u64, expected: u64) {
+        let stamp = self.stamp(seq);
+        if stamp.load(Ordering::Acquire) != expected {
+            let backoff = Backoff::new();
+            while stamp.load(Ordering::Acquire) != expected {
+                backoff.snooze();
+            }
+        }
     }
 
     /// The sequence the next claim would get (the count of events ever claimed), without the
@@ -142,8 +172,8 @@ impl<T> Ring<T> {
 
     /// Claims `n` consecutive sequences for writing and returns the first.
     ///
-    /// Every claimed sequence must then be written with [`write`](Self::write), with no user
-    /// code in between (see the module docs for why).
+    /// Every claimed sequence must then be written with [`write`](Self::write) or
+    /// [`write_batch`](Self::write_batch), with no user code in between (see the module docs).
     #[inline]
     pub(crate) fn claim(&self, n: u64) -> Result<u64, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
@@ -182,29 +212,46 @@ impl<T> Ring<T> {
     /// Writes the event of a claimed sequence and hands it to consumers.
     ///
     /// # Safety
-    /// `seq` must have been returned by [`claim`](Self::claim) (or be inside a claimed range)
-    /// and not written before.
+    /// `seq` must have been claimed with [`claim`](Self::claim) by the caller and not written
+    /// before.
     #[inline]
     pub(crate) unsafe fn write(&self, seq: u64, value: T) {
-        let slot = self.slot(seq);
-        // Acquire pairs with the Release with which the consumer of `seq - cap` handed the slot
-        // back, so its move-out happens-before our write.
-        if slot.stamp.load(Ordering::Acquire) != 2 * seq {
-            let backoff = Backoff::new();
-            while slot.stamp.load(Ordering::Acquire) != 2 * seq {
-                backoff.snooze();
-            }
-        }
+        // The consumer of `seq - cap` has moved its event out.
+        self.wait_for(seq, 2 * seq);
         // SAFETY: the stamp is `2 * seq`, so the slot is empty and, `seq` being ours, no other
         // thread touches it until we publish the stamp below.
-        slot.value.with_mut(|p| unsafe { (*p).write(value) });
+        self.value(seq).with_mut(|p| unsafe { (*p).write(value) });
         // Release publishes the write to the consumer that Acquires stamp `2 * seq + 1`.
-        slot.stamp.store(2 * seq + 1, Ordering::Release);
+        self.stamp(seq).store(2 * seq + 1, Ordering::Release);
+    }
+
+    /// Moves every event out of `batch` into the claimed sequences `[first, first + len)`,
+    /// leaving `batch` empty.
+    ///
+    /// # Safety
+    /// `[first, first + batch.len())` must have been claimed with one [`claim`](Self::claim)
+    /// by the caller and not written before.
+    pub(crate) unsafe fn write_batch(&self, first: u64, batch: &mut Vec<T>) {
+        let n = batch.len() as u64;
+        for seq in first..first + n {
+            self.wait_for(seq, 2 * seq);
+        }
+        // SAFETY: the `n` slots are ours and empty (stamps `2 * seq` seen above); `batch`
+        // holds `n` initialised values, whose ownership moves into the ring: `set_len(0)`
+        // below keeps `batch` from dropping them.
+        unsafe {
+            self.copy_in(first, batch.as_ptr(), n);
+            batch.set_len(0);
+        }
+        for seq in first..first + n {
+            // Release publishes the copy above to each slot's consumer.
+            self.stamp(seq).store(2 * seq + 1, Ordering::Release);
+        }
     }
 
     /// Claims up to `max` of the sequences below `limit` for consuming, and moves their events
-    /// into `out` in sequence order. Returns the first sequence claimed and how many, or `None`
-    /// when nothing below `limit` is left.
+    /// to the end of `out` in sequence order. Returns the first sequence claimed and how many,
+    /// or `None` when nothing below `limit` is left.
     ///
     /// Room for `max` events is reserved in `out` before claiming, so that nothing can panic
     /// or allocate while slots are claimed but not yet handed back.
@@ -213,9 +260,21 @@ impl<T> Ring<T> {
         out.reserve(max as usize);
         let (first, n) = self.claim_for_consumer(limit, max)?;
         for seq in first..first + n {
-            // SAFETY: `seq` was claimed for consuming just above, by us alone, and `out` has
-            // room reserved, so `push` neither reallocates nor panics.
-            out.push(unsafe { self.move_out(seq) });
+            // Each producer has finished writing its event.
+            self.wait_for(seq, 2 * seq + 1);
+        }
+        let len = out.len();
+        // SAFETY: the `n` slots are ours and hold initialised events (odd stamps seen above);
+        // `out` has room for `n` more (reserved above). The events' ownership moves to `out`,
+        // and the stamps below mark the slots empty so the ring will not drop them again.
+        unsafe {
+            self.copy_out(first, out.as_mut_ptr().add(len), n);
+            out.set_len(len + n as usize);
+        }
+        for seq in first..first + n {
+            // Release: our copy happens-before the next lap's producer overwrites the slot.
+            self.stamp(seq)
+                .store(2 * (seq + self.capacity()), Ordering::Release);
         }
         Some((first, n))
     }
@@ -224,8 +283,15 @@ impl<T> Ring<T> {
     /// empty. Used by producers evicting under `DropOldest`.
     pub(crate) fn take_oldest(&self) -> Option<(u64, T)> {
         let (seq, _) = self.claim_for_consumer(self.tail(), 1)?;
-        // SAFETY: `seq` was claimed for consuming just above, by us alone.
-        Some((seq, unsafe { self.move_out(seq) }))
+        self.wait_for(seq, 2 * seq + 1);
+        // SAFETY: `seq` is ours and its slot holds the initialised event (odd stamp seen
+        // above); reading it moves ownership out, and the stamp below marks the slot empty.
+        let value = self
+            .value(seq)
+            .with_mut(|p| unsafe { (*p).assume_init_read() });
+        self.stamp(seq)
+            .store(2 * (seq + self.capacity()), Ordering::Release);
+        Some((seq, value))
     }
 
     #[inline]
@@ -249,27 +315,75 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Moves the event of `seq` out and hands its slot to the producer one lap later.
+    /// Copies `n` values from `src` into the slots of `[first, first + n)`, wrapping around
+    /// the end of the ring.
     ///
     /// # Safety
-    /// `seq` must have been claimed for consuming by the caller and not moved out before.
+    /// The caller owns those slots, they are empty, and `src` points to `n` initialised
+    /// values whose ownership the caller gives up.
     #[inline]
-    unsafe fn move_out(&self, seq: u64) -> T {
-        let slot = self.slot(seq);
-        // Acquire pairs with the producer's Release of `2 * seq + 1`: its write is visible.
-        if slot.stamp.load(Ordering::Acquire) != 2 * seq + 1 {
-            let backoff = Backoff::new();
-            while slot.stamp.load(Ordering::Acquire) != 2 * seq + 1 {
-                backoff.snooze();
+    unsafe fn copy_in(&self, first: u64, src: *const T, n: u64) {
+        let (index, n) = (self.index(first), n as usize);
+        let before_wrap = n.min(self.values.len() - index);
+        // SAFETY: forwarded from the caller; the two runs are in bounds and do not overlap.
+        unsafe {
+            self.copy_cells(index, src, before_wrap, true);
+            self.copy_cells(0, src.add(before_wrap), n - before_wrap, true);
+        }
+    }
+
+    /// Copies the values of `[first, first + n)` out to `dst`, wrapping around the end.
+    ///
+    /// # Safety
+    /// The caller owns those slots, they hold initialised values whose ownership moves to
+    /// `dst`, and `dst` has room for `n` values.
+    #[inline]
+    unsafe fn copy_out(&self, first: u64, dst: *mut T, n: u64) {
+        let (index, n) = (self.index(first), n as usize);
+        let before_wrap = n.min(self.values.len() - index);
+        // SAFETY: forwarded from the caller; the two runs are in bounds and do not overlap.
+        unsafe {
+            self.copy_cells(index, dst, before_wrap, false);
+            self.copy_cells(0, dst.add(before_wrap), n - before_wrap, false);
+        }
+    }
+
+    /// Copies `n` values between `values[index..index + n]` and `other`: into the cells when
+    /// `into_ring`, out of them otherwise.
+    ///
+    /// # Safety
+    /// `index + n <= capacity`; the caller owns those cells; `other` is valid for `n` values
+    /// in the direction of the copy and does not overlap the ring.
+    #[inline(always)]
+    unsafe fn copy_cells(&self, index: usize, other: *const T, n: usize, into_ring: bool) {
+        debug_assert!(index + n <= self.values.len());
+        #[cfg(not(loom))]
+        {
+            // `UnsafeCell<MaybeUninit<T>>` has `T`'s layout, so the run is plain `[T]` memory.
+            let cells = UnsafeCell::raw_get(self.values.as_ptr().wrapping_add(index)).cast::<T>();
+            // SAFETY: in bounds and owned by the caller (see above); non-overlapping.
+            unsafe {
+                if into_ring {
+                    std::ptr::copy_nonoverlapping(other, cells, n);
+                } else {
+                    std::ptr::copy_nonoverlapping(cells, other.cast_mut(), n);
+                }
             }
         }
-        // SAFETY: the odd stamp says the slot holds the initialised event of `seq`, which we
-        // claimed alone; reading it moves ownership out, and the stamp below marks it empty.
-        let value = slot.value.with_mut(|p| unsafe { (*p).assume_init_read() });
-        // Release: our read happens-before the next lap's producer overwrites the slot.
-        slot.stamp
-            .store(2 * (seq + self.capacity()), Ordering::Release);
-        value
+        #[cfg(loom)]
+        for i in 0..n {
+            // One cell at a time, so that loom tracks each access.
+            self.values[index + i].with_mut(|cell| {
+                // SAFETY: as above, element by element.
+                unsafe {
+                    if into_ring {
+                        (*cell).write(other.add(i).read());
+                    } else {
+                        other.cast_mut().add(i).write((*cell).assume_init_read());
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -281,10 +395,10 @@ impl<T> Drop for Ring<T> {
         let head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Relaxed) & !CLOSED;
         for seq in head..tail {
-            let slot = self.slot(seq);
-            debug_assert_eq!(slot.stamp.load(Ordering::Relaxed), 2 * seq + 1);
+            debug_assert_eq!(self.stamp(seq).load(Ordering::Relaxed), 2 * seq + 1);
             // SAFETY: the slot holds the initialised, never-consumed event of `seq`.
-            slot.value.with_mut(|p| unsafe { (*p).assume_init_drop() });
+            self.value(seq)
+                .with_mut(|p| unsafe { (*p).assume_init_drop() });
         }
     }
 }

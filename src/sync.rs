@@ -17,6 +17,7 @@ use std::time::Instant;
 
 /// An `UnsafeCell` whose accesses loom can track.
 #[derive(Debug)]
+#[repr(transparent)]
 pub(crate) struct UnsafeCell<T>(
     #[cfg(not(loom))] std::cell::UnsafeCell<T>,
     #[cfg(loom)] loom::cell::UnsafeCell<T>,
@@ -28,6 +29,15 @@ impl<T> UnsafeCell<T> {
         return Self(std::cell::UnsafeCell::new(value));
         #[cfg(loom)]
         return Self(loom::cell::UnsafeCell::new(value));
+    }
+
+    /// A pointer to the contents of `*this`, without going through a reference: lets the ring
+    /// copy a run of adjacent cells with one `memcpy`. Not under loom, whose cells are not
+    /// plain memory.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(crate) fn raw_get(this: *const Self) -> *mut T {
+        std::cell::UnsafeCell::raw_get(this.cast::<std::cell::UnsafeCell<T>>())
     }
 
     /// Runs `f` with a raw pointer to the contents; the caller upholds exclusive access.
