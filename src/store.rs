@@ -186,6 +186,38 @@ impl Waiters {
     }
 }
 
+/// Where [`Shared::run_events`] is: survives a caught panic so the run can resume after it.
+#[derive(Debug)]
+struct Cursor {
+    /// Index of the event being dispatched.
+    event: usize,
+    /// Index of the handler of that event last started, or [`Cursor::ROUTING`] while the
+    /// event's projection is computed and looked up.
+    handler: usize,
+    /// Handlers of that event that failed so far.
+    failures: u64,
+}
+
+impl Cursor {
+    /// `handler` before any handler of the event has started.
+    const ROUTING: usize = usize::MAX;
+
+    fn new() -> Self {
+        Self {
+            event: 0,
+            handler: Self::ROUTING,
+            failures: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn next_event(&mut self) {
+        self.event += 1;
+        self.handler = Self::ROUTING;
+        self.failures = 0;
+    }
+}
+
 /// The state every handle of a store shares.
 struct Shared<E: Event, Err> {
     ring: Ring<E>,
@@ -601,11 +633,8 @@ where
         loop {
             match self.ring.claim(n) {
                 Ok(first) => {
-                    for (seq, event) in (first..).zip(batch.drain(..)) {
-                        // SAFETY: `[first, first + n)` was claimed just above; each sequence
-                        // is written once. `Drain::next` cannot panic.
-                        unsafe { self.ring.write(seq, event) };
-                    }
+                    // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                    unsafe { self.ring.write_batch(first, batch) };
                     return Ok(Enqueued {
                         sequence: first,
                         dropped,
@@ -759,9 +788,8 @@ where
     #[inline]
     fn run_in_order(&self, first: u64, buf: &mut Vec<E>, deadline: Option<Instant>) -> Tally {
         let mut tally = Tally::default();
-        for (seq, event) in (first..).zip(buf.drain(..)) {
-            self.dispatch(seq, &event, deadline, &mut tally);
-        }
+        self.run_events(first, buf, deadline, &mut tally);
+        buf.clear();
         tally
     }
 
@@ -781,25 +809,22 @@ where
         }
         let mut tally = Tally::default();
         let started = Instant::now();
-        for (seq, event) in (first..).zip(&buf[..probe]) {
-            self.dispatch(seq, event, deadline, &mut tally);
-        }
+        self.run_events(first, &buf[..probe], deadline, &mut tally);
         let per_event = started.elapsed() / probe as u32;
-        let rest = buf.len() - probe;
-        if per_event.as_nanos() * (rest as u128) < PARALLEL_MIN_WORK.as_nanos() {
-            for (seq, event) in (first + probe as u64..).zip(&buf[probe..]) {
-                self.dispatch(seq, event, deadline, &mut tally);
-            }
+        let rest = &mut buf[probe..];
+        let rest_first = first + probe as u64;
+        if per_event.as_nanos() * (rest.len() as u128) < PARALLEL_MIN_WORK.as_nanos() {
+            self.run_events(rest_first, rest, deadline, &mut tally);
         } else {
-            let per_task = (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)) as usize;
+            let per_task =
+                (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)).max(1) as usize;
             let mut fork = || {
-                buf[probe..]
-                    .par_iter_mut()
-                    .with_min_len(per_task.max(1))
+                rest.par_chunks_mut(per_task)
                     .enumerate()
-                    .fold(Tally::default, |mut t, (i, event)| {
-                        let seq = first + (probe + i) as u64;
-                        self.dispatch(seq, event, deadline, &mut t);
+                    .map(|(i, chunk)| {
+                        let mut t = Tally::default();
+                        let seq = rest_first + (i * per_task) as u64;
+                        self.run_events(seq, chunk, deadline, &mut t);
                         t
                     })
                     .reduce(Tally::default, |a, b| a + b)
@@ -813,39 +838,94 @@ where
         tally
     }
 
-    /// Runs every handler of one event, catching panics, and tallies the outcome.
+    /// Runs every handler of every event in `events` (sequences from `first`), in order.
+    ///
+    /// Panics are caught once around the whole run rather than around each handler call, which
+    /// keeps the per-event path free of unwinding trampolines: `cursor` records where the run
+    /// is, so after a panic the run resumes with the next handler of the same event.
     #[inline]
-    fn dispatch(&self, sequence: u64, event: &E, deadline: Option<Instant>, tally: &mut Tally) {
-        let projection = event.projection();
-        let Some(handlers) = self.dispatcher.route(&projection) else {
-            tally.unrouted += 1;
-            return;
-        };
-        let ctx = Context {
-            sequence,
-            projection: &projection,
-            deadline,
-        };
-        let mut failures = 0;
-        for handler in handlers {
-            match catch_unwind(AssertUnwindSafe(|| handler(&ctx, event))) {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    failures += 1;
-                    self.report(&ctx, ErrorKind::Handler(&err));
-                }
-                Err(payload) => {
-                    failures += 1;
-                    tally.panics += 1;
-                    self.report(&ctx, ErrorKind::Panic(panic_message(&*payload)));
-                }
+    fn run_events(&self, first: u64, events: &[E], deadline: Option<Instant>, tally: &mut Tally) {
+        let mut cursor = Cursor::new();
+        while cursor.event < events.len() {
+            let run = catch_unwind(AssertUnwindSafe(|| {
+                self.run_from(&mut cursor, first, events, deadline, tally)
+            }));
+            if let Err(payload) = run {
+                self.handle_panic(&mut cursor, first, events, &*payload, tally);
             }
         }
-        if failures == 0 {
-            tally.processed += 1;
+    }
+
+    /// The hot loop of [`Self::run_events`]: runs events from `cursor` on.
+    ///
+    /// `cursor` lives in memory so that it survives an unwind: per event the loop stores the
+    /// event index and per handler the handler index, and nothing else on the success path.
+    #[inline(always)]
+    fn run_from(
+        &self,
+        cursor: &mut Cursor,
+        first: u64,
+        events: &[E],
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+    ) {
+        while let Some(event) = events.get(cursor.event) {
+            let projection = event.projection();
+            if let Some(handlers) = self.dispatcher.route(&projection) {
+                let ctx = Context {
+                    sequence: first + cursor.event as u64,
+                    projection: &projection,
+                    deadline,
+                };
+                let resume = cursor.handler.wrapping_add(1);
+                for (index, handler) in handlers.iter().enumerate().skip(resume) {
+                    cursor.handler = index;
+                    if let Err(err) = handler(&ctx, event) {
+                        cursor.failures += 1;
+                        self.report(&ctx, ErrorKind::Handler(&err));
+                    }
+                }
+                if cursor.failures == 0 {
+                    tally.processed += 1;
+                } else {
+                    tally.failed += 1;
+                    tally.handler_errors += cursor.failures;
+                }
+            } else {
+                tally.unrouted += 1;
+            }
+            cursor.next_event();
+        }
+    }
+
+    /// Accounts for a panic caught by [`Self::run_events`] and moves `cursor` past it.
+    #[cold]
+    #[inline(never)]
+    fn handle_panic(
+        &self,
+        cursor: &mut Cursor,
+        first: u64,
+        events: &[E],
+        payload: &(dyn Any + Send),
+        tally: &mut Tally,
+    ) {
+        tally.panics += 1;
+        cursor.failures += 1;
+        if cursor.handler != Cursor::ROUTING {
+            // A handler panicked: report it; the run resumes with the event's next handler.
+            let projection = events[cursor.event].projection();
+            let ctx = Context {
+                sequence: first + cursor.event as u64,
+                projection: &projection,
+                deadline: None,
+            };
+            self.report(&ctx, ErrorKind::Panic(panic_message(payload)));
         } else {
+            // The event's own `projection()` (or its key's `Hash`/`Eq`) panicked: no handler
+            // can run for it. It counts as failed; there is no projection to report.
             tally.failed += 1;
-            tally.handler_errors += failures;
+            tally.handler_errors += 1;
+            cursor.next_event();
         }
     }
 
