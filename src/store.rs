@@ -703,7 +703,13 @@ where
         }
     }
 
+    #[inline]
     fn publish(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+        // Nothing pending: return before touching the buffer pool, so that a thread spinning
+        // on `publish` (the lowest-latency way to run a bus) costs two loads per spin.
+        if self.ring.head() >= self.ring.tail() {
+            return PublishReport::default();
+        }
         match self.mode {
             DispatchMode::Sync => self.publish_sync(deadline),
             DispatchMode::Parallel => self.publish_parallel(deadline),
@@ -795,25 +801,33 @@ where
 
     /// Runs `buf`'s events on the rayon pool when the batch is worth forking, emptying `buf`.
     ///
-    /// The first [`PROBE_EVENTS`] run here, timed, to estimate the cost of the rest. Below
-    /// [`PARALLEL_MIN_WORK`] of estimated work the rest runs here too; above it the rest is
-    /// split into tasks of about [`PARALLEL_TASK_WORK`] each.
+    /// The first [`PROBE_EVENTS`] run here, timed, to estimate the cost of the rest (twice
+    /// when the first estimate says fork, keeping the lower). Below [`PARALLEL_MIN_WORK`] of
+    /// estimated work the rest runs here too; above it the rest is split into tasks of about
+    /// [`PARALLEL_TASK_WORK`] each.
     fn run_parallel(&self, first: u64, buf: &mut Vec<E>, deadline: Option<Instant>) -> Tally {
         let threads = self
             .pool
             .as_ref()
             .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
-        let probe = buf.len().min(PROBE_EVENTS);
-        if threads < 2 || buf.len() <= probe {
+        if threads < 2 || buf.len() <= 2 * PROBE_EVENTS {
             return self.run_in_order(first, buf, deadline);
         }
+        // Time a probe; if it looks worth forking, time a second one and trust the cheaper:
+        // a preemption inside one probe would otherwise make a cheap batch look expensive.
         let mut tally = Tally::default();
-        let started = Instant::now();
-        self.run_events(first, &buf[..probe], deadline, &mut tally);
-        let per_event = started.elapsed() / probe as u32;
+        let mut per_event = Duration::MAX;
+        let mut probe = 0;
+        while probe < 2 * PROBE_EVENTS && self.worth_forking(per_event, buf.len() - probe) {
+            let started = Instant::now();
+            let run = &buf[probe..probe + PROBE_EVENTS];
+            self.run_events(first + probe as u64, run, deadline, &mut tally);
+            per_event = per_event.min(started.elapsed() / PROBE_EVENTS as u32);
+            probe += PROBE_EVENTS;
+        }
         let rest = &mut buf[probe..];
         let rest_first = first + probe as u64;
-        if per_event.as_nanos() * (rest.len() as u128) < PARALLEL_MIN_WORK.as_nanos() {
+        if !self.worth_forking(per_event, rest.len()) {
             self.run_events(rest_first, rest, deadline, &mut tally);
         } else {
             let per_task =
@@ -836,6 +850,11 @@ where
         }
         buf.clear();
         tally
+    }
+
+    /// True if `n` events at `per_event` each are enough work to pay for a fork.
+    fn worth_forking(&self, per_event: Duration, n: usize) -> bool {
+        per_event.as_nanos().saturating_mul(n as u128) >= PARALLEL_MIN_WORK.as_nanos()
     }
 
     /// Runs every handler of every event in `events` (sequences from `first`), in order.
