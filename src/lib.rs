@@ -104,13 +104,17 @@ mod dispatcher;
 mod error;
 mod metrics;
 mod ring;
+mod schedule;
 mod store;
 mod sync;
+mod transaction;
 
 pub use dispatcher::{BoxError, Context, Dispatcher, Event, TypeKey};
-pub use error::{BatchError, BuildError, EnqueueError, TimeoutError};
+pub use error::{BatchError, BuildError, CommitError, EnqueueError, HandlerFailure, TimeoutError};
 pub use metrics::Metrics;
+pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
     Builder, DispatchMode, Enqueued, ErrorKind, ErrorReport, EventStore, OverrunPolicy,
     PublishReport,
 };
+pub use transaction::{CommitReport, Transaction};

@@ -2,8 +2,9 @@
 
 use std::any::Any;
 use std::fmt;
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -13,6 +14,7 @@ use crate::dispatcher::{BoxError, Context, Dispatcher, Event};
 use crate::error::{BatchError, BuildError, EnqueueError, TimeoutError};
 use crate::metrics::{Counters, Metrics, Tally};
 use crate::ring::{ClaimError, MAX_CAPACITY, Ring};
+use crate::schedule::Timers;
 use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering};
 
 /// What [`EventStore::enqueue`] does when the ring is full.
@@ -201,6 +203,8 @@ struct Shared<E: Event, Err> {
     blocked: Waiters,
     /// Threads in `drain` / `close` waiting for `in_flight` to reach 0.
     draining: Waiters,
+    /// Scheduled events and the timer thread that fires them (`schedule.rs`).
+    timers: Timers<E>,
 }
 
 /// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.
@@ -329,6 +333,7 @@ where
                 buffers: ArrayQueue::new(BUFFER_POOL),
                 blocked: Waiters::new(),
                 draining: Waiters::new(),
+                timers: Timers::new(),
             }),
         })
     }
@@ -481,6 +486,7 @@ where
         let deadline = Instant::now().checked_add(timeout);
         self.shared.ring.close();
         self.shared.blocked.wake_all();
+        self.shared.timers.close();
         let report = self.shared.publish(deadline);
         self.shared.wait_idle(deadline)?;
         if self.pending() > 0 {
@@ -493,7 +499,9 @@ where
     pub fn metrics(&self) -> Metrics {
         let head = self.shared.ring.head();
         let tail = self.shared.ring.tail();
-        self.shared.counters.snapshot(head, tail)
+        let mut metrics = self.shared.counters.snapshot(head, tail);
+        (metrics.scheduled, metrics.cancelled) = self.shared.timers.counts();
+        metrics
     }
 
     /// Events waiting in the ring.
@@ -816,6 +824,20 @@ where
     /// Runs every handler of one event, catching panics, and tallies the outcome.
     #[inline]
     fn dispatch(&self, sequence: u64, event: &E, deadline: Option<Instant>, tally: &mut Tally) {
+        self.dispatch_observed(sequence, event, deadline, tally, &mut |_, _| {});
+    }
+
+    /// [`dispatch`](Self::dispatch), also handing each failure to `on_failure` (a no-op closure
+    /// on the publish path, which inlines away).
+    #[inline]
+    fn dispatch_observed(
+        &self,
+        sequence: u64,
+        event: &E,
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+        on_failure: &mut impl FnMut(u64, Failure<Err>),
+    ) {
         let projection = event.projection();
         let Some(handlers) = self.dispatcher.route(&projection) else {
             tally.unrouted += 1;
@@ -833,11 +855,13 @@ where
                 Ok(Err(err)) => {
                     failures += 1;
                     self.report(&ctx, ErrorKind::Handler(&err));
+                    on_failure(sequence, Failure::Error(err));
                 }
                 Err(payload) => {
                     failures += 1;
                     tally.panics += 1;
                     self.report(&ctx, ErrorKind::Panic(panic_message(&*payload)));
+                    on_failure(sequence, Failure::Panic(payload));
                 }
             }
         }
@@ -888,7 +912,7 @@ fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -935,5 +959,121 @@ impl<E: Event, Err> fmt::Debug for Builder<E, Err> {
             .field("mode", &self.mode)
             .field("dispatcher", &self.dispatcher)
             .finish_non_exhaustive()
+    }
+}
+
+// Hooks for `transaction.rs` and `schedule.rs`: everything they need from the store's insides,
+// kept here so that the enqueue and publish paths above stay as they are.
+
+/// A handler failure, as [`EventStore::dispatch_through`] hands it to its caller.
+pub(crate) enum Failure<Err> {
+    /// The handler returned this error.
+    Error(Err),
+    /// The handler panicked with this payload.
+    Panic(Box<dyn Any + Send>),
+}
+
+/// A handle that does not keep the store alive (the timer thread holds one).
+pub(crate) struct WeakStore<E: Event, Err>(Weak<Shared<E, Err>>);
+
+impl<E: Event, Err> WeakStore<E, Err> {
+    /// The store, unless every handle to it has been dropped.
+    pub(crate) fn upgrade(&self) -> Option<EventStore<E, Err>> {
+        self.0.upgrade().map(|shared| EventStore { shared })
+    }
+}
+
+impl<E: Event, Err> EventStore<E, Err> {
+    /// Gives an emptied transaction buffer back to the publishers' pool (from a `Drop`, hence
+    /// no bounds).
+    pub(crate) fn recycle_buffer(&self, buf: Vec<E>) {
+        debug_assert!(buf.is_empty());
+        let _ = self.shared.buffers.push(buf);
+    }
+}
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// A commit's dispatch: runs, in the caller and in sequence order, every event still
+    /// pending below `range.end` (a sync publish that stops there, whatever the store's
+    /// mode), and hands each handler failure to `on_failure` with its event's sequence.
+    /// Returns what it did and how many of the events in `range` it ran itself: the others
+    /// were taken out of the ring by another thread first.
+    pub(crate) fn dispatch_through(
+        &self,
+        range: Range<u64>,
+        mut on_failure: impl FnMut(u64, Failure<Err>),
+    ) -> (PublishReport, u64) {
+        let shared = &*self.shared;
+        let mut buf = shared.buffer();
+        let (mut dispatched, mut mine) = (0, 0);
+        let mut tally = Tally::default();
+        while let Some((first, n)) = shared.ring.take(range.end, SYNC_CHUNK, &mut buf) {
+            shared.took(n);
+            let mut t = Tally::default();
+            for (seq, event) in (first..).zip(buf.drain(..)) {
+                shared.dispatch_observed(seq, &event, None, &mut t, &mut on_failure);
+            }
+            shared.finished(n, t);
+            dispatched += n;
+            tally += t;
+            mine += (first + n)
+                .min(range.end)
+                .saturating_sub(first.max(range.start));
+        }
+        shared.recycle(buf);
+        (PublishReport::from_tally(dispatched, tally), mine)
+    }
+
+    /// An empty buffer from the publishers' pool, for a transaction.
+    pub(crate) fn spare_buffer(&self) -> Vec<E> {
+        self.shared.buffer()
+    }
+
+    /// The store's timers.
+    pub(crate) fn timers(&self) -> &Timers<E> {
+        &self.shared.timers
+    }
+
+    /// A handle that does not keep the store alive.
+    pub(crate) fn downgrade(&self) -> WeakStore<E, Err> {
+        WeakStore(Arc::downgrade(&self.shared))
+    }
+
+    /// The timer thread's enqueue: [`enqueue`](Self::enqueue), except that under
+    /// [`OverrunPolicy::Block`] it waits for room only until `deadline`, then hands the event
+    /// back as [`EnqueueError::Timeout`] *without* counting it as rejected, so that the timer
+    /// can drop its strong handle and try again.
+    pub(crate) fn enqueue_or_wait(
+        &self,
+        event: E,
+        deadline: Instant,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        let shared = &*self.shared;
+        if shared.policy == OverrunPolicy::Block {
+            loop {
+                match shared.ring.claim(1) {
+                    Ok(sequence) => {
+                        // SAFETY: `sequence` was claimed just above, and is written once.
+                        unsafe { shared.ring.write(sequence, event) };
+                        return Ok(Enqueued {
+                            sequence,
+                            dropped: 0,
+                        });
+                    }
+                    // `enqueue` below counts the refusal and hands the event back.
+                    Err(ClaimError::Closed) => break,
+                    Err(ClaimError::Full) => {
+                        if !shared.wait_for_room(1, Some(deadline)) {
+                            return Err(EnqueueError::Timeout(event));
+                        }
+                    }
+                }
+            }
+        }
+        self.enqueue(event)
     }
 }
