@@ -478,6 +478,10 @@ where
     /// already accepted is dispatched in the store's mode and in-flight work is waited for,
     /// all within `timeout`. Returns what the final dispatch did. Calling it again is harmless.
     ///
+    /// Scheduled events still waiting in the timer are cancelled (counted in
+    /// [`Metrics::cancelled`], their handles say so) and the timer thread is stopped; an event
+    /// the timer was already firing is accepted or refused like any concurrent enqueue.
+    ///
     /// # Errors
     /// [`TimeoutError`] when the deadline passes first; the events not yet dispatched stay in
     /// the ring, and a later `publish` or `close` dispatches them. A zero timeout dispatches
