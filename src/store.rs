@@ -989,10 +989,12 @@ impl<E: Event, Err> WeakStore<E, Err> {
 
 impl<E: Event, Err> EventStore<E, Err> {
     /// Gives an emptied transaction buffer back to the publishers' pool (from a `Drop`, hence
-    /// no bounds).
+    /// no bounds), unless it grew larger than the ring, as a refused oversized one may have.
     pub(crate) fn recycle_buffer(&self, buf: Vec<E>) {
         debug_assert!(buf.is_empty());
-        let _ = self.shared.buffers.push(buf);
+        if buf.capacity() as u64 <= self.shared.ring.capacity() {
+            let _ = self.shared.buffers.push(buf);
+        }
     }
 }
 

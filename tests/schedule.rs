@@ -163,6 +163,16 @@ fn past_deadlines_and_zero_delays_enqueue_in_the_call() {
 }
 
 #[test]
+fn a_delay_too_long_for_instant_is_clamped_not_fired_at_once() {
+    let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::ReturnError).unwrap();
+    let h = store.schedule_after(Duration::MAX, Ev::new(1)).unwrap();
+    assert_eq!(h.status(), ScheduleStatus::Pending);
+    assert!(h.deadline() > Instant::now() + Duration::from_secs(365 * 24 * 3600));
+    assert!(h.cancel());
+    assert_eq!(store.pending(), 0);
+}
+
+#[test]
 fn an_event_refused_when_it_fires_is_counted_as_rejected() {
     let store = EventStore::new(Dispatcher::<Ev>::new(), 1, OverrunPolicy::ReturnError).unwrap();
     store.enqueue(Ev::new(0)).unwrap();
