@@ -78,13 +78,14 @@
 //! `published == processed + failed + dropped + unrouted + pending + in_flight`
 //! ([`Metrics::is_balanced`]), and `in_flight == 0` after a successful [`drain`](EventStore::drain).
 //! Refused events (full, timed out, closed) are counted in [`Metrics::rejected`] and are not
-//! part of `published`. Counters are updated once per batch, so metrics cost the hot path
+//! part of `published`. Scheduled events join the sum when they fire (see [`Metrics`]). Counters are updated once per batch, so metrics cost the hot path
 //! nothing.
 //!
 //! # Shutdown
 //! [`close`](EventStore::close) marks the store closed atomically with respect to every enqueue:
 //! an enqueue either got in before the close (and is dispatched by it) or fails with
 //! [`EnqueueError::Closed`], event handed back, including producers blocked under `Block`.
+//! It cancels the scheduled events still waiting (counted in [`Metrics::cancelled`]).
 //! `close` then dispatches everything pending and waits for in-flight async work, within its
 //! timeout; on timeout what is left stays pending and a later `publish` or `close` dispatches
 //! it. `publish` and `drain` keep working after close.
@@ -93,6 +94,56 @@
 //! events still pending without running their handlers: each one's destructor runs exactly
 //! once, and each is reported to the [`Builder::on_error`] hook as [`ErrorKind::Discarded`]
 //! first. Call `close` before dropping to dispatch them instead.
+//!
+//! # Transactions
+//! [`begin_transaction`](EventStore::begin_transaction) returns a [`Transaction`] that buffers
+//! events off the ring ([`push`](Transaction::push)); its commit puts them all in the ring with
+//! one claim, as [`enqueue_batch`](EventStore::enqueue_batch) does: consecutive sequences, no
+//! other producer's event between them, never half visible, or nothing at all (the refusal hands
+//! the transaction back in a [`CommitError`]; a transaction larger than the ring is refused
+//! under every policy).
+//! - [`commit`](Transaction::commit) then dispatches in the caller, whatever the mode: the events
+//!   pending before the transaction, then the transaction's, then it stops. Every handler runs
+//!   even after a failure; the first failing event of the transaction is reported with its index
+//!   ([`CommitError::Handler`]), after everything has run. Events of the transaction that a
+//!   concurrent publisher took first run there and are counted in [`CommitReport::elsewhere`].
+//! - [`commit_deferred`](Transaction::commit_deferred) leaves them for the next `publish`; with
+//!   one sync publisher each transaction's events run back to back, in push order.
+//! - [`rollback`](Transaction::rollback), or dropping the transaction, touches neither the ring
+//!   nor the metrics.
+//!
+//! ```
+//! # use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+//! # struct Ev(u32);
+//! # impl Event for Ev { type Projection = u8; fn projection(&self) -> u8 { 0 } }
+//! let store = EventStore::new(Dispatcher::<Ev>::new(), 64, OverrunPolicy::Block)?;
+//! let systems: Vec<_> = (0..3)
+//!     .map(|system| {
+//!         let mut tx = store.begin_transaction();
+//!         tx.extend((0..4).map(|i| Ev(system * 10 + i)));
+//!         std::thread::spawn(move || tx.commit_deferred().map(|e| e.sequence).ok())
+//!     })
+//!     .collect();
+//! let mut firsts: Vec<u64> = systems.into_iter().map(|s| s.join().unwrap().unwrap()).collect();
+//! firsts.sort();
+//! assert_eq!(firsts, [0, 4, 8]); // three whole blocks of four
+//! assert_eq!(store.publish().dispatched, 12);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Scheduled events
+//! [`schedule_at`](EventStore::schedule_at) and [`schedule_after`](EventStore::schedule_after)
+//! enqueue an event later, through the ordinary enqueue path and overrun policy, and return a
+//! [`ScheduleHandle`] whose [`cancel`](ScheduleHandle::cancel) stops it if it has not fired. A
+//! time already past enqueues at once, in the call. One timer thread per store, started on the
+//! first schedule, sleeps until the earliest deadline (no CPU while idle) and fires events in
+//! deadline order, never early. Waiting events are counted in [`Metrics::scheduled`] and are
+//! not `published` until they fire. Under `Block` the timer waits for room like any producer;
+//! under `ReturnError` a fired event that finds the ring full is counted in
+//! [`Metrics::rejected`]. [`close`](EventStore::close) cancels every event still waiting,
+//! counting them in [`Metrics::cancelled`] (their handles say
+//! [`ScheduleStatus::Cancelled`]), and stops the timer thread; dropping the store does the same
+//! (the timer holds only a weak reference, so it never keeps a store alive).
 //!
 //! # Limits
 //! Sequence numbers are 63-bit: at a billion events a second they last for centuries. The ring
@@ -108,13 +159,17 @@ mod dispatcher;
 mod error;
 mod metrics;
 mod ring;
+mod schedule;
 mod store;
 mod sync;
+mod transaction;
 
 pub use dispatcher::{BoxError, Context, Dispatcher, Event, TypeKey};
-pub use error::{BatchError, BuildError, EnqueueError, TimeoutError};
+pub use error::{BatchError, BuildError, CommitError, EnqueueError, HandlerFailure, TimeoutError};
 pub use metrics::Metrics;
+pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
     Builder, DispatchMode, Enqueued, ErrorKind, ErrorReport, EventStore, OverrunPolicy,
     PublishReport,
 };
+pub use transaction::{CommitReport, Transaction};

@@ -16,7 +16,14 @@ use crate::sync::{AtomicU64, Ordering};
 ///
 /// `published == processed + failed + dropped + unrouted + pending + in_flight`
 ///
-/// and `in_flight` is 0 once [`drain`](crate::EventStore::drain) has returned `Ok`. Each field
+/// and `in_flight` is 0 once [`drain`](crate::EventStore::drain) has returned `Ok`.
+///
+/// [Scheduled](crate::EventStore::schedule_at) events are outside that sum until they fire: an
+/// event waiting in the timer is counted in `scheduled` only; when it fires it goes through
+/// `enqueue` and becomes `published` (or `rejected` if the store refuses it); cancelled before
+/// firing, by its handle or by [`close`](crate::EventStore::close), it moves to `cancelled`.
+/// So every event handed to the timer is in `scheduled`, `cancelled`, or (once fired)
+/// `published` / `rejected`. Each field
 /// is read separately, so a snapshot taken while other threads work may be off by the events
 /// that moved between two reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,6 +51,11 @@ pub struct Metrics {
     pub pending: u64,
     /// Events taken by a publisher whose handlers have not finished (async batches included).
     pub in_flight: u64,
+    /// Scheduled events waiting in the timer: not fired, not cancelled. Not part of
+    /// `published` until they fire.
+    pub scheduled: u64,
+    /// Scheduled events cancelled before they fired: by their handle, or by `close`.
+    pub cancelled: u64,
 }
 
 impl Metrics {
@@ -156,6 +168,9 @@ impl Counters {
             unrouted: load(&self.outcomes.unrouted),
             pending: tail.saturating_sub(head),
             in_flight: self.in_flight.load(Ordering::SeqCst),
+            // The timer's counters live with the timer; the store fills these in.
+            scheduled: 0,
+            cancelled: 0,
         }
     }
 }

@@ -2,8 +2,9 @@
 
 use std::any::Any;
 use std::fmt;
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -13,6 +14,7 @@ use crate::dispatcher::{BoxError, Context, Dispatcher, Event};
 use crate::error::{BatchError, BuildError, EnqueueError, TimeoutError};
 use crate::metrics::{Counters, Metrics, Tally};
 use crate::ring::{ClaimError, MAX_CAPACITY, Ring};
+use crate::schedule::Timers;
 use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering};
 
 /// What [`EventStore::enqueue`] does when the ring is full.
@@ -233,6 +235,8 @@ struct Shared<E: Event, Err> {
     blocked: Waiters,
     /// Threads in `drain` / `close` waiting for `in_flight` to reach 0.
     draining: Waiters,
+    /// Scheduled events and the timer thread that fires them (`schedule.rs`).
+    timers: Timers<E>,
 }
 
 /// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.
@@ -361,6 +365,7 @@ where
                 buffers: ArrayQueue::new(BUFFER_POOL),
                 blocked: Waiters::new(),
                 draining: Waiters::new(),
+                timers: Timers::new(),
             }),
         })
     }
@@ -505,6 +510,10 @@ where
     /// already accepted is dispatched in the store's mode and in-flight work is waited for,
     /// all within `timeout`. Returns what the final dispatch did. Calling it again is harmless.
     ///
+    /// Scheduled events still waiting in the timer are cancelled (counted in
+    /// [`Metrics::cancelled`], their handles say so) and the timer thread is stopped; an event
+    /// the timer was already firing is accepted or refused like any concurrent enqueue.
+    ///
     /// # Errors
     /// [`TimeoutError`] when the deadline passes first; the events not yet dispatched stay in
     /// the ring, and a later `publish` or `close` dispatches them. A zero timeout dispatches
@@ -513,6 +522,7 @@ where
         let deadline = Instant::now().checked_add(timeout);
         self.shared.ring.close();
         self.shared.blocked.wake_all();
+        self.shared.timers.close();
         let report = self.shared.publish(deadline);
         self.shared.wait_idle(deadline)?;
         if self.pending() > 0 {
@@ -525,7 +535,9 @@ where
     pub fn metrics(&self) -> Metrics {
         let head = self.shared.ring.head();
         let tail = self.shared.ring.tail();
-        self.shared.counters.snapshot(head, tail)
+        let mut metrics = self.shared.counters.snapshot(head, tail);
+        (metrics.scheduled, metrics.cancelled) = self.shared.timers.counts();
+        metrics
     }
 
     /// Events waiting in the ring.
@@ -864,13 +876,28 @@ where
     /// is, so after a panic the run resumes with the next handler of the same event.
     #[inline]
     fn run_events(&self, first: u64, events: &[E], deadline: Option<Instant>, tally: &mut Tally) {
+        self.run_events_observed(first, events, deadline, tally, &mut |_, _| {});
+    }
+
+    /// [`run_events`](Self::run_events), also handing each failure to `on_failure` with its
+    /// event's sequence (a transaction's commit uses it; on the publish path the no-op closure
+    /// inlines away).
+    #[inline]
+    fn run_events_observed(
+        &self,
+        first: u64,
+        events: &[E],
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+        on_failure: &mut impl FnMut(u64, Failure<Err>),
+    ) {
         let mut cursor = Cursor::new();
         while cursor.event < events.len() {
             let run = catch_unwind(AssertUnwindSafe(|| {
-                self.run_from(&mut cursor, first, events, deadline, tally)
+                self.run_from(&mut cursor, first, events, deadline, tally, on_failure)
             }));
             if let Err(payload) = run {
-                self.handle_panic(&mut cursor, first, events, &*payload, tally);
+                self.handle_panic(&mut cursor, first, events, payload, tally, on_failure);
             }
         }
     }
@@ -887,6 +914,7 @@ where
         events: &[E],
         deadline: Option<Instant>,
         tally: &mut Tally,
+        on_failure: &mut impl FnMut(u64, Failure<Err>),
     ) {
         while let Some(event) = events.get(cursor.event) {
             let projection = event.projection();
@@ -902,6 +930,7 @@ where
                     if let Err(err) = handler(&ctx, event) {
                         cursor.failures += 1;
                         self.report(&ctx, ErrorKind::Handler(&err));
+                        on_failure(ctx.sequence, Failure::Error(err));
                     }
                 }
                 if cursor.failures == 0 {
@@ -925,26 +954,30 @@ where
         cursor: &mut Cursor,
         first: u64,
         events: &[E],
-        payload: &(dyn Any + Send),
+        payload: Box<dyn Any + Send>,
         tally: &mut Tally,
+        on_failure: &mut impl FnMut(u64, Failure<Err>),
     ) {
         tally.panics += 1;
         cursor.failures += 1;
+        let sequence = first + cursor.event as u64;
         if cursor.handler != Cursor::ROUTING {
             // A handler panicked: report it; the run resumes with the event's next handler.
             let projection = events[cursor.event].projection();
             let ctx = Context {
-                sequence: first + cursor.event as u64,
+                sequence,
                 projection: &projection,
                 deadline: None,
             };
-            self.report(&ctx, ErrorKind::Panic(panic_message(payload)));
+            self.report(&ctx, ErrorKind::Panic(panic_message(&*payload)));
+            on_failure(sequence, Failure::Panic(payload));
         } else {
             // The event's own `projection()` (or its key's `Hash`/`Eq`) panicked: no handler
             // can run for it. It counts as failed; there is no projection to report.
             tally.failed += 1;
             tally.handler_errors += 1;
             cursor.next_event();
+            on_failure(sequence, Failure::Panic(payload));
         }
     }
 
@@ -987,7 +1020,7 @@ fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -1034,5 +1067,122 @@ impl<E: Event, Err> fmt::Debug for Builder<E, Err> {
             .field("mode", &self.mode)
             .field("dispatcher", &self.dispatcher)
             .finish_non_exhaustive()
+    }
+}
+
+// Hooks for `transaction.rs` and `schedule.rs`: everything they need from the store's insides,
+// kept here so that the enqueue and publish paths above stay as they are.
+
+/// A handler failure, as [`EventStore::dispatch_through`] hands it to its caller.
+pub(crate) enum Failure<Err> {
+    /// The handler returned this error.
+    Error(Err),
+    /// The handler panicked with this payload.
+    Panic(Box<dyn Any + Send>),
+}
+
+/// A handle that does not keep the store alive (the timer thread holds one).
+pub(crate) struct WeakStore<E: Event, Err>(Weak<Shared<E, Err>>);
+
+impl<E: Event, Err> WeakStore<E, Err> {
+    /// The store, unless every handle to it has been dropped.
+    pub(crate) fn upgrade(&self) -> Option<EventStore<E, Err>> {
+        self.0.upgrade().map(|shared| EventStore { shared })
+    }
+}
+
+impl<E: Event, Err> EventStore<E, Err> {
+    /// Gives an emptied transaction buffer back to the publishers' pool (from a `Drop`, hence
+    /// no bounds), unless it grew larger than the ring, as a refused oversized one may have.
+    pub(crate) fn recycle_buffer(&self, buf: Vec<E>) {
+        debug_assert!(buf.is_empty());
+        if buf.capacity() as u64 <= self.shared.ring.capacity() {
+            let _ = self.shared.buffers.push(buf);
+        }
+    }
+}
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// A commit's dispatch: runs, in the caller and in sequence order, every event still
+    /// pending below `range.end` (a sync publish that stops there, whatever the store's
+    /// mode), and hands each handler failure to `on_failure` with its event's sequence.
+    /// Returns what it did and how many of the events in `range` it ran itself: the others
+    /// were taken out of the ring by another thread first.
+    pub(crate) fn dispatch_through(
+        &self,
+        range: Range<u64>,
+        mut on_failure: impl FnMut(u64, Failure<Err>),
+    ) -> (PublishReport, u64) {
+        let shared = &*self.shared;
+        let mut buf = shared.buffer();
+        let (mut dispatched, mut mine) = (0, 0);
+        let mut tally = Tally::default();
+        while let Some((first, n)) = shared.ring.take(range.end, SYNC_CHUNK, &mut buf) {
+            shared.took(n);
+            let mut t = Tally::default();
+            shared.run_events_observed(first, &buf, None, &mut t, &mut on_failure);
+            buf.clear();
+            shared.finished(n, t);
+            dispatched += n;
+            tally += t;
+            mine += (first + n)
+                .min(range.end)
+                .saturating_sub(first.max(range.start));
+        }
+        shared.recycle(buf);
+        (PublishReport::from_tally(dispatched, tally), mine)
+    }
+
+    /// An empty buffer from the publishers' pool, for a transaction.
+    pub(crate) fn spare_buffer(&self) -> Vec<E> {
+        self.shared.buffer()
+    }
+
+    /// The store's timers.
+    pub(crate) fn timers(&self) -> &Timers<E> {
+        &self.shared.timers
+    }
+
+    /// A handle that does not keep the store alive.
+    pub(crate) fn downgrade(&self) -> WeakStore<E, Err> {
+        WeakStore(Arc::downgrade(&self.shared))
+    }
+
+    /// The timer thread's enqueue: [`enqueue`](Self::enqueue), except that under
+    /// [`OverrunPolicy::Block`] it waits for room only until `deadline`, then hands the event
+    /// back as [`EnqueueError::Timeout`] *without* counting it as rejected, so that the timer
+    /// can drop its strong handle and try again.
+    pub(crate) fn enqueue_or_wait(
+        &self,
+        event: E,
+        deadline: Instant,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        let shared = &*self.shared;
+        if shared.policy == OverrunPolicy::Block {
+            loop {
+                match shared.ring.claim(1) {
+                    Ok(sequence) => {
+                        // SAFETY: `sequence` was claimed just above, and is written once.
+                        unsafe { shared.ring.write(sequence, event) };
+                        return Ok(Enqueued {
+                            sequence,
+                            dropped: 0,
+                        });
+                    }
+                    // `enqueue` below counts the refusal and hands the event back.
+                    Err(ClaimError::Closed) => break,
+                    Err(ClaimError::Full) => {
+                        if !shared.wait_for_room(1, Some(deadline)) {
+                            return Err(EnqueueError::Timeout(event));
+                        }
+                    }
+                }
+            }
+        }
+        self.enqueue(event)
     }
 }
