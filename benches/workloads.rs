@@ -45,6 +45,11 @@ fn throughput(c: &mut Criterion) {
 fn latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("W-latency");
     group.sampling_mode(SamplingMode::Flat);
+    // Criterion sizes samples from the reported time (the latency, ~100s of ns), but every
+    // event also costs its 1 µs pacing gap in real time: a short budget keeps a group of five
+    // systems to seconds instead of minutes.
+    group.warm_up_time(Duration::from_millis(100));
+    group.measurement_time(Duration::from_millis(300));
     group.throughput(Throughput::Elements(1));
     for system in LATENCY_SYSTEMS {
         group.bench_function(BenchmarkId::from_parameter(system.name()), |b| {

@@ -5,6 +5,8 @@
 //! cargo run --release --example bench_report            # a few minutes on 2 cores
 //! cargo run --release --example bench_report -- --quick # under a minute
 //! cargo run --release --example bench_report -- --json  # plus one JSON object, last line
+//! cargo run --release --example bench_report -- --only W-tick/ringbus  # one cell, e.g. to
+//!                                                       # profile it under callgrind
 //! ```
 //!
 //! Every figure is the median of several repetitions, and the repetitions of a workload's
@@ -48,12 +50,23 @@ fn ns_per_event(elapsed: Duration, events: u64) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args.iter().any(|a| a == "--json");
-    if let Some(bad) = args.iter().find(|a| *a != "--quick" && *a != "--json") {
-        eprintln!("unknown argument {bad}; usage: bench_report [--quick] [--json]");
-        std::process::exit(2);
+    let mut quick = false;
+    let mut json = false;
+    let mut only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "--only" => only = args.next(),
+            _ => {
+                eprintln!(
+                    "unknown argument {arg}; usage: bench_report [--quick] [--json] \
+                     [--only WORKLOAD[/SYSTEM]]"
+                );
+                std::process::exit(2);
+            }
+        }
     }
     let plan = if quick {
         Plan {
@@ -73,10 +86,16 @@ fn main() {
     let spin_1us = calibrate_spin(Duration::from_micros(1));
     eprintln!("calibrated: {spin_1us} loop iterations ~ 1 us of handler work");
     let mut results = Results::new();
+    let wanted = |workload: &str, system: System| {
+        only.as_deref().is_none_or(|o| {
+            let (w, s) = o.split_once('/').unwrap_or((o, system.name()));
+            workload.starts_with(w) && s == system.name()
+        })
+    };
     for workload in Workload::ALL {
-        measure_throughput(workload, &plan, spin_1us, &mut results, started);
+        measure_throughput(workload, &plan, spin_1us, &mut results, started, &wanted);
     }
-    measure_latency(&plan, &mut results, started);
+    measure_latency(&plan, &mut results, started, &wanted);
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 
     print!("{}", table(&results));
@@ -104,9 +123,13 @@ fn measure_throughput(
     spin_1us: u64,
     results: &mut Results,
     started: Instant,
+    wanted: &dyn Fn(&str, System) -> bool,
 ) {
     let mut runs = Vec::new();
     for &system in workload.systems() {
+        if !wanted(workload.name(), system) {
+            continue;
+        }
         let mut runner = workload.runner(system, spin_1us);
         let iters = if workload == Workload::Mp {
             // One W-mp iteration is a whole 2,000,000-event run with fresh threads and store:
@@ -146,6 +169,9 @@ fn measure_throughput(
                 .push(ns_per_event(elapsed, m.iters * m.runner.events_per_iter()));
         }
     }
+    if runs.is_empty() {
+        return;
+    }
     let row = results.entry(workload.name().to_string()).or_default();
     for m in runs {
         row.insert(m.system.name(), median(m.samples));
@@ -154,10 +180,18 @@ fn measure_throughput(
 
 const QUANTILES: [(&str, f64); 3] = [("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999)];
 
-fn measure_latency(plan: &Plan, results: &mut Results, started: Instant) {
+fn measure_latency(
+    plan: &Plan,
+    results: &mut Results,
+    started: Instant,
+    wanted: &dyn Fn(&str, System) -> bool,
+) {
     let mut per: BTreeMap<&'static str, [Vec<f64>; 3]> = BTreeMap::new();
     for rep in 0..plan.reps {
         for system in LATENCY_SYSTEMS {
+            if !wanted("W-latency", system) {
+                continue;
+            }
             progress(
                 started,
                 &format!("W-latency {} rep {}/{}", system.name(), rep + 1, plan.reps),
