@@ -76,9 +76,9 @@ fn main() {
         }
     } else {
         Plan {
-            reps: 7,
-            target: Duration::from_millis(60),
-            latency_events: 100_000,
+            reps: 11,
+            target: Duration::from_millis(100),
+            latency_events: 200_000,
         }
     };
 
