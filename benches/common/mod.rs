@@ -248,7 +248,8 @@ pub enum System {
     Base,
     /// No queue: the handlers called over a pre-filled `Vec` (the limit).
     Direct,
-    /// ringbus: per-event `enqueue`, then `publish` (sync). In W-tx: the transaction stand-in.
+    /// ringbus: per-event `enqueue`, then `publish` (sync). In W-tx: the transaction stand-in
+    /// (see [`Workload::runner`]).
     Ringbus,
     /// ringbus: `enqueue_batch` of a reused `Vec`, then `publish` (sync).
     RingbusBatch,
@@ -365,7 +366,16 @@ impl Workload {
             Workload::Tick => tick_runner(system, TICK, Work::Tiny),
             Workload::ParallelTiny => tick_runner(system, TICK, Work::Tiny),
             Workload::Parallel1us => tick_runner(system, TICK, Work::Spin(spin_1us)),
-            Workload::Tx => tick_runner(system, TX, Work::Tiny),
+            Workload::Tx => {
+                // W-tx stand-in: `Transaction::commit` (being written in parallel) will do
+                // what `enqueue_batch` + `publish` does, so "ringbus" in W-tx runs the batch
+                // path for now. Switch this arm to a real `Transaction` once it lands.
+                let system = match system {
+                    System::Ringbus => System::RingbusBatch,
+                    other => other,
+                };
+                tick_runner(system, TX, Work::Tiny)
+            }
             Workload::Enqueue => enqueue_runner(system),
             Workload::Mp => Box::new(MpRunner {
                 system,
@@ -400,13 +410,9 @@ fn tick_runner(system: System, events: usize, work: Work) -> Box<dyn Runner> {
             } else {
                 DispatchMode::Sync
             };
-            // W-tx: `Transaction::commit` (being written in parallel) will do what
-            // `enqueue_batch` + `publish` does here; switch this to a real `Transaction` once
-            // it lands. Until then "ringbus" in W-tx is this stand-in.
-            let batched = system == System::RingbusBatch || events == TX;
             Box::new(RingbusTick {
                 store: store(work, &sink, OverrunPolicy::DropOldest, mode),
-                batch: batched.then(|| Vec::with_capacity(events)),
+                batch: (system == System::RingbusBatch).then(|| Vec::with_capacity(events)),
                 sink,
                 events,
                 next: 0,
