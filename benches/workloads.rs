@@ -11,8 +11,10 @@ use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 
-// The bench uses every workload but not every reporting helper; the example uses those.
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "`PEERS` and `quantile` serve the report example's table, not criterion"
+)]
 mod common;
 
 use common::{LATENCY_SYSTEMS, Workload, calibrate_spin, latency_run};
