@@ -1,0 +1,390 @@
+//! Runs every benchmark workload for ringbus and its peers and prints one table: ns per event,
+//! the ratio to the best peer and the ratio to the direct loop, then the goals met or missed.
+//!
+//! ```text
+//! cargo run --release --example bench_report            # a few minutes on 2 cores
+//! cargo run --release --example bench_report -- --quick # under a minute
+//! cargo run --release --example bench_report -- --json  # plus one JSON object, last line
+//! cargo run --release --example bench_report -- --only W-tick/ringbus  # one cell, e.g. to
+//!                                                       # profile it under callgrind
+//! ```
+//!
+//! Every figure is the median of several repetitions, and the repetitions of a workload's
+//! systems are interleaved (a, b, c, a, b, c, ...) so that a burst of noise from other work on
+//! the machine spreads over all of them instead of landing on one.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use common::{
+    LATENCY_SYSTEMS, PEERS, Runner, System, Workload, calibrate_spin, latency_run, quantile,
+};
+
+/// How long and how often to measure.
+struct Plan {
+    reps: usize,
+    /// Time one repetition of one system should take (more iterations for fast systems).
+    target: Duration,
+    latency_events: usize,
+}
+
+/// `results[workload][system] = ns per event` (for latency: `W-latency-p50` etc.).
+type Results = BTreeMap<String, BTreeMap<&'static str, f64>>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+fn ns_per_event(elapsed: Duration, events: u64) -> f64 {
+    elapsed.as_nanos() as f64 / events as f64
+}
+
+fn main() {
+    let mut quick = false;
+    let mut json = false;
+    let mut only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            "--json" => json = true,
+            "--only" => only = args.next(),
+            _ => {
+                eprintln!(
+                    "unknown argument {arg}; usage: bench_report [--quick] [--json] \
+                     [--only WORKLOAD[/SYSTEM]]"
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    let plan = if quick {
+        Plan {
+            reps: 3,
+            target: Duration::from_millis(15),
+            latency_events: 20_000,
+        }
+    } else {
+        Plan {
+            reps: 11,
+            target: Duration::from_millis(100),
+            latency_events: 200_000,
+        }
+    };
+
+    let started = Instant::now();
+    let spin_1us = calibrate_spin(Duration::from_micros(1));
+    eprintln!("calibrated: {spin_1us} loop iterations ~ 1 us of handler work");
+    let mut results = Results::new();
+    let wanted = |workload: &str, system: System| {
+        only.as_deref().is_none_or(|o| {
+            let (w, s) = o.split_once('/').unwrap_or((o, system.name()));
+            workload.starts_with(w) && s == system.name()
+        })
+    };
+    for workload in Workload::ALL {
+        measure_throughput(workload, &plan, spin_1us, &mut results, started, &wanted);
+    }
+    measure_latency(&plan, &mut results, started, &wanted);
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+
+    print!("{}", table(&results));
+    print!("{}", goals(&results));
+    if json {
+        println!("{}", to_json(&results));
+    }
+}
+
+fn progress(started: Instant, what: &str) {
+    eprintln!("[{:6.1} s] {what}", started.elapsed().as_secs_f64());
+}
+
+/// One system's runner on the workload being measured, and its samples so far.
+struct Measured {
+    system: System,
+    runner: Box<dyn Runner>,
+    iters: u64,
+    samples: Vec<f64>,
+}
+
+fn measure_throughput(
+    workload: Workload,
+    plan: &Plan,
+    spin_1us: u64,
+    results: &mut Results,
+    started: Instant,
+    wanted: &dyn Fn(&str, System) -> bool,
+) {
+    let mut runs = Vec::new();
+    for &system in workload.systems() {
+        if !wanted(workload.name(), system) {
+            continue;
+        }
+        let mut runner = workload.runner(system, spin_1us);
+        let iters = if workload == Workload::Mp {
+            // One W-mp iteration is a whole 2,000,000-event run with fresh threads and store:
+            // nothing to warm up, and long enough on its own.
+            1
+        } else {
+            progress(
+                started,
+                &format!("{} {}: warm-up", workload.name(), system.name()),
+            );
+            let one = runner.run(1).max(Duration::from_nanos(1));
+            let iters = (plan.target.as_nanos() / one.as_nanos()).clamp(1, 1 << 20) as u64;
+            runner.run(iters.div_ceil(4));
+            iters
+        };
+        runs.push(Measured {
+            system,
+            runner,
+            iters,
+            samples: Vec::new(),
+        });
+    }
+    for rep in 0..plan.reps {
+        for m in &mut runs {
+            progress(
+                started,
+                &format!(
+                    "{} {} rep {}/{}",
+                    workload.name(),
+                    m.system.name(),
+                    rep + 1,
+                    plan.reps
+                ),
+            );
+            let elapsed = m.runner.run(m.iters);
+            m.samples
+                .push(ns_per_event(elapsed, m.iters * m.runner.events_per_iter()));
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    let row = results.entry(workload.name().to_string()).or_default();
+    for m in runs {
+        row.insert(m.system.name(), median(m.samples));
+    }
+}
+
+const QUANTILES: [(&str, f64); 3] = [("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999)];
+
+fn measure_latency(
+    plan: &Plan,
+    results: &mut Results,
+    started: Instant,
+    wanted: &dyn Fn(&str, System) -> bool,
+) {
+    let mut per: BTreeMap<&'static str, [Vec<f64>; 3]> = BTreeMap::new();
+    for rep in 0..plan.reps {
+        for system in LATENCY_SYSTEMS {
+            if !wanted("W-latency", system) {
+                continue;
+            }
+            progress(
+                started,
+                &format!("W-latency {} rep {}/{}", system.name(), rep + 1, plan.reps),
+            );
+            let samples = latency_run(system, plan.latency_events);
+            let slot = per.entry(system.name()).or_default();
+            for (k, (_, q)) in QUANTILES.iter().enumerate() {
+                slot[k].push(quantile(&samples, *q) as f64);
+            }
+        }
+    }
+    for (name, qs) in per {
+        for (k, (label, _)) in QUANTILES.iter().enumerate() {
+            results
+                .entry(format!("W-latency-{label}"))
+                .or_default()
+                .insert(name, median(qs[k].clone()));
+        }
+    }
+}
+
+fn best_peer(row: &BTreeMap<&'static str, f64>) -> Option<(&'static str, f64)> {
+    PEERS
+        .iter()
+        .filter_map(|p| row.get(p.name()).map(|v| (p.name(), *v)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+/// The workloads in report order (the map's own order is alphabetical).
+fn order() -> Vec<String> {
+    let mut names: Vec<String> = Workload::ALL.iter().map(|w| w.name().to_string()).collect();
+    names.extend(QUANTILES.iter().map(|(l, _)| format!("W-latency-{l}")));
+    names
+}
+
+fn table(results: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<18} {:<18} {:>12} {:>13} {:>11}",
+        "workload", "system", "ns/event", "/ best peer", "/ direct"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(76));
+    for name in order() {
+        let Some(row) = results.get(&name) else {
+            continue;
+        };
+        let best = best_peer(row);
+        let direct = row.get("direct").copied();
+        // Rows in the systems' declaration order, not alphabetical.
+        let mut rows: Vec<(&'static str, f64)> = row.iter().map(|(k, v)| (*k, *v)).collect();
+        rows.sort_by_key(|(k, _)| system_rank(k));
+        for (system, ns) in rows {
+            let vs_peer = best.map_or("-".into(), |(_, b)| format!("{:.2}x", ns / b));
+            let vs_direct = direct.map_or("-".into(), |d| format!("{:.2}x", ns / d));
+            let _ = writeln!(
+                out,
+                "{name:<18} {system:<18} {ns:>12.1} {vs_peer:>13} {vs_direct:>11}"
+            );
+        }
+        if let Some((peer, _)) = best {
+            let _ = writeln!(out, "{:<18} (best peer: {peer})", "");
+        }
+    }
+    out
+}
+
+fn system_rank(name: &str) -> usize {
+    [
+        "base",
+        "direct",
+        "ringbus",
+        "ringbus-batch",
+        "ringbus-parallel",
+        "arrayqueue",
+        "crossbeam-channel",
+        "std-mpsc",
+        "disruptor",
+    ]
+    .iter()
+    .position(|n| *n == name)
+    .unwrap_or(usize::MAX)
+}
+
+/// The issue's goals, each with the figures it was judged on.
+fn goals(results: &Results) -> String {
+    let get = |w: &str, s: &str| results.get(w).and_then(|r| r.get(s)).copied();
+    let mut out = String::from("\ngoals (ratios from this run):\n");
+    let mut check = |label: String, ok: Option<bool>| {
+        let verdict = match ok {
+            Some(true) => "met   ",
+            Some(false) => "MISSED",
+            None => "n/a   ",
+        };
+        let _ = writeln!(out, "  [{verdict}] {label}");
+    };
+    let tick = |s| get("W-tick", s);
+    if let (Some(rb), Some(d)) = (tick("ringbus"), tick("direct")) {
+        check(
+            format!("W-tick ringbus within 2x of direct: {:.2}x", rb / d),
+            Some(rb <= 2.0 * d),
+        );
+        for peer in ["arrayqueue", "crossbeam-channel", "std-mpsc"] {
+            if let Some(p) = tick(peer) {
+                check(
+                    format!("W-tick ringbus faster than {peer}: {rb:.1} vs {p:.1} ns"),
+                    Some(rb < p),
+                );
+            }
+        }
+    }
+    if let (Some(rb), Some(d)) = (tick("ringbus-batch"), tick("direct")) {
+        check(
+            format!(
+                "W-tick ringbus-batch within 1.25x of direct: {:.2}x",
+                rb / d
+            ),
+            Some(rb <= 1.25 * d),
+        );
+        if let Some(p) = tick("disruptor") {
+            check(
+                format!("W-tick ringbus-batch faster than disruptor batch: {rb:.1} vs {p:.1} ns"),
+                Some(rb < p),
+            );
+        }
+    }
+    for w in ["W-enqueue", "W-mp"] {
+        if let (Some(rb), Some(aq)) = (get(w, "ringbus"), get(w, "arrayqueue")) {
+            check(
+                format!("{w} ringbus throughput >= arrayqueue: {rb:.1} vs {aq:.1} ns/event"),
+                Some(rb <= aq),
+            );
+        }
+    }
+    for q in ["p50", "p99"] {
+        let w = format!("W-latency-{q}");
+        if let (Some(rb), Some((peer, p))) =
+            (get(&w, "ringbus"), results.get(&w).and_then(best_peer))
+        {
+            check(
+                format!("{w} ringbus no worse than best peer ({peer}): {rb:.0} vs {p:.0} ns"),
+                Some(rb <= p),
+            );
+        }
+    }
+    if let (Some(sync), Some(par)) = (
+        get("W-parallel-1us", "ringbus"),
+        get("W-parallel-1us", "ringbus-parallel"),
+    ) {
+        check(
+            format!(
+                "W-parallel 1 us handlers: parallel {:.2}x faster than sync (goal 1.7x)",
+                sync / par
+            ),
+            Some(sync / par >= 1.7),
+        );
+    }
+    if let (Some(sync), Some(par)) = (
+        get("W-parallel-tiny", "ringbus"),
+        get("W-parallel-tiny", "ringbus-parallel"),
+    ) {
+        check(
+            format!(
+                "W-parallel tiny handlers: parallel {:.2}x the time of sync (goal <= 1.2x)",
+                par / sync
+            ),
+            Some(par <= 1.2 * sync),
+        );
+    }
+    out
+}
+
+/// One JSON object: `{"workload": {"system": ns, ...}, ...}`. Names are plain ASCII
+/// identifiers, so no escaping is needed.
+fn to_json(results: &Results) -> String {
+    let mut out = String::from("{");
+    for (i, name) in order()
+        .iter()
+        .filter(|n| results.contains_key(*n))
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "\"{name}\": {{");
+        for (j, (system, ns)) in results[name].iter().enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "\"{system}\": {ns:.2}");
+        }
+        out.push('}');
+    }
+    out.push('}');
+    out
+}

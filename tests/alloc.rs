@@ -1,0 +1,172 @@
+//! Zero heap allocations per event in steady state: enqueue (one by one and as a batch of a
+//! reused `Vec`) plus a synchronous publish must not touch the allocator once warmed up.
+//!
+//! A counting global allocator counts only on the thread that armed it, so the test harness's
+//! own threads (output capture, other tests) cannot make a test fail or pass by accident.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+
+struct Counting;
+
+thread_local! {
+    // `const` initialisers with no destructor: reading them never allocates.
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: the allocator also runs while thread-locals are being torn down.
+    let _ = ARMED.try_with(|armed| {
+        if armed.get() {
+            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
+// touches only thread-local `Cell`s and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: forwarded as is; the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as above; `ptr` came from this allocator, which is `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations (and reallocations) made by this thread while running `f`.
+fn allocations_in(f: impl FnOnce()) -> u64 {
+    ALLOCS.with(|n| n.set(0));
+    ARMED.with(|a| a.set(true));
+    f();
+    ARMED.with(|a| a.set(false));
+    ALLOCS.with(Cell::get)
+}
+
+/// The benchmarks' payload and handler: a key over 8 projections, a relaxed add per event.
+#[derive(Debug, Clone, Copy)]
+struct Ev {
+    key: u8,
+    a: u64,
+    b: u64,
+    c: u64,
+}
+
+impl Event for Ev {
+    type Projection = u8;
+    fn projection(&self) -> u8 {
+        self.key
+    }
+}
+
+fn event(i: u64) -> Ev {
+    Ev {
+        key: (i % 8) as u8,
+        a: 1,
+        b: i,
+        c: i,
+    }
+}
+
+const TICKS: u64 = 100;
+const TICK: u64 = 1024;
+
+fn counting_store(counter: &Arc<AtomicU64>) -> EventStore<Ev> {
+    let mut dispatcher = Dispatcher::<Ev>::new();
+    for key in 0..8 {
+        let counter = Arc::clone(counter);
+        dispatcher.on(key, move |_, ev| {
+            // The payload arrives whole (and the check's formatting is only built on failure).
+            assert_eq!(ev.b, ev.c);
+            counter.fetch_add(ev.a, Ordering::Relaxed);
+            Ok(())
+        });
+    }
+    EventStore::new(dispatcher, 1 << 16, OverrunPolicy::DropOldest).unwrap()
+}
+
+#[test]
+fn enqueue_and_sync_publish_allocate_nothing_per_event() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let store = counting_store(&counter);
+    let mut next = 0;
+    let mut tick = |store: &EventStore<Ev>| {
+        for i in next..next + TICK {
+            store.enqueue(event(i)).unwrap();
+        }
+        next += TICK;
+        assert_eq!(store.publish().processed, TICK);
+    };
+    // Warm-up: the first publish allocates the publisher's buffer, which is then recycled.
+    for _ in 0..3 {
+        tick(&store);
+    }
+    let allocs = allocations_in(|| {
+        for _ in 0..TICKS {
+            tick(&store);
+        }
+    });
+    assert_eq!(
+        allocs, 0,
+        "{TICKS} ticks x {TICK} events allocated {allocs} times"
+    );
+    assert_eq!(counter.load(Ordering::Relaxed), (TICKS + 3) * TICK);
+}
+
+#[test]
+fn enqueue_batch_of_a_reused_vec_allocates_nothing_per_event() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let store = counting_store(&counter);
+    let mut batch = Vec::with_capacity(TICK as usize);
+    let mut next = 0;
+    let mut tick = |store: &EventStore<Ev>, batch: &mut Vec<Ev>| {
+        batch.extend((next..next + TICK).map(event));
+        next += TICK;
+        store.enqueue_batch(batch).unwrap();
+        assert!(batch.is_empty() && batch.capacity() >= TICK as usize);
+        assert_eq!(store.publish().processed, TICK);
+    };
+    for _ in 0..3 {
+        tick(&store, &mut batch);
+    }
+    let allocs = allocations_in(|| {
+        for _ in 0..TICKS {
+            tick(&store, &mut batch);
+        }
+    });
+    assert_eq!(
+        allocs, 0,
+        "{TICKS} batches of {TICK} events allocated {allocs} times"
+    );
+    assert_eq!(counter.load(Ordering::Relaxed), (TICKS + 3) * TICK);
+}
+
+/// The counter itself must see allocations, or the tests above prove nothing.
+#[test]
+fn the_counter_counts() {
+    let allocs = allocations_in(|| {
+        std::hint::black_box(Vec::<u64>::with_capacity(16));
+    });
+    assert_eq!(allocs, 1);
+}
