@@ -68,9 +68,12 @@
 //! # Parallel dispatch
 //! [`DispatchMode::Parallel`] first runs 16 events of the batch in the caller and times them.
 //! If the rest would take under 50 µs at that rate, it runs in the caller too: waking rayon's
-//! workers and joining them costs tens of microseconds, more than tiny handlers save. Otherwise
-//! the rest is forked on the pool in tasks of about 10 µs each. The threshold is re-estimated
-//! for every batch, so it follows the handlers' real cost.
+//! workers and joining them costs tens of microseconds, more than tiny handlers save. If it
+//! would take longer, 16 more events are timed and the cheaper estimate is kept (a preemption
+//! during one probe must not fork a cheap batch), and if the rest is still worth it, it is
+//! forked on the pool in tasks of about 10 µs each. Batches of 32 events or fewer always run in
+//! the caller. The estimate is made afresh for every batch, so it follows the handlers' real
+//! cost.
 //!
 //! # Accounting
 //! Each event accepted by the store ends up in exactly one of: processed, failed, dropped,
