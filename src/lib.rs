@@ -41,9 +41,17 @@
 //! - Every accepted event gets a unique [sequence number](Context::sequence) (0, 1, 2, ...), its
 //!   position in the store's single total order. Events of one producer are in its program order;
 //!   a [batch](EventStore::enqueue_batch) is contiguous.
-//! - `publish` dispatches the events enqueued before it was called (its snapshot of the tail).
-//!   Events enqueued meanwhile, by handlers or other threads, wait for the next call, so a handler
-//!   that re-enqueues cannot make one `publish` run forever.
+//! - `publish` dispatches the events whose enqueue completed before it was called (its snapshot
+//!   of the tail), in order, stopping early only at an enqueue that another thread has begun
+//!   (claimed its sequence) but not finished: that event and the ones behind it wait for the
+//!   next call. A publisher never waits for a producer, so a producer preempted mid-enqueue
+//!   cannot stall it. In particular, every event enqueued by threads that have all returned from
+//!   `enqueue` before `publish` is called is dispatched by that call.
+//! - Events enqueued while `publish` runs, by handlers or other threads, wait for the next call,
+//!   so a handler that re-enqueues cannot make one `publish` run forever.
+//! - `close` and a transaction's `commit` do wait for in-progress enqueues ahead of them (a few
+//!   nanoseconds unless that thread is preempted), since they promise to dispatch everything up
+//!   to their point.
 //! - [`DispatchMode::Sync`] with one publishing thread runs handlers in sequence order. Several
 //!   threads may call `publish` at once: each event is dispatched by exactly one of them, in
 //!   chunks of up to 256 consecutive events, each chunk in order. [`DispatchMode::Parallel`] and

@@ -18,9 +18,11 @@
 //! `tail` is the next sequence to hand a producer, `head` the next to hand a consumer, and
 //! `head <= tail <= head + cap` always holds. A producer claims `[t, t + n)` when
 //! `t + n <= head + cap`, then waits (briefly: a consumer is copying the previous lap's event
-//! out) for each slot's stamp to say `2s`, writes, and stamps `2s + 1`. A consumer claims
-//! `[h, h + k)` for `k <= tail - h`, waits for each stamp to say `2s + 1` (briefly: the producer
-//! is writing), moves the event out and stamps `2(s + cap)`.
+//! out) for each slot's stamp to say `2s`, writes, and stamps `2s + 1`. A publisher claims
+//! `[h, h + k)`, the longest run of slots from `h` whose stamps already say `2s + 1`, moves the
+//! events out and stamps `2(s + cap)`: it never waits for a producer, and an event still being
+//! written (with everything behind it) is left for the next publish. A producer evicting the
+//! oldest event under `DropOldest` claims `h` even if unwritten, and waits (briefly) for it.
 //!
 //! Between a claim and its stamp nothing runs but a bounded copy, never user code, so the short
 //! waits always end: a producer's wait depends only on an older sequence's copy-out, which
@@ -249,24 +251,26 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Claims up to `max` of the sequences below `limit` for consuming, and moves their events
-    /// to the end of `out` in sequence order. Returns the first sequence claimed and how many,
-    /// or `None` when nothing below `limit` is left.
+    /// Claims up to `max` of the sequences below `limit` whose events are already written, and
+    /// moves those events to the end of `out` in sequence order. Returns the first sequence
+    /// claimed and how many, or `None` when nothing below `limit` is ready.
+    ///
+    /// Only the written prefix is claimed: an event whose producer has claimed its slot but not
+    /// yet written it stops the claim there, and it and everything behind it wait for the next
+    /// call. A publisher therefore never waits on a producer (which, preempted between claim
+    /// and write, could stall it for a whole scheduler time slice).
     ///
     /// Room for `max` events is reserved in `out` before claiming, so that nothing can panic
     /// or allocate while slots are claimed but not yet handed back.
     #[inline]
     pub(crate) fn take(&self, limit: u64, max: u64, out: &mut Vec<T>) -> Option<(u64, u64)> {
         out.reserve(max as usize);
-        let (first, n) = self.claim_for_consumer(limit, max)?;
-        for seq in first..first + n {
-            // Each producer has finished writing its event.
-            self.wait_for(seq, 2 * seq + 1);
-        }
+        let (first, n) = self.claim_written(limit, max)?;
         let len = out.len();
-        // SAFETY: the `n` slots are ours and hold initialised events (odd stamps seen above);
-        // `out` has room for `n` more (reserved above). The events' ownership moves to `out`,
-        // and the stamps below mark the slots empty so the ring will not drop them again.
+        // SAFETY: the `n` slots are ours and hold initialised events (odd stamps seen by
+        // `claim_written`, and only their claimer, us, changes them now); `out` has room for
+        // `n` more (reserved above). The events' ownership moves to `out`, and the stamps below
+        // mark the slots empty so the ring will not drop them again.
         unsafe {
             self.copy_out(first, out.as_mut_ptr().add(len), n);
             out.set_len(len + n as usize);
@@ -279,8 +283,39 @@ impl<T> Ring<T> {
         Some((first, n))
     }
 
+    /// Claims the longest run of written events starting at `head`, at most `max` and below
+    /// `limit`.
+    #[inline]
+    fn claim_written(&self, limit: u64, max: u64) -> Option<(u64, u64)> {
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            let want = max.min(limit.saturating_sub(head));
+            // Acquire: each producer's write happens-before our copy-out. A stamp read here
+            // cannot go stale before our CAS succeeds: only the claimer of a sequence changes
+            // its stamp, and the CAS fails if anyone else claimed it meanwhile.
+            let mut n = 0;
+            while n < want && self.stamp(head + n).load(Ordering::Acquire) == 2 * (head + n) + 1 {
+                n += 1;
+            }
+            if n == 0 {
+                return None;
+            }
+            // SeqCst: see `claim`. A consumer's claim is what makes room for producers.
+            match self.head.compare_exchange_weak(
+                head,
+                head + n,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some((head, n)),
+                Err(current) => head = current,
+            }
+        }
+    }
+
     /// Claims the oldest event and returns it with its sequence, or `None` if the ring is
-    /// empty. Used by producers evicting under `DropOldest`.
+    /// empty. Used by producers evicting under `DropOldest`: unlike [`take`](Self::take), it
+    /// waits for the oldest event to be written, since the caller needs the room.
     pub(crate) fn take_oldest(&self) -> Option<(u64, T)> {
         let (seq, _) = self.claim_for_consumer(self.tail(), 1)?;
         self.wait_for(seq, 2 * seq + 1);
@@ -294,6 +329,8 @@ impl<T> Ring<T> {
         Some((seq, value))
     }
 
+    /// Claims up to `max` sequences below `limit`, written or not (the caller waits for each
+    /// to be written).
     #[inline]
     fn claim_for_consumer(&self, limit: u64, max: u64) -> Option<(u64, u64)> {
         let mut head = self.head.load(Ordering::Relaxed);

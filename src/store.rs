@@ -73,6 +73,16 @@ pub struct PublishReport {
     pub handler_errors: u64,
 }
 
+impl std::ops::AddAssign for PublishReport {
+    fn add_assign(&mut self, o: Self) {
+        self.dispatched += o.dispatched;
+        self.processed += o.processed;
+        self.failed += o.failed;
+        self.unrouted += o.unrouted;
+        self.handler_errors += o.handler_errors;
+    }
+}
+
 impl PublishReport {
     fn from_tally(dispatched: u64, t: Tally) -> Self {
         Self {
@@ -484,9 +494,11 @@ where
             .enqueue_batch(batch, Instant::now().checked_add(timeout))
     }
 
-    /// Dispatches every event enqueued before the call (GoEventBus's `Publish`), according to
+    /// Dispatches the events enqueued before the call (GoEventBus's `Publish`), according to
     /// the store's [`DispatchMode`]. Events enqueued while it runs, by handlers or other
-    /// threads, wait for the next call.
+    /// threads, wait for the next call; so does an event another thread is still in the middle
+    /// of enqueueing, with those behind it (see the crate docs on ordering): `publish` never
+    /// waits for a producer.
     ///
     /// Safe to call from several threads at once: each event is dispatched by exactly one of
     /// them.
@@ -523,7 +535,7 @@ where
         self.shared.ring.close();
         self.shared.blocked.wake_all();
         self.shared.timers.close();
-        let report = self.shared.publish(deadline);
+        let report = self.shared.publish_all(deadline);
         self.shared.wait_idle(deadline)?;
         if self.pending() > 0 {
             return Err(self.shared.timeout_error());
@@ -727,6 +739,24 @@ where
             DispatchMode::Parallel => self.publish_parallel(deadline),
             DispatchMode::Async => self.publish_async(deadline),
         }
+    }
+
+    /// Publishes until every event accepted so far is taken, or `deadline` passes: `publish`
+    /// leaves events behind an enqueue still being written, and `close` must not.
+    fn publish_all(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        let mut report = PublishReport::default();
+        let backoff = Backoff::new();
+        while self.ring.head() < limit && !expired(deadline) {
+            let r = self.publish(deadline);
+            if r.dispatched == 0 {
+                // An enqueue is between its claim and its write: it finishes in nanoseconds
+                // unless its thread was preempted.
+                backoff.snooze();
+            }
+            report += r;
+        }
+        report
     }
 
     /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
@@ -1121,7 +1151,14 @@ where
         let mut buf = shared.buffer();
         let (mut dispatched, mut mine) = (0, 0);
         let mut tally = Tally::default();
-        while let Some((first, n)) = shared.ring.take(range.end, SYNC_CHUNK, &mut buf) {
+        let backoff = Backoff::new();
+        // Until another thread's in-progress enqueue ahead of the transaction is written and
+        // taken, `take` stops short of `range.end`: wait for it, as `close` does.
+        while shared.ring.head() < range.end {
+            let Some((first, n)) = shared.ring.take(range.end, SYNC_CHUNK, &mut buf) else {
+                backoff.snooze();
+                continue;
+            };
             shared.took(n);
             let mut t = Tally::default();
             shared.run_events_observed(first, &buf, None, &mut t, &mut on_failure);
