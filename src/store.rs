@@ -13,7 +13,7 @@ use crate::dispatcher::{BoxError, Context, Dispatcher, Event};
 use crate::error::{BatchError, BuildError, EnqueueError, TimeoutError};
 use crate::metrics::{Counters, Metrics, Tally};
 use crate::ring::{ClaimError, MAX_CAPACITY, Ring};
-use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering};
+use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering, fence};
 
 /// What [`EventStore::enqueue`] does when the ring is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -127,8 +127,14 @@ const BUFFER_POOL: usize = 8;
 /// ring, or `drain` waiting for in-flight work.
 ///
 /// The waker checks `count` after making progress and only takes the lock when someone waits;
-/// the waiter registers in `count` before re-checking the condition. Both sides use SeqCst, so
-/// either the waker sees the waiter or the waiter sees the progress.
+/// the waiter registers in `count` before re-checking the condition. A SeqCst fence sits between
+/// the write and the read on both sides (a Dekker pattern), so either the waker sees the waiter
+/// or the waiter sees the progress.
+///
+/// The fences are what make this hold under loom too: loom models SeqCst *accesses* as AcqRel
+/// only (see its README), so with SeqCst loads and RMWs alone it reports lost wake-ups that the
+/// C++ memory model rules out. The fences cost one barrier per wake check (per chunk of events,
+/// not per event), right after an RMW that is already a full barrier on x86.
 #[derive(Debug)]
 struct Waiters {
     count: AtomicUsize,
@@ -148,6 +154,9 @@ impl Waiters {
     /// Wakes all waiters if there are any.
     #[inline]
     fn wake(&self) {
+        // Orders the caller's progress (head CAS, `in_flight` decrement) before the read of
+        // `count`; pairs with the fence in `wait`.
+        fence(Ordering::SeqCst);
         if self.count.load(Ordering::SeqCst) > 0 {
             self.wake_all();
         }
@@ -169,6 +178,8 @@ impl Waiters {
             backoff.snooze();
         }
         self.count.fetch_add(1, Ordering::SeqCst);
+        // Orders our registration before `ready()` reads the condition; pairs with `wake`.
+        fence(Ordering::SeqCst);
         let mut guard = sync::lock(&self.lock);
         let outcome = loop {
             if ready() {
