@@ -230,7 +230,10 @@ impl<T> Ring<T> {
 
     #[inline]
     fn claim_for_consumer(&self, limit: u64, max: u64) -> Option<(u64, u64)> {
-        let mut head = self.head.load(Ordering::Relaxed);
+        // Acquire (here and on a failed CAS): a consumer that finds nothing left below `limit`
+        // synchronises with the claims that took it, so what their thread did before claiming
+        // is visible (the store's `close` relies on this; see `Shared::take`). Free on x86.
+        let mut head = self.head.load(Ordering::Acquire);
         loop {
             if head >= limit || max == 0 {
                 return None;
@@ -241,7 +244,7 @@ impl<T> Ring<T> {
                 head,
                 head + n,
                 Ordering::SeqCst,
-                Ordering::Relaxed,
+                Ordering::Acquire,
             ) {
                 Ok(_) => return Some((head, n)),
                 Err(current) => head = current,

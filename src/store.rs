@@ -210,8 +210,13 @@ struct Shared<E: Event, Err> {
     buffers: ArrayQueue<Vec<E>>,
     /// Producers blocked on a full ring (`Block`).
     blocked: Waiters,
-    /// Threads in `drain` / `close` waiting for `in_flight` to reach 0.
+    /// Threads in `drain` / `close` waiting for `in_flight` and `taking` to reach 0.
     draining: Waiters,
+    /// Publishers between claiming events on the ring's head and counting them in `in_flight`.
+    /// Without it, `close` could find the ring empty and nothing in flight while another
+    /// publisher had already claimed the last events but not yet counted them, and return
+    /// `Ok` before their handlers ran.
+    taking: AtomicUsize,
 }
 
 /// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.
@@ -340,6 +345,7 @@ where
                 buffers: ArrayQueue::new(BUFFER_POOL),
                 blocked: Waiters::new(),
                 draining: Waiters::new(),
+                taking: AtomicUsize::new(0),
             }),
         })
     }
@@ -667,12 +673,25 @@ where
         let _ = self.buffers.push(buf);
     }
 
-    /// Marks `n` events taken out of the ring as in flight, and wakes blocked producers: the
-    /// take made room.
+    /// Takes up to `max` events below `limit` out of the ring into `buf` (see [`Ring::take`]),
+    /// counts them in flight, and wakes blocked producers: the take made room.
+    ///
+    /// `taking` covers the gap between the claim and the `in_flight` increment. SeqCst RMWs
+    /// release, so a `wait_idle` that observed our claim on the head (Acquire, in its own
+    /// publish) and then reads `taking` sees either us still taking or, reading our decrement,
+    /// our `in_flight` increment.
     #[inline]
-    fn took(&self, n: u64) {
-        self.counters.in_flight.fetch_add(n, Ordering::SeqCst);
-        self.blocked.wake();
+    fn take(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
+        self.taking.fetch_add(1, Ordering::SeqCst);
+        let taken = self.ring.take(limit, max, buf);
+        if let Some((_, n)) = taken {
+            self.counters.in_flight.fetch_add(n, Ordering::SeqCst);
+            self.blocked.wake();
+        }
+        if self.taking.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.draining.wake();
+        }
+        taken
     }
 
     /// Records the outcome of `n` in-flight events and wakes `drain` if they were the last.
@@ -700,10 +719,9 @@ where
         let mut dispatched = 0;
         let mut tally = Tally::default();
         while !expired(deadline) {
-            let Some((first, n)) = self.ring.take(limit, SYNC_CHUNK, &mut buf) else {
+            let Some((first, n)) = self.take(limit, SYNC_CHUNK, &mut buf) else {
                 break;
             };
-            self.took(n);
             let t = self.run_in_order(first, &mut buf, deadline);
             self.finished(n, t);
             dispatched += n;
@@ -722,11 +740,10 @@ where
         while !expired(deadline) {
             let want = limit.saturating_sub(self.ring.head());
             let mut buf = self.buffer();
-            let Some((first, n)) = self.ring.take(limit, want, &mut buf) else {
+            let Some((first, n)) = self.take(limit, want, &mut buf) else {
                 self.recycle(buf);
                 break;
             };
-            self.took(n);
             let t = self.run_parallel(first, &mut buf, deadline);
             self.finished(n, t);
             self.recycle(buf);
@@ -743,11 +760,10 @@ where
         while !expired(deadline) {
             let want = limit.saturating_sub(self.ring.head());
             let mut buf = self.buffer();
-            let Some((first, n)) = self.ring.take(limit, want, &mut buf) else {
+            let Some((first, n)) = self.take(limit, want, &mut buf) else {
                 self.recycle(buf);
                 break;
             };
-            self.took(n);
             dispatched += n;
             let shared = Arc::clone(self);
             let job = move || {
@@ -873,13 +889,15 @@ where
         }
     }
 
-    /// Waits until nothing is in flight, or `deadline`.
+    /// Waits until nothing is in flight or being taken, or `deadline`.
     fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
         let in_flight = &self.counters.in_flight;
-        if self
-            .draining
-            .wait(deadline, || in_flight.load(Ordering::SeqCst) == 0)
-        {
+        let taking = &self.taking;
+        // `taking` first: reading 0 from a taker's decrement makes its `in_flight` increment
+        // visible to the second load (see `take`).
+        if self.draining.wait(deadline, || {
+            taking.load(Ordering::SeqCst) == 0 && in_flight.load(Ordering::SeqCst) == 0
+        }) {
             Ok(())
         } else {
             Err(self.timeout_error())
