@@ -15,7 +15,7 @@ use crate::error::{BatchError, BuildError, EnqueueError, TimeoutError};
 use crate::metrics::{Counters, Metrics, Tally};
 use crate::ring::{ClaimError, MAX_CAPACITY, Ring};
 use crate::schedule::Timers;
-use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering};
+use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering, fence};
 
 /// What [`EventStore::enqueue`] does when the ring is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -139,8 +139,14 @@ const BUFFER_POOL: usize = 8;
 /// ring, or `drain` waiting for in-flight work.
 ///
 /// The waker checks `count` after making progress and only takes the lock when someone waits;
-/// the waiter registers in `count` before re-checking the condition. Both sides use SeqCst, so
-/// either the waker sees the waiter or the waiter sees the progress.
+/// the waiter registers in `count` before re-checking the condition. A SeqCst fence sits between
+/// the write and the read on both sides (a Dekker pattern), so either the waker sees the waiter
+/// or the waiter sees the progress.
+///
+/// The fences are what make this hold under loom too: loom models SeqCst *accesses* as AcqRel
+/// only (see its README), so with SeqCst loads and RMWs alone it reports lost wake-ups that the
+/// C++ memory model rules out. The fences cost one barrier per wake check (per chunk of events,
+/// not per event), right after an RMW that is already a full barrier on x86.
 #[derive(Debug)]
 struct Waiters {
     count: AtomicUsize,
@@ -160,6 +166,9 @@ impl Waiters {
     /// Wakes all waiters if there are any.
     #[inline]
     fn wake(&self) {
+        // Orders the caller's progress (head CAS, `in_flight` decrement) before the read of
+        // `count`; pairs with the fence in `wait`.
+        fence(Ordering::SeqCst);
         if self.count.load(Ordering::SeqCst) > 0 {
             self.wake_all();
         }
@@ -181,6 +190,8 @@ impl Waiters {
             backoff.snooze();
         }
         self.count.fetch_add(1, Ordering::SeqCst);
+        // Orders our registration before `ready()` reads the condition; pairs with `wake`.
+        fence(Ordering::SeqCst);
         let mut guard = sync::lock(&self.lock);
         let outcome = loop {
             if ready() {
@@ -243,10 +254,15 @@ struct Shared<E: Event, Err> {
     buffers: ArrayQueue<Vec<E>>,
     /// Producers blocked on a full ring (`Block`).
     blocked: Waiters,
-    /// Threads in `drain` / `close` waiting for `in_flight` to reach 0.
+    /// Threads in `drain` / `close` waiting for `in_flight` and `taking` to reach 0.
     draining: Waiters,
     /// Scheduled events and the timer thread that fires them (`schedule.rs`).
     timers: Timers<E>,
+    /// Publishers between claiming events on the ring's head and counting them in `in_flight`.
+    /// Without it, `close` could find the ring empty and nothing in flight while another
+    /// publisher had already claimed the last events but not yet counted them, and return
+    /// `Ok` before their handlers ran.
+    taking: AtomicUsize,
 }
 
 /// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.
@@ -376,6 +392,7 @@ where
                 blocked: Waiters::new(),
                 draining: Waiters::new(),
                 timers: Timers::new(),
+                taking: AtomicUsize::new(0),
             }),
         })
     }
@@ -709,12 +726,25 @@ where
         let _ = self.buffers.push(buf);
     }
 
-    /// Marks `n` events taken out of the ring as in flight, and wakes blocked producers: the
-    /// take made room.
+    /// Takes up to `max` events below `limit` out of the ring into `buf` (see [`Ring::take`]),
+    /// counts them in flight, and wakes blocked producers: the take made room.
+    ///
+    /// `taking` covers the gap between the claim and the `in_flight` increment. SeqCst RMWs
+    /// release, so a `wait_idle` that observed our claim on the head (Acquire, in its own
+    /// publish) and then reads `taking` sees either us still taking or, reading our decrement,
+    /// our `in_flight` increment.
     #[inline]
-    fn took(&self, n: u64) {
-        self.counters.in_flight.fetch_add(n, Ordering::SeqCst);
-        self.blocked.wake();
+    fn take(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
+        self.taking.fetch_add(1, Ordering::SeqCst);
+        let taken = self.ring.take(limit, max, buf);
+        if let Some((_, n)) = taken {
+            self.counters.in_flight.fetch_add(n, Ordering::SeqCst);
+            self.blocked.wake();
+        }
+        if self.taking.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.draining.wake();
+        }
+        taken
     }
 
     /// Records the outcome of `n` in-flight events and wakes `drain` if they were the last.
@@ -766,10 +796,9 @@ where
         let mut dispatched = 0;
         let mut tally = Tally::default();
         while !expired(deadline) {
-            let Some((first, n)) = self.ring.take(limit, SYNC_CHUNK, &mut buf) else {
+            let Some((first, n)) = self.take(limit, SYNC_CHUNK, &mut buf) else {
                 break;
             };
-            self.took(n);
             let t = self.run_in_order(first, &mut buf, deadline);
             self.finished(n, t);
             dispatched += n;
@@ -788,11 +817,10 @@ where
         while !expired(deadline) {
             let want = limit.saturating_sub(self.ring.head());
             let mut buf = self.buffer();
-            let Some((first, n)) = self.ring.take(limit, want, &mut buf) else {
+            let Some((first, n)) = self.take(limit, want, &mut buf) else {
                 self.recycle(buf);
                 break;
             };
-            self.took(n);
             let t = self.run_parallel(first, &mut buf, deadline);
             self.finished(n, t);
             self.recycle(buf);
@@ -809,11 +837,10 @@ where
         while !expired(deadline) {
             let want = limit.saturating_sub(self.ring.head());
             let mut buf = self.buffer();
-            let Some((first, n)) = self.ring.take(limit, want, &mut buf) else {
+            let Some((first, n)) = self.take(limit, want, &mut buf) else {
                 self.recycle(buf);
                 break;
             };
-            self.took(n);
             dispatched += n;
             let shared = Arc::clone(self);
             let job = move || {
@@ -1024,13 +1051,15 @@ where
         }
     }
 
-    /// Waits until nothing is in flight, or `deadline`.
+    /// Waits until nothing is in flight or being taken, or `deadline`.
     fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
         let in_flight = &self.counters.in_flight;
-        if self
-            .draining
-            .wait(deadline, || in_flight.load(Ordering::SeqCst) == 0)
-        {
+        let taking = &self.taking;
+        // `taking` first: reading 0 from a taker's decrement makes its `in_flight` increment
+        // visible to the second load (see `take`).
+        if self.draining.wait(deadline, || {
+            taking.load(Ordering::SeqCst) == 0 && in_flight.load(Ordering::SeqCst) == 0
+        }) {
             Ok(())
         } else {
             Err(self.timeout_error())
@@ -1155,11 +1184,10 @@ where
         // Until another thread's in-progress enqueue ahead of the transaction is written and
         // taken, `take` stops short of `range.end`: wait for it, as `close` does.
         while shared.ring.head() < range.end {
-            let Some((first, n)) = shared.ring.take(range.end, SYNC_CHUNK, &mut buf) else {
+            let Some((first, n)) = shared.take(range.end, SYNC_CHUNK, &mut buf) else {
                 backoff.snooze();
                 continue;
             };
-            shared.took(n);
             let mut t = Tally::default();
             shared.run_events_observed(first, &buf, None, &mut t, &mut on_failure);
             buf.clear();

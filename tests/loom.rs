@@ -1,0 +1,354 @@
+//! Loom models of the ring and the store, through the public `EventStore` API.
+//!
+//! Under `--cfg loom` the crate's atomics, cells, mutex and condvar are loom's (`src/sync.rs`),
+//! so these models explore the interleavings of the code that ships. Run with
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release --test loom
+//! ```
+//!
+//! Every model ends by asserting exact accounting: each accepted event ran once or was counted
+//! dropped, each refused one came back to its producer, and the metrics balance. Rayon is not
+//! loom-aware, so the models use `DispatchMode::Sync` only.
+#![cfg(loom)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use loom::thread;
+use ringbus::{Dispatcher, EnqueueError, Event, EventStore, Metrics, OverrunPolicy};
+
+/// An event named by its producer and its index in that producer's program order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Ev {
+    producer: u32,
+    index: u32,
+}
+
+impl Event for Ev {
+    type Projection = ();
+    fn projection(&self) {}
+}
+
+/// `(sequence, event)` in the order the handler saw them. A std mutex is fine here: its
+/// critical section has no loom operation in it, so loom never switches threads inside it.
+type Seen = Arc<Mutex<Vec<(u64, Ev)>>>;
+
+fn store(capacity: usize, policy: OverrunPolicy) -> (EventStore<Ev>, Seen) {
+    let seen: Seen = Arc::default();
+    let mut dispatcher = Dispatcher::<Ev>::new();
+    let log = seen.clone();
+    dispatcher.on((), move |ctx, ev| {
+        log.lock().unwrap().push((ctx.sequence(), *ev));
+        Ok(())
+    });
+    let store = EventStore::new(dispatcher, capacity, policy).unwrap();
+    (store, seen)
+}
+
+/// Runs `f` under loom with a preemption bound that keeps each model to seconds.
+fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(preemptions);
+    }
+    // Each store op is dozens of loom operations (counters, stamps, head and tail).
+    builder.max_branches = 100_000;
+    builder.check(f);
+}
+
+/// Far beyond anything a model needs: `close` must never time out in these models.
+const FOREVER: Duration = Duration::from_secs(3600);
+
+/// What one producer got back from its enqueues.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Accepted events with their sequence numbers.
+    accepted: Vec<(u64, Ev)>,
+    /// Events handed back, with the reason.
+    refused: Vec<EnqueueError<Ev>>,
+    /// Sum of `Enqueued::dropped`.
+    dropped: u64,
+}
+
+fn produce(store: &EventStore<Ev>, producer: u32, count: u32) -> Outcome {
+    let mut out = Outcome::default();
+    for index in 0..count {
+        let ev = Ev { producer, index };
+        match store.enqueue(ev) {
+            Ok(e) => {
+                out.accepted.push((e.sequence, ev));
+                out.dropped += e.dropped;
+            }
+            Err(err) => {
+                assert_eq!(*err.event(), ev, "the refused event must come back");
+                out.refused.push(err);
+            }
+        }
+    }
+    out
+}
+
+/// Checks the accounting once every thread has finished and everything is dispatched.
+fn check(seen: &[(u64, Ev)], outcomes: &[Outcome], m: Metrics, total: u64) {
+    let accepted: HashMap<u64, Ev> = outcomes
+        .iter()
+        .flat_map(|o| o.accepted.iter().copied())
+        .collect();
+    let accepted_n: usize = outcomes.iter().map(|o| o.accepted.len()).sum();
+    assert_eq!(
+        accepted.len(),
+        accepted_n,
+        "sequence numbers must be unique"
+    );
+    let refused: u64 = outcomes.iter().map(|o| o.refused.len() as u64).sum();
+    let dropped: u64 = outcomes.iter().map(|o| o.dropped).sum();
+
+    // Each event ran at most once, under the sequence its enqueue returned.
+    let mut ran = HashMap::new();
+    for &(seq, ev) in seen {
+        assert_eq!(
+            accepted.get(&seq),
+            Some(&ev),
+            "ran under a foreign sequence"
+        );
+        assert!(ran.insert(seq, ev).is_none(), "event {ev:?} ran twice");
+    }
+    // Each accepted event ran or was dropped; each refused one came back.
+    assert_eq!(seen.len() as u64 + dropped, accepted_n as u64);
+    assert_eq!(accepted_n as u64 + refused, total);
+    assert_eq!(m.published, accepted_n as u64);
+    assert_eq!(m.processed, seen.len() as u64);
+    assert_eq!(m.dropped, dropped);
+    assert_eq!(m.rejected, refused);
+    assert_eq!((m.pending, m.in_flight), (0, 0));
+    assert!(m.is_balanced(), "{m:?}");
+
+    // One publisher at a time here, so sequences run in order and each producer's events
+    // in its program order.
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    for p in 0..outcomes.len() as u32 {
+        let mine: Vec<u32> = seen
+            .iter()
+            .filter(|(_, e)| e.producer == p)
+            .map(|(_, e)| e.index)
+            .collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    }
+}
+
+/// Two producers and one publisher on a small ring, under `policy`.
+///
+/// `prefill` events go in before the threads start (unexplored, but it puts the race at the
+/// ring's wrap-around cheaply); then each producer enqueues `per_producer` events.
+fn two_producers_one_publisher(
+    capacity: usize,
+    prefill: u32,
+    per_producer: u32,
+    preemptions: usize,
+    policy: OverrunPolicy,
+) {
+    model(preemptions, move || {
+        let (store, seen) = store(capacity, policy);
+        let total = u64::from(prefill + 2 * per_producer);
+        let prefilled = produce(&store, 0, prefill);
+        let producers: Vec<_> = (1..=2)
+            .map(|p| {
+                let store = store.clone();
+                thread::spawn(move || produce(&store, p, per_producer))
+            })
+            .collect();
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || {
+                if policy == OverrunPolicy::Block {
+                    // Blocked producers wait for this thread, so it must keep going until
+                    // everything is through.
+                    let mut dispatched = store.publish().dispatched;
+                    while dispatched < total {
+                        thread::yield_now();
+                        dispatched += store.publish().dispatched;
+                    }
+                } else {
+                    store.publish();
+                }
+            })
+        };
+        let mut outcomes = vec![prefilled];
+        outcomes.extend(producers.into_iter().map(|h| h.join().unwrap()));
+        publisher.join().unwrap();
+        store.publish();
+        let seen = seen.lock().unwrap().clone();
+        if policy == OverrunPolicy::Block {
+            assert_eq!(seen.len() as u64, total, "Block loses nothing");
+        }
+        if policy != OverrunPolicy::DropOldest {
+            assert!(outcomes.iter().all(|o| o.dropped == 0));
+        }
+        check(&seen, &outcomes, store.metrics(), total);
+    });
+}
+
+// Ring of 2: both producers overrun it on their own, at one preemption. Ring of 4: prefilled
+// to one free slot, so the two producers race for it and overrun at the wrap-around, at two.
+
+#[test]
+fn block_ring_of_2() {
+    two_producers_one_publisher(2, 0, 2, 1, OverrunPolicy::Block);
+}
+
+#[test]
+fn block_ring_of_4() {
+    two_producers_one_publisher(4, 3, 1, 2, OverrunPolicy::Block);
+}
+
+#[test]
+fn drop_oldest_ring_of_2() {
+    two_producers_one_publisher(2, 0, 2, 1, OverrunPolicy::DropOldest);
+}
+
+#[test]
+fn drop_oldest_ring_of_4() {
+    two_producers_one_publisher(4, 3, 1, 2, OverrunPolicy::DropOldest);
+}
+
+#[test]
+fn return_error_ring_of_2() {
+    two_producers_one_publisher(2, 0, 2, 1, OverrunPolicy::ReturnError);
+}
+
+#[test]
+fn return_error_ring_of_4() {
+    two_producers_one_publisher(4, 3, 1, 2, OverrunPolicy::ReturnError);
+}
+
+/// A producer evicting the oldest event under `DropOldest` while a publisher takes that same
+/// event: exactly one of them gets it.
+#[test]
+fn drop_oldest_eviction_races_publisher_on_the_same_slot() {
+    model(3, || {
+        let (store, seen) = store(1, OverrunPolicy::DropOldest);
+        let first = Ev {
+            producer: 0,
+            index: 0,
+        };
+        let mut prefill = Outcome::default();
+        prefill
+            .accepted
+            .push((store.enqueue(first).unwrap().sequence, first));
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || produce(&store, 1, 1))
+        };
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || store.publish().dispatched)
+        };
+        let outcome = producer.join().unwrap();
+        let dispatched = publisher.join().unwrap();
+        store.publish();
+        let seen = seen.lock().unwrap().clone();
+        // Either the publisher took the first event, or the producer evicted it; never both.
+        let first_ran = seen.iter().any(|(_, e)| *e == first);
+        assert_eq!(first_ran, outcome.dropped == 0, "{seen:?} {outcome:?}");
+        assert!(dispatched <= 2);
+        check(&seen, &[prefill, outcome], store.metrics(), 2);
+    });
+}
+
+/// Two threads calling `publish` at once while a producer enqueues: each event runs once.
+#[test]
+fn concurrent_publishers_dispatch_each_event_once() {
+    model(2, || {
+        let (store, seen) = store(4, OverrunPolicy::ReturnError);
+        let prefill = produce(&store, 0, 2);
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || produce(&store, 1, 1))
+        };
+        let publishers: Vec<_> = (0..2)
+            .map(|_| {
+                let store = store.clone();
+                thread::spawn(move || store.publish().dispatched)
+            })
+            .collect();
+        let outcome = producer.join().unwrap();
+        let dispatched: u64 = publishers.into_iter().map(|h| h.join().unwrap()).sum();
+        let last = store.publish().dispatched;
+        assert_eq!(dispatched + last, 3);
+        let mut seen = seen.lock().unwrap().clone();
+        // Two publishers: the handler log interleaves their chunks, so order it by sequence
+        // before the single-publisher order checks in `check`.
+        seen.sort_by_key(|&(seq, _)| seq);
+        assert_eq!(seen.len(), 3);
+        check(&seen, &[prefill, outcome], store.metrics(), 3);
+    });
+}
+
+/// `close` racing a producer blocked on a full ring (`Block`): the producer wakes and gets its
+/// event back, and what was accepted stays for the next publish.
+#[test]
+fn close_wakes_a_blocked_producer() {
+    model(3, || {
+        let (store, seen) = store(1, OverrunPolicy::Block);
+        let prefill = produce(&store, 0, 1);
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || produce(&store, 1, 1))
+        };
+        // A zero timeout dispatches nothing, so no take makes room and wakes the producer:
+        // only close's own wake-up can.
+        let err = store.close(Duration::ZERO).unwrap_err();
+        assert_eq!((err.pending, err.in_flight), (1, 0));
+        let outcome = producer.join().unwrap();
+        assert_eq!(store.publish().dispatched, 1);
+        // The ring stays full until close has marked it closed, so the producer can never
+        // get in.
+        assert!(
+            matches!(outcome.refused[..], [EnqueueError::Closed(_)]),
+            "{outcome:?}"
+        );
+        let seen = seen.lock().unwrap().clone();
+        check(&seen, &[prefill, outcome], store.metrics(), 2);
+    });
+}
+
+/// `close` racing a producer and a publisher: once close returns `Ok`, every event accepted
+/// before it has run (whoever ran it) and nothing is pending; the rest came back `Closed`.
+#[test]
+fn close_races_enqueue_and_publish() {
+    model(2, || {
+        let (store, seen) = store(1, OverrunPolicy::Block);
+        let prefill = produce(&store, 0, 1);
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || produce(&store, 1, 1))
+        };
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.publish();
+            })
+        };
+        store.close(FOREVER).unwrap();
+        assert_eq!(store.pending(), 0);
+        let ran = seen.lock().unwrap().len() as u64;
+        let published = store.metrics().published;
+        assert_eq!(
+            ran, published,
+            "close returned before an accepted event ran"
+        );
+        let outcome = producer.join().unwrap();
+        publisher.join().unwrap();
+        assert!(
+            outcome
+                .refused
+                .iter()
+                .all(|e| matches!(e, EnqueueError::Closed(_)))
+        );
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_by_key(|&(seq, _)| seq);
+        check(&seen, &[prefill, outcome], store.metrics(), 2);
+    });
+}
