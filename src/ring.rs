@@ -301,14 +301,8 @@ impl<T> Ring<T> {
             if n == 0 {
                 return None;
             }
-            // SeqCst: see `claim`. A consumer's claim is what makes room for producers.
-            match self.head.compare_exchange_weak(
-                head,
-                head + n,
-                Ordering::SeqCst,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some((head, n)),
+            match self.advance_head(head, n) {
+                Ok(()) => return Some((head, n)),
                 Err(current) => head = current,
             }
         }
@@ -343,17 +337,22 @@ impl<T> Ring<T> {
                 return None;
             }
             let n = max.min(limit - head);
-            // SeqCst: see `claim`. A consumer's claim is what makes room for producers.
-            match self.head.compare_exchange_weak(
-                head,
-                head + n,
-                Ordering::SeqCst,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Some((head, n)),
+            match self.advance_head(head, n) {
+                Ok(()) => return Some((head, n)),
                 Err(current) => head = current,
             }
         }
+    }
+
+    /// A consumer's claim of `[head, head + n)`: fails with the current head if another
+    /// consumer moved it first.
+    #[inline(always)]
+    fn advance_head(&self, head: u64, n: u64) -> Result<(), u64> {
+        // SeqCst: see `claim`; a consumer's claim is what makes room for producers. Acquire on
+        // failure: see `claim_for_consumer`.
+        self.head
+            .compare_exchange_weak(head, head + n, Ordering::SeqCst, Ordering::Acquire)
+            .map(drop)
     }
 
     /// Copies `n` values from `src` into the slots of `[first, first + n)`, wrapping around

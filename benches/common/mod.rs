@@ -860,66 +860,10 @@ pub fn mp_run(system: System, per_producer: u64) -> Duration {
             })
         }
         System::CrossbeamChannel => {
-            let (tx, rx) = crossbeam_channel::bounded(CAPACITY);
-            let table = table(Work::Tiny, &sink);
-            thread::scope(|s| {
-                for _ in 0..MP_PRODUCERS {
-                    let tx = tx.clone();
-                    let start = &start;
-                    s.spawn(move || {
-                        start.wait();
-                        for i in 0..per_producer {
-                            tx.send(event(i)).expect("receiver alive");
-                        }
-                    });
-                }
-                drop(tx);
-                s.spawn(|| {
-                    start.wait();
-                    let t = Instant::now();
-                    let mut done = 0;
-                    for ev in &rx {
-                        dispatch(&table, &ev);
-                        done += 1;
-                    }
-                    assert_eq!(done, total);
-                    t.elapsed()
-                })
-                .join()
-                .expect("consumer")
-            })
+            mp_channel::<Crossbeam>(&start, &table(Work::Tiny, &sink), per_producer, total)
         }
         System::StdMpsc => {
-            let (tx, rx) = std_mpsc::sync_channel(CAPACITY);
-            let table = table(Work::Tiny, &sink);
-            thread::scope(|s| {
-                for _ in 0..MP_PRODUCERS {
-                    let tx = tx.clone();
-                    let start = &start;
-                    s.spawn(move || {
-                        start.wait();
-                        for i in 0..per_producer {
-                            tx.send(event(i)).expect("receiver alive");
-                        }
-                    });
-                }
-                drop(tx);
-                let (start, table) = (&start, &table);
-                // `move`: a std `Receiver` is `Send` but not `Sync`.
-                s.spawn(move || {
-                    start.wait();
-                    let t = Instant::now();
-                    let mut done = 0;
-                    for ev in &rx {
-                        dispatch(table, &ev);
-                        done += 1;
-                    }
-                    assert_eq!(done, total);
-                    t.elapsed()
-                })
-                .join()
-                .expect("consumer")
-            })
+            mp_channel::<StdSync>(&start, &table(Work::Tiny, &sink), per_producer, total)
         }
         System::Disruptor => {
             let builder = disruptor::build_multi_producer(CAPACITY, Ev::default, BusySpin);
@@ -1061,46 +1005,10 @@ pub fn latency_run(system: System, n: usize) -> Vec<u64> {
             });
         }
         System::CrossbeamChannel => {
-            let (tx, rx) = crossbeam_channel::bounded(CAPACITY);
-            let table = table(Work::Latency, &sink);
-            thread::scope(|s| {
-                s.spawn(|| {
-                    start.wait();
-                    let t0 = Instant::now();
-                    for i in 0..n64 {
-                        tx.send(paced(t0, i)).expect("receiver alive");
-                    }
-                });
-                start.wait();
-                let mut done = 0;
-                while done < n64 {
-                    if let Ok(ev) = rx.try_recv() {
-                        dispatch(&table, &ev);
-                        done += 1;
-                    }
-                }
-            });
+            latency_channel::<Crossbeam>(&start, &table(Work::Latency, &sink), n64, &paced)
         }
         System::StdMpsc => {
-            let (tx, rx) = std_mpsc::sync_channel(CAPACITY);
-            let table = table(Work::Latency, &sink);
-            thread::scope(|s| {
-                s.spawn(|| {
-                    start.wait();
-                    let t0 = Instant::now();
-                    for i in 0..n64 {
-                        tx.send(paced(t0, i)).expect("receiver alive");
-                    }
-                });
-                start.wait();
-                let mut done = 0;
-                while done < n64 {
-                    if let Ok(ev) = rx.try_recv() {
-                        dispatch(&table, &ev);
-                        done += 1;
-                    }
-                }
-            });
+            latency_channel::<StdSync>(&start, &table(Work::Latency, &sink), n64, &paced)
         }
         System::Disruptor => {
             let builder = disruptor::build_single_producer(CAPACITY, Ev::default, BusySpin);
@@ -1145,4 +1053,119 @@ pub fn latency_run(system: System, n: usize) -> Vec<u64> {
 pub fn quantile(sorted: &[u64], q: f64) -> u64 {
     let i = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[i]
+}
+
+/// The two channel peers behind one face, so that their W-mp and W-latency runners are
+/// written once.
+trait Channel {
+    type Tx: Clone + Send;
+    type Rx: Send;
+    fn bounded() -> (Self::Tx, Self::Rx);
+    fn send(tx: &Self::Tx, ev: Ev);
+    /// Blocks for the next event; `None` once every sender is gone.
+    fn recv(rx: &Self::Rx) -> Option<Ev>;
+    fn try_recv(rx: &Self::Rx) -> Option<Ev>;
+}
+
+/// `crossbeam_channel::bounded`.
+struct Crossbeam;
+
+impl Channel for Crossbeam {
+    type Tx = crossbeam_channel::Sender<Ev>;
+    type Rx = crossbeam_channel::Receiver<Ev>;
+    fn bounded() -> (Self::Tx, Self::Rx) {
+        crossbeam_channel::bounded(CAPACITY)
+    }
+    fn send(tx: &Self::Tx, ev: Ev) {
+        tx.send(ev).expect("receiver alive");
+    }
+    fn recv(rx: &Self::Rx) -> Option<Ev> {
+        rx.recv().ok()
+    }
+    fn try_recv(rx: &Self::Rx) -> Option<Ev> {
+        rx.try_recv().ok()
+    }
+}
+
+/// `std::sync::mpsc::sync_channel`.
+struct StdSync;
+
+impl Channel for StdSync {
+    type Tx = std_mpsc::SyncSender<Ev>;
+    type Rx = std_mpsc::Receiver<Ev>;
+    fn bounded() -> (Self::Tx, Self::Rx) {
+        std_mpsc::sync_channel(CAPACITY)
+    }
+    fn send(tx: &Self::Tx, ev: Ev) {
+        tx.send(ev).expect("receiver alive");
+    }
+    fn recv(rx: &Self::Rx) -> Option<Ev> {
+        rx.recv().ok()
+    }
+    fn try_recv(rx: &Self::Rx) -> Option<Ev> {
+        rx.try_recv().ok()
+    }
+}
+
+/// W-mp on a channel: `MP_PRODUCERS` senders, one receiver thread; returns the receiver's time.
+fn mp_channel<C: Channel>(
+    start: &Barrier,
+    table: &Table,
+    per_producer: u64,
+    total: u64,
+) -> Duration {
+    let (tx, rx) = C::bounded();
+    thread::scope(|s| {
+        for _ in 0..MP_PRODUCERS {
+            let tx = tx.clone();
+            s.spawn(move || {
+                start.wait();
+                for i in 0..per_producer {
+                    C::send(&tx, event(i));
+                }
+            });
+        }
+        drop(tx);
+        // `move`: a std `Receiver` is `Send` but not `Sync`.
+        s.spawn(move || {
+            start.wait();
+            let t = Instant::now();
+            let mut done = 0;
+            while let Some(ev) = C::recv(&rx) {
+                dispatch(table, &ev);
+                done += 1;
+            }
+            assert_eq!(done, total);
+            t.elapsed()
+        })
+        .join()
+        .expect("consumer")
+    })
+}
+
+/// W-latency on a channel: one paced sender, the calling thread busy-polls.
+fn latency_channel<C: Channel>(
+    start: &Barrier,
+    table: &Table,
+    n: u64,
+    paced: &(impl Fn(Instant, u64) -> Ev + Sync),
+) {
+    let (tx, rx) = C::bounded();
+    thread::scope(|s| {
+        s.spawn(move || {
+            start.wait();
+            let t0 = Instant::now();
+            for i in 0..n {
+                C::send(&tx, paced(t0, i));
+            }
+        });
+        start.wait();
+        let mut done = 0;
+        while done < n {
+            if let Some(ev) = C::try_recv(&rx) {
+                dispatch(table, &ev);
+                done += 1;
+            }
+        }
+    });
 }
