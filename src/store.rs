@@ -254,15 +254,10 @@ struct Shared<E: Event, Err> {
     buffers: ArrayQueue<Vec<E>>,
     /// Producers blocked on a full ring (`Block`).
     blocked: Waiters,
-    /// Threads in `drain` / `close` waiting for `in_flight` and `taking` to reach 0.
+    /// Threads in `drain` / `close` waiting for `in_flight` to reach 0.
     draining: Waiters,
     /// Scheduled events and the timer thread that fires them (`schedule.rs`).
     timers: Timers<E>,
-    /// Publishers between claiming events on the ring's head and counting them in `in_flight`.
-    /// Without it, `close` could find the ring empty and nothing in flight while another
-    /// publisher had already claimed the last events but not yet counted them, and return
-    /// `Ok` before their handlers ran.
-    taking: AtomicUsize,
 }
 
 /// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.
@@ -392,7 +387,6 @@ where
                 blocked: Waiters::new(),
                 draining: Waiters::new(),
                 timers: Timers::new(),
-                taking: AtomicUsize::new(0),
             }),
         })
     }
@@ -726,35 +720,42 @@ where
         let _ = self.buffers.push(buf);
     }
 
-    /// Takes up to `max` events below `limit` out of the ring into `buf` (see [`Ring::take`]),
-    /// counts them in flight, and wakes blocked producers: the take made room.
+    /// Takes up to `max` events below `limit` out of the ring into `buf` (see [`Ring::take`])
+    /// and counts them in flight; under `Block`, wakes producers waiting for the room made.
     ///
-    /// `taking` covers the gap between the claim and the `in_flight` increment. SeqCst RMWs
-    /// release, so a `wait_idle` that observed our claim on the head (Acquire, in its own
-    /// publish) and then reads `taking` sees either us still taking or, reading our decrement,
-    /// our `in_flight` increment.
+    /// The events are counted in flight *before* they are claimed, and what was not claimed is
+    /// given back after. Otherwise `close` could find the ring empty (our claim) and nothing in
+    /// flight (our count, not yet made), and return `Ok` before our handlers ran. With the
+    /// count first, the SeqCst increment happens-before our head CAS, so a `close` that sees
+    /// the head moved (Acquire) also sees the count.
     #[inline]
     fn take(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
-        self.taking.fetch_add(1, Ordering::SeqCst);
+        self.counters.in_flight.fetch_add(max, Ordering::SeqCst);
         let taken = self.ring.take(limit, max, buf);
-        if let Some((_, n)) = taken {
-            self.counters.in_flight.fetch_add(n, Ordering::SeqCst);
+        let n = taken.map_or(0, |(_, n)| n);
+        if n < max {
+            self.release_in_flight(max - n);
+        }
+        if n > 0 && self.policy == OverrunPolicy::Block {
             self.blocked.wake();
         }
-        if self.taking.fetch_sub(1, Ordering::SeqCst) == 1 {
+        taken
+    }
+
+    /// Takes `n` off `in_flight` and wakes `drain` if that was the last.
+    #[inline]
+    fn release_in_flight(&self, n: u64) {
+        // SeqCst: pairs with `Waiters::wait` in `wait_idle` (see `Waiters`).
+        if self.counters.in_flight.fetch_sub(n, Ordering::SeqCst) == n {
             self.draining.wake();
         }
-        taken
     }
 
     /// Records the outcome of `n` in-flight events and wakes `drain` if they were the last.
     #[inline]
     fn finished(&self, n: u64, tally: Tally) {
         self.counters.record(tally);
-        // SeqCst: pairs with `Waiters::wait` in `wait_idle` (see `Waiters`).
-        if self.counters.in_flight.fetch_sub(n, Ordering::SeqCst) == n {
-            self.draining.wake();
-        }
+        self.release_in_flight(n);
     }
 
     #[inline]
@@ -796,7 +797,12 @@ where
         let mut dispatched = 0;
         let mut tally = Tally::default();
         while !expired(deadline) {
-            let Some((first, n)) = self.take(limit, SYNC_CHUNK, &mut buf) else {
+            // Sized to what is pending, so that `take`'s in-flight count is usually exact.
+            let max = limit.saturating_sub(self.ring.head()).min(SYNC_CHUNK);
+            if max == 0 {
+                break;
+            }
+            let Some((first, n)) = self.take(limit, max, &mut buf) else {
                 break;
             };
             let t = self.run_in_order(first, &mut buf, deadline);
@@ -816,6 +822,9 @@ where
         let mut tally = Tally::default();
         while !expired(deadline) {
             let want = limit.saturating_sub(self.ring.head());
+            if want == 0 {
+                break;
+            }
             let mut buf = self.buffer();
             let Some((first, n)) = self.take(limit, want, &mut buf) else {
                 self.recycle(buf);
@@ -836,6 +845,9 @@ where
         let mut dispatched = 0;
         while !expired(deadline) {
             let want = limit.saturating_sub(self.ring.head());
+            if want == 0 {
+                break;
+            }
             let mut buf = self.buffer();
             let Some((first, n)) = self.take(limit, want, &mut buf) else {
                 self.recycle(buf);
@@ -1054,12 +1066,10 @@ where
     /// Waits until nothing is in flight or being taken, or `deadline`.
     fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
         let in_flight = &self.counters.in_flight;
-        let taking = &self.taking;
-        // `taking` first: reading 0 from a taker's decrement makes its `in_flight` increment
-        // visible to the second load (see `take`).
-        if self.draining.wait(deadline, || {
-            taking.load(Ordering::SeqCst) == 0 && in_flight.load(Ordering::SeqCst) == 0
-        }) {
+        if self
+            .draining
+            .wait(deadline, || in_flight.load(Ordering::SeqCst) == 0)
+        {
             Ok(())
         } else {
             Err(self.timeout_error())
