@@ -184,10 +184,9 @@ impl<E: Event, Err> Dispatcher<E, Err> {
         self.routes.keys()
     }
 
-    /// The handlers for `projection`, if any.
-    #[inline]
-    pub(crate) fn route(&self, projection: &E::Projection) -> Option<&[Handler<E, Err>]> {
-        self.routes.get(projection).map(Vec::as_slice)
+    /// The routes, for [`Routes`](crate::routes::Routes) to freeze.
+    pub(crate) fn into_routes(self) -> AHashMap<E::Projection, Vec<Handler<E, Err>>> {
+        self.routes
     }
 }
 
@@ -260,12 +259,11 @@ mod tests {
             projection: &"a",
             deadline: None,
         };
-        for h in d.route(&"a").unwrap() {
+        assert_eq!(format!("{d:?}"), r#"{"a": 3}"#);
+        for h in &d.into_routes()[&"a"] {
             h(&ctx, &Ev("a")).unwrap();
         }
         assert_eq!(*seen.lock().unwrap(), [0, 1, 2]);
-        assert!(d.route(&"b").is_none());
-        assert_eq!(format!("{d:?}"), r#"{"a": 3}"#);
     }
 
     #[test]

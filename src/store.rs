@@ -14,6 +14,7 @@ use crate::dispatcher::{BoxError, Context, Dispatcher, Event};
 use crate::error::{BatchError, BuildError, EnqueueError, TimeoutError};
 use crate::metrics::{Counters, Metrics, Tally};
 use crate::ring::{ClaimError, MAX_CAPACITY, Ring};
+use crate::routes::Routes;
 use crate::schedule::Timers;
 use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering, fence};
 
@@ -244,7 +245,7 @@ impl Cursor {
 /// The state every handle of a store shares.
 struct Shared<E: Event, Err> {
     ring: Ring<E>,
-    dispatcher: Dispatcher<E, Err>,
+    routes: Routes<E, Err>,
     policy: OverrunPolicy,
     mode: DispatchMode,
     counters: Counters,
@@ -377,7 +378,7 @@ where
         Ok(EventStore {
             shared: Arc::new(Shared {
                 ring,
-                dispatcher: self.dispatcher,
+                routes: Routes::new(self.dispatcher),
                 policy: self.policy,
                 mode: self.mode,
                 counters: Counters::default(),
@@ -987,7 +988,7 @@ where
     ) {
         while let Some(event) = events.get(cursor.event) {
             let projection = event.projection();
-            if let Some(handlers) = self.dispatcher.route(&projection) {
+            if let Some(handlers) = self.routes.get(&projection) {
                 let ctx = Context {
                     sequence: first + cursor.event as u64,
                     projection: &projection,
@@ -1123,7 +1124,7 @@ impl<E: Event, Err> fmt::Debug for EventStore<E, Err> {
             .field("ring", &s.ring)
             .field("policy", &s.policy)
             .field("mode", &s.mode)
-            .field("dispatcher", &s.dispatcher)
+            .field("routes", &s.routes)
             .finish_non_exhaustive()
     }
 }

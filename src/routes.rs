@@ -1,0 +1,216 @@
+//! The route table a store dispatches through: a [`Dispatcher`] frozen for fast lookups.
+//!
+//! A dispatcher's projections are fixed once the store is built, and there are few of them (a
+//! handful to a few hundred), so the store resolves each event's projection with a small
+//! open-addressed table instead of a general hash map: one multiply to hash, then usually one
+//! key comparison. It is sized to at least twice the projections, so most lookups hit their
+//! slot first and a miss (an unrouted event) ends at the first empty slot nearby.
+//!
+//! The hash is a multiplicative one (as in rustc's FxHash), not a keyed one: the keys are the
+//! application's own projections, not attacker-chosen input, and only lookups run on events,
+//! never inserts.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use crate::dispatcher::{Dispatcher, Event, Handler};
+
+/// One multiply per word: fast for the small keys projections are (integers, enums, short
+/// strings, type ids).
+#[derive(Default)]
+struct MulHasher(u64);
+
+/// An odd constant with well-spread bits (rustc's FxHash seed).
+const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Hasher for MulHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(SEED);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A dispatcher's routes, frozen.
+pub(crate) struct Routes<E: Event, Err> {
+    /// `slots.len()` is a power of two; a key lives at the first free slot from its home slot.
+    slots: Box<[Option<Route<E, Err>>]>,
+    /// `64 - log2(slots.len())`: the home slot is the hash's top bits, the best-mixed ones.
+    shift: u32,
+}
+
+struct Route<E: Event, Err> {
+    projection: E::Projection,
+    handlers: Box<[Handler<E, Err>]>,
+}
+
+impl<E: Event, Err> Routes<E, Err> {
+    /// Freezes `dispatcher`'s routes.
+    pub(crate) fn new(dispatcher: Dispatcher<E, Err>) -> Self {
+        let routes = dispatcher.into_routes();
+        let len = (routes.len() * 2).next_power_of_two().max(8);
+        let mut slots: Box<[Option<Route<E, Err>>]> = (0..len).map(|_| None).collect();
+        let shift = 64 - len.trailing_zeros();
+        let mask = len - 1;
+        for (projection, handlers) in routes {
+            let mut i = home(&projection, shift);
+            while slots[i].is_some() {
+                i = (i + 1) & mask;
+            }
+            slots[i] = Some(Route {
+                projection,
+                handlers: handlers.into_boxed_slice(),
+            });
+        }
+        Self { slots, shift }
+    }
+
+    /// The handlers for `projection`, if any.
+    #[inline]
+    pub(crate) fn get(&self, projection: &E::Projection) -> Option<&[Handler<E, Err>]> {
+        let mask = self.slots.len() - 1;
+        let mut i = home(projection, self.shift);
+        loop {
+            // The table is never full (at least twice the routes), so the probe ends.
+            match &self.slots[i] {
+                Some(route) if route.projection == *projection => return Some(&route.handlers),
+                Some(_) => i = (i + 1) & mask,
+                None => return None,
+            }
+        }
+    }
+}
+
+#[inline]
+fn home<K: Hash>(key: &K, shift: u32) -> usize {
+    let mut hasher = MulHasher::default();
+    key.hash(&mut hasher);
+    (hasher.finish() >> shift) as usize
+}
+
+impl<E: Event, Err> fmt::Debug for Routes<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.slots
+                    .iter()
+                    .flatten()
+                    .map(|r| (&r.projection, r.handlers.len())),
+            )
+            .finish()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::dispatcher::{Context, TypeKey};
+
+    struct Ev<K>(K);
+    impl<K: Eq + Hash + fmt::Debug + Send + Sync + Clone + 'static> Event for Ev<K> {
+        type Projection = K;
+        fn projection(&self) -> K {
+            self.0.clone()
+        }
+    }
+
+    fn routes<K>(keys: &[K]) -> Routes<Ev<K>, ()>
+    where
+        K: Eq + Hash + fmt::Debug + Send + Sync + Clone + 'static,
+    {
+        let mut d = Dispatcher::<Ev<K>, ()>::new();
+        for (n, k) in keys.iter().enumerate() {
+            for _ in 0..=n % 3 {
+                d.on(k.clone(), |_, _| Ok(()));
+            }
+        }
+        Routes::new(d)
+    }
+
+    #[test]
+    fn finds_every_route_and_misses_the_rest() {
+        let keys: Vec<u32> = (0..500).map(|k| k * 7919).collect();
+        let r = routes(&keys);
+        for (n, k) in keys.iter().enumerate() {
+            assert_eq!(r.get(k).map(<[_]>::len), Some(n % 3 + 1), "key {k}");
+        }
+        for k in [1u32, 2, 7918, u32::MAX] {
+            assert!(r.get(&k).is_none());
+        }
+        let empty = routes::<u8>(&[]);
+        assert!(empty.get(&0).is_none());
+    }
+
+    #[test]
+    fn strings_and_type_keys_route() {
+        let r = routes(&[
+            "order_placed",
+            "order_shipped",
+            "a-much-longer-projection-name",
+        ]);
+        assert!(r.get(&"order_shipped").is_some());
+        assert!(r.get(&"order").is_none());
+        struct A;
+        struct B;
+        let t = routes(&[TypeKey::of::<A>()]);
+        assert!(t.get(&TypeKey::of::<A>()).is_some());
+        assert!(t.get(&TypeKey::of::<B>()).is_none());
+    }
+
+    #[test]
+    fn handlers_keep_registration_order() {
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut d = Dispatcher::<Ev<u8>, ()>::new();
+        for i in 0..4 {
+            let seen = seen.clone();
+            d.on(1, move |_, _| {
+                seen.lock().unwrap().push(i);
+                Ok(())
+            });
+        }
+        let r = Routes::new(d);
+        let ctx = Context {
+            sequence: 0,
+            projection: &1,
+            deadline: None,
+        };
+        for h in r.get(&1).unwrap() {
+            h(&ctx, &Ev(1)).unwrap();
+        }
+        assert_eq!(*seen.lock().unwrap(), [0, 1, 2, 3]);
+    }
+}
