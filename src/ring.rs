@@ -314,14 +314,35 @@ impl<T> Ring<T> {
     pub(crate) fn take_oldest(&self) -> Option<(u64, T)> {
         let (seq, _) = self.claim_for_consumer(self.tail(), 1)?;
         self.wait_for(seq, 2 * seq + 1);
-        // SAFETY: `seq` is ours and its slot holds the initialised event (odd stamp seen
-        // above); reading it moves ownership out, and the stamp below marks the slot empty.
+        // SAFETY: `seq` is ours, and its event is written (odd stamp seen just above).
+        Some((seq, unsafe { self.move_out(seq) }))
+    }
+
+    /// [`take`](Self::take) of one event, returned by value: the oldest event below `limit` if
+    /// it is written.
+    #[inline]
+    pub(crate) fn take_one(&self, limit: u64) -> Option<(u64, T)> {
+        let (seq, _) = self.claim_written(limit, 1)?;
+        // SAFETY: `seq` is ours, and its event is written (odd stamp seen by the claim).
+        Some((seq, unsafe { self.move_out(seq) }))
+    }
+
+    /// Moves the event of `seq` out and hands its slot to the producer one lap later.
+    ///
+    /// # Safety
+    /// The caller claimed `seq` for consuming, has seen its stamp odd (written), and has not
+    /// moved it out before.
+    #[inline]
+    unsafe fn move_out(&self, seq: u64) -> T {
+        // SAFETY: per the contract, the slot holds the initialised event of `seq` and only we
+        // touch it; reading moves ownership out, and the stamp below marks the slot empty.
         let value = self
             .value(seq)
             .with_mut(|p| unsafe { (*p).assume_init_read() });
+        // Release: our read happens-before the next lap's producer overwrites the slot.
         self.stamp(seq)
             .store(2 * (seq + self.capacity()), Ordering::Release);
-        Some((seq, value))
+        value
     }
 
     /// Claims up to `max` sequences below `limit`, written or not (the caller waits for each

@@ -133,11 +133,12 @@ const PROBE_EVENTS: usize = 16;
 const PARALLEL_MIN_WORK: Duration = Duration::from_micros(50);
 /// Work per rayon task, so that splitting does not cost more than it saves.
 const PARALLEL_TASK_WORK: Duration = Duration::from_micros(10);
+/// The longest `drain` / `close` sleeps between two looks at the in-flight count.
+const IDLE_POLL_MAX: Duration = Duration::from_millis(1);
 /// Spare buffers kept for publishers.
 const BUFFER_POOL: usize = 8;
 
-/// A set of threads waiting for a condition that atomics signal: producers blocked on a full
-/// ring, or `drain` waiting for in-flight work.
+/// Producers blocked on a full ring under `Block`, waiting for a publisher to make room.
 ///
 /// The waker checks `count` after making progress and only takes the lock when someone waits;
 /// the waiter registers in `count` before re-checking the condition. A SeqCst fence sits between
@@ -147,7 +148,8 @@ const BUFFER_POOL: usize = 8;
 /// The fences are what make this hold under loom too: loom models SeqCst *accesses* as AcqRel
 /// only (see its README), so with SeqCst loads and RMWs alone it reports lost wake-ups that the
 /// C++ memory model rules out. The fences cost one barrier per wake check (per chunk of events,
-/// not per event), right after an RMW that is already a full barrier on x86.
+/// not per event, and only under `Block`), right after an RMW that is already a full barrier on
+/// x86.
 #[derive(Debug)]
 struct Waiters {
     count: AtomicUsize,
@@ -255,8 +257,6 @@ struct Shared<E: Event, Err> {
     buffers: ArrayQueue<Vec<E>>,
     /// Producers blocked on a full ring (`Block`).
     blocked: Waiters,
-    /// Threads in `drain` / `close` waiting for `in_flight` to reach 0.
-    draining: Waiters,
     /// Scheduled events and the timer thread that fires them (`schedule.rs`).
     timers: Timers<E>,
 }
@@ -386,7 +386,6 @@ where
                 pool: self.pool,
                 buffers: ArrayQueue::new(BUFFER_POOL),
                 blocked: Waiters::new(),
-                draining: Waiters::new(),
                 timers: Timers::new(),
             }),
         })
@@ -521,6 +520,10 @@ where
     /// Waits until no handler is running: every async batch handed out, and every concurrent
     /// `publish`, has finished. Does not dispatch pending events (call [`publish`](Self::publish)
     /// first for that). Do not call it from a handler: it would wait for itself.
+    ///
+    /// It polls (spinning briefly, then sleeping up to 1 ms between looks), so it may return up
+    /// to about a millisecond after the last handler finished; in exchange publishing never
+    /// pays for waking it.
     ///
     /// # Errors
     /// [`TimeoutError`] if work is still running after `timeout` (a zero timeout fails at once
@@ -743,13 +746,12 @@ where
         taken
     }
 
-    /// Takes `n` off `in_flight` and wakes `drain` if that was the last.
+    /// Takes `n` off `in_flight`. Nobody is woken: `wait_idle` polls, so that publishing
+    /// never pays for a wake-up check.
     #[inline]
     fn release_in_flight(&self, n: u64) {
-        // SeqCst: pairs with `Waiters::wait` in `wait_idle` (see `Waiters`).
-        if self.counters.in_flight.fetch_sub(n, Ordering::SeqCst) == n {
-            self.draining.wake();
-        }
+        // SeqCst: `wait_idle` reading 0 must see the outcome counters recorded before.
+        self.counters.in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 
     /// Records the outcome of `n` in-flight events and wakes `drain` if they were the last.
@@ -794,6 +796,9 @@ where
     /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
     fn publish_sync(&self, deadline: Option<Instant>) -> PublishReport {
         let limit = self.ring.tail();
+        if limit.saturating_sub(self.ring.head()) == 1 {
+            return self.publish_one(limit, deadline);
+        }
         let mut buf = self.buffer();
         let mut dispatched = 0;
         let mut tally = Tally::default();
@@ -813,6 +818,28 @@ where
         }
         self.recycle(buf);
         PublishReport::from_tally(dispatched, tally)
+    }
+
+    /// Sync publish of the one pending event: straight from the ring to the stack, without a
+    /// pooled buffer. The common case for a thread spinning on `publish`.
+    fn publish_one(&self, limit: u64, deadline: Option<Instant>) -> PublishReport {
+        if expired(deadline) {
+            return PublishReport::default();
+        }
+        // Counted in flight before the claim, for the same reason as in `take`.
+        self.counters.in_flight.fetch_add(1, Ordering::SeqCst);
+        let Some((sequence, event)) = self.ring.take_one(limit) else {
+            self.release_in_flight(1);
+            return PublishReport::default();
+        };
+        if self.policy == OverrunPolicy::Block {
+            self.blocked.wake();
+        }
+        let mut tally = Tally::default();
+        self.run_events(sequence, std::slice::from_ref(&event), deadline, &mut tally);
+        drop(event);
+        self.finished(1, tally);
+        PublishReport::from_tally(1, tally)
     }
 
     /// Parallel publish: takes everything pending in one claim, then forks it out if it is
@@ -1065,16 +1092,28 @@ where
     }
 
     /// Waits until nothing is in flight or being taken, or `deadline`.
+    ///
+    /// Polls (spin, yield, then sleeps growing to [`IDLE_POLL_MAX`]) rather than waiting to be
+    /// woken: `drain` and `close` are rare and may return a little late, while a wake-up check
+    /// would cost every publish a fence.
     fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
-        let in_flight = &self.counters.in_flight;
-        if self
-            .draining
-            .wait(deadline, || in_flight.load(Ordering::SeqCst) == 0)
-        {
-            Ok(())
-        } else {
-            Err(self.timeout_error())
+        let idle = || self.counters.in_flight.load(Ordering::SeqCst) == 0;
+        let backoff = Backoff::new();
+        let mut nap = Duration::from_micros(10);
+        while !idle() {
+            if expired(deadline) {
+                return Err(self.timeout_error());
+            }
+            if backoff.is_completed() {
+                sync::sleep(deadline.map_or(nap, |d| {
+                    nap.min(d.saturating_duration_since(Instant::now()))
+                }));
+                nap = (nap * 2).min(IDLE_POLL_MAX);
+            } else {
+                backoff.snooze();
+            }
         }
+        Ok(())
     }
 
     fn timeout_error(&self) -> TimeoutError {

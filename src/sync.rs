@@ -119,6 +119,17 @@ pub(crate) fn wait_until<'a, T>(
     }
 }
 
+/// Sleeps for `duration` (loom: yields, as loom has no clock).
+pub(crate) fn sleep(duration: std::time::Duration) {
+    #[cfg(not(loom))]
+    std::thread::sleep(duration);
+    #[cfg(loom)]
+    {
+        let _ = duration;
+        loom::thread::yield_now();
+    }
+}
+
 /// Locks `mutex`, ignoring poison: the data behind our mutexes is `()` and cannot be torn.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
