@@ -184,18 +184,26 @@ impl<T> Ring<T> {
             if tail & CLOSED != 0 {
                 return Err(ClaimError::Closed);
             }
-            // SeqCst pairs with the SeqCst head CAS and waiter counter in `store.rs`: a
-            // producer that registers as blocked and then finds no room is guaranteed to be
-            // seen by the consumer that makes room (a Dekker pattern). On x86 a SeqCst load
-            // is a plain load.
-            let head = self.head.load(Ordering::SeqCst);
-            if tail < head {
-                // `tail` is stale: consumers have already passed it.
-                tail = self.tail.load(Ordering::Relaxed);
-                continue;
-            }
-            if tail + n > head + self.capacity() {
-                return Err(ClaimError::Full);
+            // Room for `[tail, tail + n)` is first judged by the stamp of its last slot: if
+            // the previous lap's event there has been moved out, consumers have claimed
+            // every sequence up to it, so `tail + n <= head + cap`. Only when that slot is not
+            // free yet is `head` read, to tell a full ring from a consumer still copying out.
+            // The common path so never touches the head's cache line, which the publisher
+            // writes on every take: producer and publisher do not bounce it between cores.
+            // Relaxed: this only decides whether to claim; `write` Acquires each stamp.
+            let last = tail + n - 1;
+            if self.stamp(last).load(Ordering::Relaxed) != 2 * last {
+                // SeqCst, like every read of the head that decides room (see `store.rs`'s
+                // `Waiters`); a plain load on x86.
+                let head = self.head.load(Ordering::SeqCst);
+                if tail < head {
+                    // `tail` is stale: consumers have already passed it.
+                    tail = self.tail.load(Ordering::Relaxed);
+                    continue;
+                }
+                if tail + n > head + self.capacity() {
+                    return Err(ClaimError::Full);
+                }
             }
             // Relaxed suffices for the claim itself: it hands out numbers, and the data are
             // synchronised slot by slot through the stamps.
