@@ -39,27 +39,41 @@ impl Event for GameEvent {
     }
 }
 
-/// What the handlers accumulate, so the work cannot be optimised away.
-#[derive(Default)]
+/// Per-entity state the handlers write, as a game's systems would: each event touches its own
+/// entity, so parallel handlers do not fight over shared cache lines.
 struct World {
-    moved: AtomicU64,
-    damage: AtomicU64,
-    plans: AtomicU64,
+    /// Packed position of each entity, written by `Moved`.
+    position: Vec<AtomicU64>,
+    /// Health of each entity, lowered by `Damaged`.
+    health: Vec<AtomicU64>,
+    /// Last plan of each entity, written by `Planned`.
+    plan: Vec<AtomicU64>,
     deaths: AtomicU64,
+}
+
+impl World {
+    fn new(entities: u32) -> Self {
+        let column = |init: u64| (0..entities).map(|_| AtomicU64::new(init)).collect();
+        Self {
+            position: column(0),
+            health: column(u64::MAX),
+            plan: column(0),
+            deaths: AtomicU64::new(0),
+        }
+    }
 }
 
 fn dispatcher(world: &Arc<World>) -> Dispatcher<GameEvent> {
     let mut d = Dispatcher::<GameEvent>::new();
     let w = world.clone();
     d.on(Kind::Moved, move |_, ev| {
-        let cell = (ev.x as i64 * 31 + ev.y as i64) as u64;
-        w.moved.fetch_add(cell & 1, Ordering::Relaxed);
+        let packed = (u64::from(ev.x.to_bits()) << 32) | u64::from(ev.y.to_bits());
+        w.position[ev.entity as usize].store(packed, Ordering::Relaxed);
         Ok(())
     });
     let w = world.clone();
     d.on(Kind::Damaged, move |_, ev| {
-        w.damage
-            .fetch_add(u64::from(ev.entity % 13), Ordering::Relaxed);
+        w.health[ev.entity as usize].fetch_sub(u64::from(ev.entity % 13), Ordering::Relaxed);
         Ok(())
     });
     let w = world.clone();
@@ -69,7 +83,7 @@ fn dispatcher(world: &Arc<World>) -> Dispatcher<GameEvent> {
         for _ in 0..500 {
             h = std::hint::black_box(h.wrapping_mul(6364136223846793005) ^ (h >> 29));
         }
-        w.plans.fetch_add(h >> 63, Ordering::Relaxed);
+        w.plan[ev.entity as usize].store(h, Ordering::Relaxed);
         Ok(())
     });
     let w = world.clone();
@@ -90,7 +104,7 @@ struct Run {
 }
 
 fn simulate(mode: DispatchMode, ticks: u32, entities: u32) -> Run {
-    let world = Arc::new(World::default());
+    let world = Arc::new(World::new(entities));
     let capacity = (entities as usize * 2).next_power_of_two();
     let store = EventStore::builder(dispatcher(&world))
         .capacity(capacity)
