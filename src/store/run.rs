@@ -1,0 +1,279 @@
+//! Running handlers: the in-order loop with panic isolation, and the parallel fork.
+//!
+//! Everything here runs on events already taken out of the ring; `store.rs` decides what to
+//! take and when, this module decides how the handlers run and tallies what they did.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use super::{ErrorKind, ErrorReport, Failure, Shared};
+use crate::dispatcher::{Context, Event};
+use crate::metrics::Tally;
+
+/// Events a parallel publish runs in the caller, timed, to estimate the batch's cost.
+const PROBE_EVENTS: usize = 16;
+/// Estimated handler time below which a parallel publish stays in the caller: waking rayon's
+/// workers and joining them costs tens of microseconds on a small machine.
+const PARALLEL_MIN_WORK: Duration = Duration::from_micros(50);
+/// Work per rayon task, so that splitting does not cost more than it saves.
+const PARALLEL_TASK_WORK: Duration = Duration::from_micros(10);
+
+/// Where [`Shared::run_events`] is: survives a caught panic so the run can resume after it.
+#[derive(Debug)]
+struct Cursor {
+    /// Index of the event being dispatched.
+    event: usize,
+    /// Index of the handler of that event last started, or [`Cursor::ROUTING`] while the
+    /// event's projection is computed and looked up.
+    handler: usize,
+    /// Handlers of that event that failed so far.
+    failures: u64,
+}
+
+impl Cursor {
+    /// `handler` before any handler of the event has started.
+    const ROUTING: usize = usize::MAX;
+
+    fn new() -> Self {
+        Self {
+            event: 0,
+            handler: Self::ROUTING,
+            failures: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn next_event(&mut self) {
+        self.event += 1;
+        self.handler = Self::ROUTING;
+        self.failures = 0;
+    }
+}
+
+impl<E, Err> Shared<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Runs the handlers of `buf`'s events (sequences from `first`) in order, emptying `buf`.
+    #[inline]
+    pub(super) fn run_in_order(
+        &self,
+        first: u64,
+        buf: &mut Vec<E>,
+        deadline: Option<Instant>,
+    ) -> Tally {
+        let mut tally = Tally::default();
+        self.run_events(first, buf, deadline, &mut tally);
+        buf.clear();
+        tally
+    }
+
+    /// Runs `buf`'s events on the rayon pool when the batch is worth forking, emptying `buf`.
+    ///
+    /// The first [`PROBE_EVENTS`] run here, timed, to estimate the cost of the rest (twice
+    /// when the first estimate says fork, keeping the lower). Below [`PARALLEL_MIN_WORK`] of
+    /// estimated work the rest runs here too; above it the rest is split into tasks of about
+    /// [`PARALLEL_TASK_WORK`] each.
+    pub(super) fn run_parallel(
+        &self,
+        first: u64,
+        buf: &mut Vec<E>,
+        deadline: Option<Instant>,
+    ) -> Tally {
+        let threads = self
+            .pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        if threads < 2 || buf.len() <= 2 * PROBE_EVENTS {
+            return self.run_in_order(first, buf, deadline);
+        }
+        // Time a probe; if it looks worth forking, time a second one and trust the cheaper:
+        // a preemption inside one probe would otherwise make a cheap batch look expensive.
+        let mut tally = Tally::default();
+        let mut per_event = Duration::MAX;
+        let mut probe = 0;
+        while probe < 2 * PROBE_EVENTS && self.worth_forking(per_event, buf.len() - probe) {
+            let started = Instant::now();
+            let run = &buf[probe..probe + PROBE_EVENTS];
+            self.run_events(first + probe as u64, run, deadline, &mut tally);
+            per_event = per_event.min(started.elapsed() / PROBE_EVENTS as u32);
+            probe += PROBE_EVENTS;
+        }
+        let rest = &mut buf[probe..];
+        let rest_first = first + probe as u64;
+        if !self.worth_forking(per_event, rest.len()) {
+            self.run_events(rest_first, rest, deadline, &mut tally);
+        } else {
+            let per_task =
+                (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)).max(1) as usize;
+            let mut fork = || {
+                rest.par_chunks_mut(per_task)
+                    .enumerate()
+                    .map(|(i, chunk)| {
+                        let mut t = Tally::default();
+                        let seq = rest_first + (i * per_task) as u64;
+                        self.run_events(seq, chunk, deadline, &mut t);
+                        t
+                    })
+                    .reduce(Tally::default, |a, b| a + b)
+            };
+            tally += match &self.pool {
+                Some(pool) => pool.install(fork),
+                None => fork(),
+            };
+        }
+        buf.clear();
+        tally
+    }
+
+    /// True if `n` events at `per_event` each are enough work to pay for a fork.
+    fn worth_forking(&self, per_event: Duration, n: usize) -> bool {
+        per_event.as_nanos().saturating_mul(n as u128) >= PARALLEL_MIN_WORK.as_nanos()
+    }
+
+    /// Runs every handler of every event in `events` (sequences from `first`), in order.
+    ///
+    /// Panics are caught once around the whole run rather than around each handler call, which
+    /// keeps the per-event path free of unwinding trampolines: `cursor` records where the run
+    /// is, so after a panic the run resumes with the next handler of the same event.
+    #[inline]
+    pub(super) fn run_events(
+        &self,
+        first: u64,
+        events: &[E],
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+    ) {
+        self.run_events_observed(first, events, deadline, tally, &mut |_, _| {});
+    }
+
+    /// [`run_events`](Self::run_events), also handing each failure to `on_failure` with its
+    /// event's sequence (a transaction's commit uses it; on the publish path the no-op closure
+    /// inlines away).
+    #[inline]
+    pub(super) fn run_events_observed(
+        &self,
+        first: u64,
+        events: &[E],
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+        on_failure: &mut impl FnMut(u64, Failure<Err>),
+    ) {
+        let mut cursor = Cursor::new();
+        while cursor.event < events.len() {
+            let run = catch_unwind(AssertUnwindSafe(|| {
+                self.run_from(&mut cursor, first, events, deadline, tally, on_failure)
+            }));
+            if let Err(payload) = run {
+                self.handle_panic(&mut cursor, first, events, payload, tally, on_failure);
+            }
+        }
+    }
+
+    /// The hot loop of [`Self::run_events`]: runs events from `cursor` on.
+    ///
+    /// `cursor` lives in memory so that it survives an unwind: per event the loop stores the
+    /// event index and per handler the handler index, and nothing else on the success path.
+    #[inline(always)]
+    fn run_from(
+        &self,
+        cursor: &mut Cursor,
+        first: u64,
+        events: &[E],
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+        on_failure: &mut impl FnMut(u64, Failure<Err>),
+    ) {
+        while let Some(event) = events.get(cursor.event) {
+            let projection = event.projection();
+            if let Some(handlers) = self.routes.get(&projection) {
+                let ctx = Context {
+                    sequence: first + cursor.event as u64,
+                    projection: &projection,
+                    deadline,
+                };
+                let resume = cursor.handler.wrapping_add(1);
+                for (index, handler) in handlers.iter().enumerate().skip(resume) {
+                    cursor.handler = index;
+                    if let Err(err) = handler(&ctx, event) {
+                        cursor.failures += 1;
+                        self.report(&ctx, ErrorKind::Handler(&err));
+                        on_failure(ctx.sequence, Failure::Error(err));
+                    }
+                }
+                if cursor.failures == 0 {
+                    tally.processed += 1;
+                } else {
+                    tally.failed += 1;
+                    tally.handler_errors += cursor.failures;
+                }
+            } else {
+                tally.unrouted += 1;
+            }
+            cursor.next_event();
+        }
+    }
+
+    /// Accounts for a panic caught by [`Self::run_events`] and moves `cursor` past it.
+    #[cold]
+    #[inline(never)]
+    fn handle_panic(
+        &self,
+        cursor: &mut Cursor,
+        first: u64,
+        events: &[E],
+        payload: Box<dyn Any + Send>,
+        tally: &mut Tally,
+        on_failure: &mut impl FnMut(u64, Failure<Err>),
+    ) {
+        tally.panics += 1;
+        cursor.failures += 1;
+        let sequence = first + cursor.event as u64;
+        if cursor.handler != Cursor::ROUTING {
+            // A handler panicked: report it; the run resumes with the event's next handler.
+            let projection = events[cursor.event].projection();
+            let ctx = Context {
+                sequence,
+                projection: &projection,
+                deadline: None,
+            };
+            self.report(&ctx, ErrorKind::Panic(panic_message(&*payload)));
+            on_failure(sequence, Failure::Panic(payload));
+        } else {
+            // The event's own `projection()` (or its key's `Hash`/`Eq`) panicked: no handler
+            // can run for it. It counts as failed; there is no projection to report.
+            tally.failed += 1;
+            tally.handler_errors += 1;
+            cursor.next_event();
+            on_failure(sequence, Failure::Panic(payload));
+        }
+    }
+
+    #[cold]
+    fn report(&self, ctx: &Context<'_, E::Projection>, kind: ErrorKind<'_, Err>) {
+        if let Some(hook) = &self.on_error {
+            let report = ErrorReport {
+                projection: ctx.projection,
+                sequence: ctx.sequence,
+                kind,
+            };
+            // A panicking hook must not take the publisher down with it.
+            let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
+        }
+    }
+}
+
+/// The message of a panic payload, as `std` prints it.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "<non-string panic>"
+    }
+}
