@@ -21,7 +21,7 @@ use disruptor::{
     BusySpin, EventPoller, Polling, Producer, SingleConsumerBarrier, SingleProducer,
     SingleProducerBarrier,
 };
-use ringbus::{DispatchMode, Dispatcher, Event, EventStore, OverrunPolicy};
+use ringbus::{DispatchMode, Dispatcher, EnqueueError, Event, EventStore, OverrunPolicy};
 
 /// Ring / channel capacity for every workload.
 pub const CAPACITY: usize = 1 << 16;
@@ -957,12 +957,14 @@ pub fn latency_run(system: System, n: usize) -> Vec<u64> {
     let n64 = n as u64;
     match system {
         System::Ringbus => {
-            // Block, not DropOldest: a consumer preempted for a whole lap must not lose
-            // samples (the run would then never end).
+            // ReturnError and retry, like the ArrayQueue peer's push loop: a consumer
+            // preempted for a whole lap must not lose samples (DropOldest would, and the run
+            // would never end), and no producer ever parks, so publishing skips `Block`'s
+            // wake-up check.
             let store = store(
                 Work::Latency,
                 &sink,
-                OverrunPolicy::Block,
+                OverrunPolicy::ReturnError,
                 DispatchMode::Sync,
             );
             thread::scope(|s| {
@@ -970,7 +972,10 @@ pub fn latency_run(system: System, n: usize) -> Vec<u64> {
                     start.wait();
                     let t0 = Instant::now();
                     for i in 0..n64 {
-                        store.enqueue(paced(t0, i)).expect("store open");
+                        let mut ev = paced(t0, i);
+                        while let Err(EnqueueError::Full(back)) = store.enqueue(ev) {
+                            ev = back;
+                        }
                     }
                 });
                 start.wait();
