@@ -564,7 +564,11 @@ fn handlers_may_enqueue_and_it_waits_for_the_next_publish() {
 }
 
 #[test]
-fn store_is_send_and_sync() {
+fn handles_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
     assert_send_sync::<EventStore<Ev>>();
+    assert_send_sync::<ringbus::ScheduleHandle>();
+    // Built on one thread, committed on another.
+    assert_send::<ringbus::Transaction<Ev>>();
 }
