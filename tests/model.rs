@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ringbus::{
-    BatchError, Dispatcher, EnqueueError, Enqueued, Event, EventStore, Metrics, OverrunPolicy,
-    PublishReport,
+    BatchError, CommitError, Dispatcher, EnqueueError, Enqueued, Event, EventStore, HandlerFailure,
+    Metrics, OverrunPolicy, PublishReport,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,12 @@ impl Event for Ev {
 enum Op {
     Enqueue,
     Batch(usize),
+    /// A transaction of n events, committed (enqueued at once, then dispatched).
+    TxCommit(usize),
+    /// A transaction of n events, committed for the next publish.
+    TxDeferred(usize),
+    /// A transaction of n events, rolled back.
+    TxRollback(usize),
     Publish,
     Close,
     CloseNow,
@@ -35,6 +41,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => Just(Op::Enqueue),
         2 => (0usize..10).prop_map(Op::Batch),
+        1 => (0usize..10).prop_map(Op::TxCommit),
+        1 => (0usize..10).prop_map(Op::TxDeferred),
+        1 => (0usize..6).prop_map(Op::TxRollback),
         3 => Just(Op::Publish),
         1 => Just(Op::CloseNow),
         1 => Just(Op::Close),
@@ -182,6 +191,32 @@ impl Model {
     }
 }
 
+/// The handler fails for ids `5k`.
+fn fails(ev: Ev) -> bool {
+    ev.0 % 5 == 0
+}
+
+/// Ids `7k + 6` have no handler.
+fn routed(ev: Ev) -> bool {
+    ev.0 % 7 != 6
+}
+
+/// A refused commit matches the model's refusal and hands every event back, in order.
+fn assert_refusal(got: CommitError<Ev, String>, want: &BatchError, evs: &[Ev]) {
+    let same = matches!(
+        (&got, want),
+        (CommitError::Full(_), BatchError::Full { .. })
+            | (CommitError::Closed(_), BatchError::Closed)
+            | (CommitError::Timeout(_), BatchError::Timeout { .. })
+            | (CommitError::TooLarge { .. }, BatchError::TooLarge { .. })
+    );
+    assert!(same, "got {got:?}, model says {want:?}");
+    let back = got
+        .into_transaction()
+        .expect("a refusal hands the transaction back");
+    assert_eq!(back.events(), evs);
+}
+
 fn report_fields(r: &PublishReport) -> [u64; 4] {
     [r.dispatched, r.processed, r.failed, r.unrouted]
 }
@@ -238,6 +273,71 @@ fn run(capacity: usize, policy: OverrunPolicy, ops: &[Op]) {
                     assert!(batch.is_empty());
                 } else {
                     assert_eq!(batch, evs, "a refused batch stays with the caller");
+                }
+            }
+            Op::TxDeferred(n) => {
+                let evs: Vec<Ev> = (0..n).map(|_| fresh()).collect();
+                let mut tx = store.begin_transaction();
+                tx.extend(evs.iter().copied());
+                let got = tx.commit_deferred_timeout(Duration::ZERO);
+                let want = model.batch(&evs);
+                match (got, want) {
+                    (Ok(g), Ok(w)) => assert_eq!(g, w),
+                    (Err(g), Err(w)) => assert_refusal(g, &w, &evs),
+                    (got, want) => panic!("{op:?}: got {got:?}, model says {want:?}"),
+                }
+            }
+            Op::TxRollback(n) => {
+                let mut tx = store.begin_transaction();
+                tx.extend((0..n).map(|_| fresh()));
+                tx.rollback();
+            }
+            Op::TxCommit(n) => {
+                let evs: Vec<Ev> = (0..n).map(|_| fresh()).collect();
+                let mut tx = store.begin_transaction();
+                tx.extend(evs.iter().copied());
+                let got = tx.commit_timeout(Duration::ZERO);
+                match model.batch(&evs) {
+                    Err(w) => assert_refusal(got.unwrap_err(), &w, &evs),
+                    Ok(_) if n == 0 => assert_eq!(got.unwrap().len, 0),
+                    Ok(w) => {
+                        // The commit dispatched everything pending: older events first, then
+                        // the transaction's, in order.
+                        let (ran, report) = model.publish();
+                        assert_eq!(std::mem::take(&mut *log.lock().unwrap()), ran);
+                        let failing: Vec<usize> = (0..n)
+                            .filter(|&i| fails(evs[i]) && routed(evs[i]))
+                            .collect();
+                        match (got, failing.first()) {
+                            (Ok(r), None) => {
+                                assert_eq!(
+                                    (r.sequence, r.dropped, r.elsewhere),
+                                    (w.sequence, w.dropped, 0)
+                                );
+                                assert_eq!(report_fields(&r.publish), report);
+                            }
+                            (
+                                Err(CommitError::Handler {
+                                    index,
+                                    sequence,
+                                    error,
+                                    failed,
+                                }),
+                                Some(&first),
+                            ) => {
+                                assert_eq!(index, first);
+                                assert_eq!(sequence, w.sequence + first as u64);
+                                assert_eq!(failed, failing.len() as u64);
+                                assert_eq!(
+                                    error,
+                                    HandlerFailure::Error(format!("{} fails", evs[first].0))
+                                );
+                            }
+                            (got, first) => {
+                                panic!("{op:?}: got {got:?}, first failing index {first:?}")
+                            }
+                        }
+                    }
                 }
             }
             Op::Publish => {
