@@ -100,7 +100,8 @@
 //!
 //! # Shutdown
 //! [`close`](EventStore::close) marks the store closed atomically with respect to every enqueue:
-//! an enqueue either got in before the close (and is dispatched by it) or fails with
+//! an enqueue either got in before the close (and is dispatched by it, unless a `DropOldest`
+//! producer racing the close evicted it, which counts it as dropped) or fails with
 //! [`EnqueueError::Closed`], event handed back, including producers blocked under `Block`.
 //! It cancels the scheduled events still waiting (counted in [`Metrics::cancelled`]).
 //! `close` then dispatches everything pending and waits for in-flight async work, within its
