@@ -394,17 +394,9 @@ where
     /// ring is full under [`OverrunPolicy::ReturnError`]. The event comes back in the error.
     #[inline]
     pub fn enqueue(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
-        match self.shared.ring.claim(1) {
-            Ok(sequence) => {
-                // SAFETY: `sequence` was claimed just above, and is written once.
-                unsafe { self.shared.ring.write(sequence, event) };
-                Ok(Enqueued {
-                    sequence,
-                    dropped: 0,
-                })
-            }
-            Err(refusal) => self.shared.enqueue_slow(event, refusal, None),
-        }
+        self.shared
+            .try_enqueue(event)
+            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, None))
     }
 
     /// Like [`enqueue`](Self::enqueue), but under [`OverrunPolicy::Block`] waits at most
@@ -415,18 +407,11 @@ where
         event: E,
         timeout: Duration,
     ) -> Result<Enqueued, EnqueueError<E>> {
-        let deadline = Instant::now().checked_add(timeout);
-        match self.shared.ring.claim(1) {
-            Ok(sequence) => {
-                // SAFETY: `sequence` was claimed just above, and is written once.
-                unsafe { self.shared.ring.write(sequence, event) };
-                Ok(Enqueued {
-                    sequence,
-                    dropped: 0,
-                })
-            }
-            Err(refusal) => self.shared.enqueue_slow(event, refusal, deadline),
-        }
+        // The deadline is only worked out if there is no room at once.
+        self.shared.try_enqueue(event).or_else(|(event, refusal)| {
+            let deadline = Instant::now().checked_add(timeout);
+            self.shared.enqueue_slow(event, refusal, deadline)
+        })
     }
 
     /// Enqueues a whole batch, all or nothing: the events take consecutive sequence numbers
@@ -563,12 +548,29 @@ where
     E: Event + Send + 'static,
     Err: 'static,
 {
+    /// The fast path of every single enqueue: claim one slot and write it, or give the event
+    /// back with the reason.
+    #[inline(always)]
+    fn try_enqueue(&self, event: E) -> Result<Enqueued, (E, ClaimError)> {
+        match self.ring.claim(1) {
+            Ok(sequence) => {
+                // SAFETY: `sequence` was claimed just above, and is written once.
+                unsafe { self.ring.write(sequence, event) };
+                Ok(Enqueued {
+                    sequence,
+                    dropped: 0,
+                })
+            }
+            Err(refusal) => Err((event, refusal)),
+        }
+    }
+
     /// The full-ring and closed paths of `enqueue`, out of line to keep the fast path small.
     #[cold]
     #[inline(never)]
     fn enqueue_slow(
         &self,
-        event: E,
+        mut event: E,
         mut refusal: ClaimError,
         deadline: Option<Instant>,
     ) -> Result<Enqueued, EnqueueError<E>> {
@@ -600,14 +602,15 @@ where
                     }
                 }
             }
-            match self.ring.claim(1) {
-                Ok(sequence) => {
-                    // SAFETY: `sequence` was claimed just above, and is written once.
-                    unsafe { self.ring.write(sequence, event) };
+            match self.try_enqueue(event) {
+                Ok(enqueued) => {
                     drop(evicted);
-                    return Ok(Enqueued { sequence, dropped });
+                    return Ok(Enqueued {
+                        dropped,
+                        ..enqueued
+                    });
                 }
-                Err(r) => refusal = r,
+                Err((back, r)) => (event, refusal) = (back, r),
             }
         }
     }
@@ -1035,24 +1038,21 @@ where
     /// can drop its strong handle and try again.
     pub(crate) fn enqueue_or_wait(
         &self,
-        event: E,
+        mut event: E,
         deadline: Instant,
     ) -> Result<Enqueued, EnqueueError<E>> {
         let shared = &*self.shared;
         if shared.policy == OverrunPolicy::Block {
             loop {
-                match shared.ring.claim(1) {
-                    Ok(sequence) => {
-                        // SAFETY: `sequence` was claimed just above, and is written once.
-                        unsafe { shared.ring.write(sequence, event) };
-                        return Ok(Enqueued {
-                            sequence,
-                            dropped: 0,
-                        });
-                    }
+                match shared.try_enqueue(event) {
+                    Ok(enqueued) => return Ok(enqueued),
                     // `enqueue` below counts the refusal and hands the event back.
-                    Err(ClaimError::Closed) => break,
-                    Err(ClaimError::Full) => {
+                    Err((back, ClaimError::Closed)) => {
+                        event = back;
+                        break;
+                    }
+                    Err((back, ClaimError::Full)) => {
+                        event = back;
                         if !shared.wait_for_room(1, Some(deadline)) {
                             return Err(EnqueueError::Timeout(event));
                         }
