@@ -31,6 +31,10 @@ pub enum BuildError {
         /// The bytes the slots need (saturating).
         bytes: usize,
     },
+    /// [`Builder::max_in_flight`](crate::Builder::max_in_flight) was 0: async work could
+    /// never be handed out.
+    #[error("max_in_flight must be at least 1")]
+    ZeroMaxInFlight,
 }
 
 /// Why [`EventStore::enqueue`](crate::EventStore::enqueue) refused an event. Every variant

@@ -176,6 +176,7 @@ struct ReadmeDoctests;
 mod dispatcher;
 mod error;
 mod metrics;
+mod panics;
 mod ring;
 mod routes;
 mod schedule;

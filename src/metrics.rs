@@ -56,6 +56,10 @@ pub struct Metrics {
     pub scheduled: u64,
     /// Scheduled events cancelled before they fired: by their handle, or by `close`.
     pub cancelled: u64,
+    /// Events whose own `Drop` panicked (caught and reported as
+    /// [`ErrorKind::DropPanic`](crate::ErrorKind::DropPanic)). Not part of the balance: such an
+    /// event was already counted once, as processed, failed, unrouted, dropped or cancelled.
+    pub drop_panics: u64,
 }
 
 impl Metrics {
@@ -123,6 +127,8 @@ struct Outcomes {
 struct Overrun {
     dropped: AtomicU64,
     rejected: AtomicU64,
+    /// Rare (a panicking `Drop`), so it shares the producers' line rather than take its own.
+    drop_panics: AtomicU64,
 }
 
 /// Adds `n` unless it is 0, sparing the cache line a write in the common case.
@@ -153,6 +159,31 @@ impl Counters {
         bump(&self.overrun.rejected, n);
     }
 
+    pub(crate) fn add_drop_panics(&self, n: u64) {
+        bump(&self.overrun.drop_panics, n);
+    }
+
+    /// Counts up to `want` more events in flight, as many as keep the count at or below
+    /// `bound`; returns how many (`None` when the count is already at the bound).
+    ///
+    /// SeqCst, as every change of `in_flight`: see `Shared::take` in `store.rs`.
+    #[inline]
+    pub(crate) fn reserve_in_flight(&self, want: u64, bound: u64) -> Option<u64> {
+        let mut current = self.in_flight.load(Ordering::SeqCst);
+        loop {
+            let room = want.min(bound.checked_sub(current).filter(|&r| r > 0)?);
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + room,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return Some(room),
+                Err(now) => current = now,
+            }
+        }
+    }
+
     /// Reads every counter. `published` and `pending` come from the ring: the caller passes
     /// its head and tail, read head first so that `pending` cannot underflow.
     pub(crate) fn snapshot(&self, head: u64, tail: u64) -> Metrics {
@@ -171,6 +202,7 @@ impl Counters {
             // The timer's counters live with the timer; the store fills these in.
             scheduled: 0,
             cancelled: 0,
+            drop_panics: load(&self.overrun.drop_panics),
         }
     }
 }

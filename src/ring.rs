@@ -22,16 +22,31 @@
 //! `[h, h + k)`, the longest run of slots from `h` whose stamps already say `2s + 1`, moves the
 //! events out and stamps `2(s + cap)`: it never waits for a producer, and an event still being
 //! written (with everything behind it) is left for the next publish. A producer evicting the
-//! oldest event under `DropOldest` claims `h` even if unwritten, and waits (briefly) for it.
+//! oldest event under `DropOldest` ([`Ring::evict_oldest`]) likewise claims `h` only if its event
+//! is written and the ring is full at that moment; otherwise it claims nothing and retries.
 //!
-//! Between a claim and its stamp nothing runs but a bounded copy, never user code, so the short
-//! waits always end: a producer's wait depends only on an older sequence's copy-out, which
-//! depends only on older sequences still, and so on down to a finished write.
+//! So no consumer-side claim ever waits for a producer, and between a claim and its stamp
+//! nothing runs but a bounded copy, never user code. The only wait left is a producer's for the
+//! previous lap's consumer to finish copying its slot out (at most [`SYNC_CHUNK`]-sized copies,
+//! unless that consumer's thread is descheduled mid-copy): one hop, never a chain across laps.
 //!
-//! # Closing
+//! [`SYNC_CHUNK`]: crate::store
+//!
+//! # Batches become visible at once
+//! A batch is stamped back to front: the stamps of `first + 1 ..` are stored before the stamp of
+//! `first`. A publisher claims only a written prefix, so it stops at `first` until the whole
+//! batch is written, and a publisher that sees `first` written (Acquire) sees the rest too.
+//!
+//! # Flags in the tail word
 //! Bit 63 of `tail` is the closed mark. Producers claim by CAS on the whole word, so a claim and
 //! `close` are ordered by the one atomic variable: every claim that succeeded is below the
 //! sequence `close` read, and none succeeds after it.
+//!
+//! Bit 62 is the gate: a batch that found no room for all its events under `Block` or
+//! `DropOldest` sets it ([`Ring::try_gate`]), and while it is set every other claim fails with
+//! [`ClaimError::Gated`]. Only the gate holder claims next ([`Ring::claim_gated`], which clears
+//! it), so single enqueues cannot keep taking the slots a batch waits for. The check costs the
+//! fast path nothing: the claim already tests the word for the closed mark.
 
 use std::mem::MaybeUninit;
 
@@ -41,6 +56,10 @@ use crate::sync::{AtomicU64, Backoff, Ordering, UnsafeCell};
 
 /// Bit of `tail` set once the ring is closed.
 const CLOSED: u64 = 1 << 63;
+/// Bit of `tail` set while a batch holds the gate (see the module docs).
+const GATED: u64 = 1 << 62;
+/// The flag bits of `tail`; the rest is the sequence.
+const FLAGS: u64 = CLOSED | GATED;
 
 /// The largest capacity a ring accepts: stamps (`2s + 1`) must not overflow for 2^62 sequences.
 pub(crate) const MAX_CAPACITY: usize = 1 << 32;
@@ -52,6 +71,21 @@ pub(crate) enum ClaimError {
     Full,
     /// The ring is closed.
     Closed,
+    /// A batch holds the gate: only it may claim next.
+    Gated,
+}
+
+/// What [`Ring::evict_oldest`] did.
+#[derive(Debug)]
+pub(crate) enum Eviction<T> {
+    /// The oldest event, with its sequence, was taken out to make room.
+    Evicted(u64, T),
+    /// Nothing was evicted: the ring had room, or another thread moved the head, or the ring
+    /// is closed. The caller claims again.
+    NotNeeded,
+    /// The ring is full but its oldest event is still being written: nothing was claimed, and
+    /// the caller waits a moment and tries again.
+    Unwritten,
 }
 
 /// A bounded MPMC ring of `2^n` events.
@@ -60,7 +94,8 @@ pub(crate) enum ClaimError {
 /// events is one contiguous run of memory that moves in and out with a single `memcpy`, between
 /// a scan of its stamps and a store of its new stamps.
 pub(crate) struct Ring<T> {
-    /// Next sequence handed to a producer, with the closed mark in bit 63.
+    /// Next sequence handed to a producer, with the closed mark in bit 63 and the gate in
+    /// bit 62.
     tail: CachePadded<AtomicU64>,
     /// Next sequence handed to a consumer. Never passes `tail`'s sequence.
     head: CachePadded<AtomicU64>,
@@ -151,7 +186,7 @@ impl<T> Ring<T> {
     pub(crate) fn tail(&self) -> u64 {
         // Relaxed: coherence alone guarantees that a claim which happened-before this load is
         // seen; the events themselves are synchronised through their stamps.
-        self.tail.load(Ordering::Relaxed) & !CLOSED
+        self.tail.load(Ordering::Relaxed) & !FLAGS
     }
 
     /// The next sequence a consumer will claim (the count of events ever taken out).
@@ -169,7 +204,21 @@ impl<T> Ring<T> {
     /// Marks the ring closed and returns the tail it closed at: every sequence below it was
     /// claimed (and will be written), none at or above it ever will be.
     pub(crate) fn close(&self) -> u64 {
-        self.tail.fetch_or(CLOSED, Ordering::SeqCst) & !CLOSED
+        self.tail.fetch_or(CLOSED, Ordering::SeqCst) & !FLAGS
+    }
+
+    /// True while a batch holds the gate.
+    #[inline]
+    pub(crate) fn is_gated(&self) -> bool {
+        self.tail.load(Ordering::Acquire) & GATED != 0
+    }
+
+    /// True when `n` slots are free (as far as the counters show; the gate is not looked at).
+    #[inline]
+    pub(crate) fn has_room(&self, n: u64) -> bool {
+        // Head first: `tail - head` can only be overstated, never understated.
+        let head = self.head();
+        self.tail() + n <= head + self.capacity()
     }
 
     /// Claims `n` consecutive sequences for writing and returns the first.
@@ -181,8 +230,8 @@ impl<T> Ring<T> {
         debug_assert!(n >= 1 && n <= self.capacity());
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
-            if tail & CLOSED != 0 {
-                return Err(ClaimError::Closed);
+            if tail & FLAGS != 0 {
+                return Err(flag_error(tail));
             }
             // Room for `[tail, tail + n)` is first judged by the stamp of its last slot: if
             // the previous lap's event there has been moved out, consumers have claimed
@@ -253,8 +302,10 @@ impl<T> Ring<T> {
             self.copy_in(first, batch.as_ptr(), n);
             batch.set_len(0);
         }
-        for seq in first..first + n {
-            // Release publishes the copy above to each slot's consumer.
+        // Back to front, `first` last: a publisher claims only a written prefix, so it sees
+        // none of the batch until `first`'s stamp, and then all of it (see the module docs).
+        // Release publishes the copy above, and the later stamps, to whoever Acquires a stamp.
+        for seq in (first..first + n).rev() {
             self.stamp(seq).store(2 * seq + 1, Ordering::Release);
         }
     }
@@ -295,7 +346,10 @@ impl<T> Ring<T> {
     /// `limit`.
     #[inline]
     fn claim_written(&self, limit: u64, max: u64) -> Option<(u64, u64)> {
-        // Acquire on the head (here and on a failed CAS), as in `claim_for_consumer`.
+        // Acquire on the head (here and on a failed CAS): a consumer that finds nothing left
+        // below `limit` synchronises with the claims that took it, so what their thread did
+        // before claiming is visible (the store's `close` relies on this; see `Shared::take`).
+        // Free on x86.
         let mut head = self.head.load(Ordering::Acquire);
         loop {
             let want = max.min(limit.saturating_sub(head));
@@ -316,14 +370,91 @@ impl<T> Ring<T> {
         }
     }
 
-    /// Claims the oldest event and returns it with its sequence, or `None` if the ring is
-    /// empty. Used by producers evicting under `DropOldest`: unlike [`take`](Self::take), it
-    /// waits for the oldest event to be written, since the caller needs the room.
-    pub(crate) fn take_oldest(&self) -> Option<(u64, T)> {
-        let (seq, _) = self.claim_for_consumer(self.tail(), 1)?;
-        self.wait_for(seq, 2 * seq + 1);
-        // SAFETY: `seq` is ours, and its event is written (odd stamp seen just above).
-        Some((seq, unsafe { self.move_out(seq) }))
+    /// Under `DropOldest`: takes the oldest event out to make room for `n` new ones, but only
+    /// if fewer than `n` slots are free at that moment and the oldest event is written.
+    ///
+    /// Never waits and never claims an unwritten slot, so an evicting producer holds nothing
+    /// while another thread is descheduled. Full *at the moment of the eviction*: the head is
+    /// read first and the eviction is a CAS from that same head, so the head did not move in
+    /// between; the tail, read in between, only grows while the head stands still; so the
+    /// slots free at the CAS are at most those free when the tail was read, fewer than `n`.
+    pub(crate) fn evict_oldest(&self, n: u64) -> Eviction<T> {
+        // SeqCst, like every read of the head or tail that decides room (see `claim`).
+        let head = self.head.load(Ordering::SeqCst);
+        let tail = self.tail.load(Ordering::SeqCst);
+        if tail & CLOSED != 0 || (tail & !FLAGS) + n <= head + self.capacity() {
+            return Eviction::NotNeeded;
+        }
+        // Acquire: the producer's write happens-before our move-out.
+        if self.stamp(head).load(Ordering::Acquire) != 2 * head + 1 {
+            return Eviction::Unwritten;
+        }
+        if self.advance_head(head, 1).is_err() {
+            return Eviction::NotNeeded;
+        }
+        // SAFETY: `head` is ours (the CAS above), and its event is written (odd stamp seen
+        // above; only its claimer, us, changes it now).
+        Eviction::Evicted(head, unsafe { self.move_out(head) })
+    }
+
+    /// Reserves the ring for a batch: sets the gate unless the ring is closed or another batch
+    /// holds it. Returns true if this call set it; the caller must then end with
+    /// [`claim_gated`](Self::claim_gated) succeeding or [`ungate`](Self::ungate).
+    pub(crate) fn try_gate(&self) -> Result<bool, ClaimError> {
+        let mut tail = self.tail.load(Ordering::Relaxed);
+        loop {
+            if tail & FLAGS != 0 {
+                return match flag_error(tail) {
+                    ClaimError::Gated => Ok(false),
+                    closed => Err(closed),
+                };
+            }
+            // Relaxed, as a claim: the gate hands out the right to claim, not data.
+            match self.tail.compare_exchange_weak(
+                tail,
+                tail | GATED,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(true),
+                Err(current) => tail = current,
+            }
+        }
+    }
+
+    /// The gate holder's claim of `n` sequences: succeeds, clearing the gate, once `n` slots
+    /// are free; [`ClaimError::Full`] until then (the caller keeps the gate and waits or
+    /// evicts); [`ClaimError::Closed`] once closed (the gate is cleared).
+    pub(crate) fn claim_gated(&self, n: u64) -> Result<u64, ClaimError> {
+        debug_assert!(n >= 1 && n <= self.capacity());
+        loop {
+            // While the gate is up no other producer changes the tail; only `close` may.
+            let word = self.tail.load(Ordering::Relaxed);
+            debug_assert!(word & GATED != 0, "claim_gated without the gate");
+            if word & CLOSED != 0 {
+                self.ungate();
+                return Err(ClaimError::Closed);
+            }
+            let tail = word & !FLAGS;
+            // SeqCst: see `claim`.
+            if tail + n > self.head.load(Ordering::SeqCst) + self.capacity() {
+                return Err(ClaimError::Full);
+            }
+            match self.tail.compare_exchange_weak(
+                word,
+                tail + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(tail),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Lowers the gate without claiming (the holder gave up: timeout or close).
+    pub(crate) fn ungate(&self) {
+        self.tail.fetch_and(!GATED, Ordering::Relaxed);
     }
 
     /// [`take`](Self::take) of one event, returned by value: the oldest event below `limit` if
@@ -353,32 +484,12 @@ impl<T> Ring<T> {
         value
     }
 
-    /// Claims up to `max` sequences below `limit`, written or not (the caller waits for each
-    /// to be written).
-    #[inline]
-    fn claim_for_consumer(&self, limit: u64, max: u64) -> Option<(u64, u64)> {
-        // Acquire (here and on a failed CAS): a consumer that finds nothing left below `limit`
-        // synchronises with the claims that took it, so what their thread did before claiming
-        // is visible (the store's `close` relies on this; see `Shared::take`). Free on x86.
-        let mut head = self.head.load(Ordering::Acquire);
-        loop {
-            if head >= limit || max == 0 {
-                return None;
-            }
-            let n = max.min(limit - head);
-            match self.advance_head(head, n) {
-                Ok(()) => return Some((head, n)),
-                Err(current) => head = current,
-            }
-        }
-    }
-
     /// A consumer's claim of `[head, head + n)`: fails with the current head if another
     /// consumer moved it first.
     #[inline(always)]
     fn advance_head(&self, head: u64, n: u64) -> Result<(), u64> {
         // SeqCst: see `claim`; a consumer's claim is what makes room for producers. Acquire on
-        // failure: see `claim_for_consumer`.
+        // failure: see `claim_written`.
         self.head
             .compare_exchange_weak(head, head + n, Ordering::SeqCst, Ordering::Acquire)
             .map(drop)
@@ -456,13 +567,23 @@ impl<T> Ring<T> {
     }
 }
 
+/// The refusal a flagged tail word means: closed wins over gated.
+#[inline]
+fn flag_error(tail: u64) -> ClaimError {
+    if tail & CLOSED != 0 {
+        ClaimError::Closed
+    } else {
+        ClaimError::Gated
+    }
+}
+
 impl<T> Drop for Ring<T> {
     fn drop(&mut self) {
         // `&mut self`: no other thread is left. Every claimed sequence was written (claim and
         // write have nothing between them that can fail), so the slots in [head, tail) hold
         // exactly the events still pending, and their stamps are odd.
         let head = self.head.load(Ordering::Relaxed);
-        let tail = self.tail.load(Ordering::Relaxed) & !CLOSED;
+        let tail = self.tail.load(Ordering::Relaxed) & !FLAGS;
         for seq in head..tail {
             debug_assert_eq!(self.stamp(seq).load(Ordering::Relaxed), 2 * seq + 1);
             // SAFETY: the slot holds the initialised, never-consumed event of `seq`.
@@ -532,13 +653,71 @@ mod tests {
             // SAFETY: claimed above.
             unsafe { ring.write(s, s as u8) };
         }
-        assert_eq!(ring.take_oldest(), Some((0, 0)));
+        assert!(matches!(ring.evict_oldest(1), Eviction::Evicted(0, 0)));
         assert_eq!(ring.claim(1), Ok(8));
         // SAFETY: claimed above.
         unsafe { ring.write(8, 8) };
         let mut out = Vec::with_capacity(8);
         assert_eq!(ring.take(ring.tail(), 8, &mut out), Some((1, 8)));
         assert_eq!(out, [1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn evicts_only_a_written_event_from_a_full_ring() {
+        let ring = Ring::<u8>::try_new(2).unwrap();
+        assert_eq!(ring.claim(1), Ok(0));
+        // SAFETY: claimed above.
+        unsafe { ring.write(0, 0) };
+        assert!(
+            matches!(ring.evict_oldest(1), Eviction::NotNeeded),
+            "room left"
+        );
+        assert!(
+            matches!(ring.evict_oldest(2), Eviction::Evicted(0, 0)),
+            "room for 1 of 2"
+        );
+        assert_eq!(ring.claim(2), Ok(1));
+        // Full, and its oldest event (1) is claimed but not written: never claimed by eviction.
+        assert!(matches!(ring.evict_oldest(1), Eviction::Unwritten));
+        assert_eq!(ring.head(), 1);
+        // SAFETY: claimed above.
+        unsafe { ring.write(1, 1) };
+        assert!(matches!(ring.evict_oldest(1), Eviction::Evicted(1, 1)));
+        ring.close();
+        assert!(
+            matches!(ring.evict_oldest(2), Eviction::NotNeeded),
+            "closed"
+        );
+    }
+
+    #[test]
+    fn the_gate_holds_off_other_claims_until_its_batch_fits() {
+        let ring = Ring::<u8>::try_new(4).unwrap();
+        let mut batch = vec![0, 1, 2];
+        assert_eq!(ring.claim(3), Ok(0));
+        // SAFETY: claimed above.
+        unsafe { ring.write_batch(0, &mut batch) };
+        assert_eq!(ring.try_gate(), Ok(true));
+        assert_eq!(ring.try_gate(), Ok(false), "one holder at a time");
+        assert_eq!(
+            ring.claim(1),
+            Err(ClaimError::Gated),
+            "room for one, but gated"
+        );
+        assert_eq!(ring.claim_gated(2), Err(ClaimError::Full));
+        assert!(ring.is_gated());
+        assert_eq!(ring.take_one(ring.tail()), Some((0, 0)));
+        assert_eq!(ring.claim_gated(2), Ok(3));
+        assert!(!ring.is_gated());
+        assert_eq!(ring.tail(), 5);
+        batch.extend([3, 4]);
+        // SAFETY: claimed above.
+        unsafe { ring.write_batch(3, &mut batch) };
+        assert_eq!(ring.try_gate(), Ok(true));
+        ring.close();
+        assert_eq!(ring.claim_gated(1), Err(ClaimError::Closed));
+        assert!(!ring.is_gated());
+        assert_eq!(ring.try_gate(), Err(ClaimError::Closed));
     }
 
     #[test]
@@ -581,7 +760,7 @@ mod tests {
                 // SAFETY: claimed above.
                 unsafe { ring.write(s, token.clone()) };
             }
-            drop(ring.take_oldest());
+            drop(ring.take_one(ring.tail()));
             assert_eq!(Arc::strong_count(&token), 3);
         }
         assert_eq!(Arc::strong_count(&token), 1);
@@ -607,7 +786,7 @@ mod tests {
                     unsafe { ring.write(s, (s, token.clone())) };
                 }
                 if lap % 3 == 0 && n > 1 {
-                    let (seq, (v, _)) = ring.take_oldest().unwrap();
+                    let (seq, (v, _)) = ring.take_one(ring.tail()).unwrap();
                     assert_eq!((seq, v), (expect, expect));
                     expect += 1;
                 }
@@ -639,7 +818,7 @@ mod tests {
                         match ring.claim(1) {
                             Ok(seq) => break seq,
                             Err(ClaimError::Full) => std::thread::yield_now(),
-                            Err(ClaimError::Closed) => unreachable!(),
+                            Err(ClaimError::Closed | ClaimError::Gated) => unreachable!(),
                         }
                     };
                     assert_eq!(seq, i);

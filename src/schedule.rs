@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::dispatcher::Event;
 use crate::error::EnqueueError;
+use crate::panics::{dispose, drop_caught};
 use crate::store::{EventStore, WeakStore};
 
 const PENDING: u8 = 0;
@@ -236,7 +237,9 @@ where
             timers.inner.wake.notify_one();
         }
         // Cancelled events are dropped outside the lock: their `Drop` is user code.
-        drop(dead);
+        for entry in dead {
+            self.discard_unsequenced(entry.event);
+        }
         Ok(ScheduleHandle {
             ticket,
             counts: counts.clone(),
@@ -398,21 +401,24 @@ impl<E> Timers<E> {
         )
     }
 
-    /// The store is closing (its ring is already closed): cancels every pending event,
-    /// counting them, and stops the timer thread, waiting for it to finish the event it may be
-    /// firing (which the closed ring accepts or refuses at once).
-    pub(crate) fn close(&self) {
-        if let Some(thread) = self.shut_down() {
+    /// The store is closing (its ring is already closed) or being dropped: cancels every
+    /// pending event, counting them, and stops the timer thread, waiting for it to finish the
+    /// event it may be firing (which the closed ring accepts or refuses at once). Returns the
+    /// events taken out of the heap, for the store to drop (their `Drop` is user code).
+    pub(crate) fn close(&self) -> Vec<E> {
+        let (events, thread) = self.shut_down();
+        if let Some(thread) = thread {
             // A user `Drop` running on the timer thread could call `close`: don't join oneself.
             if thread.thread().id() != thread::current().id() {
                 let _ = thread.join();
             }
         }
+        events
     }
 
     /// Marks the timers closed, cancels everything pending and wakes the thread; returns the
-    /// thread to join.
-    fn shut_down(&self) -> Option<JoinHandle<()>> {
+    /// events that were in the heap and the thread to join.
+    fn shut_down(&self) -> (Vec<E>, Option<JoinHandle<()>>) {
         let (heap, thread) = {
             let mut state = lock(&self.inner.state);
             state.closed = true;
@@ -428,16 +434,8 @@ impl<E> Timers<E> {
             })
             .count();
         self.inner.counts.cancel(cancelled as u64);
-        drop(heap);
-        thread
-    }
-}
-
-impl<E> Drop for Timers<E> {
-    /// The store is being dropped: cancel what is pending and let the thread exit (not joined:
-    /// this may be running on the timer thread itself).
-    fn drop(&mut self) {
-        drop(self.shut_down());
+        let events = heap.into_vec().into_iter().map(|e| e.event).collect();
+        (events, thread)
     }
 }
 
@@ -492,7 +490,12 @@ where
             };
         }
         drop(state);
-        dead.clear();
+        if !dead.is_empty() {
+            let alive = store.upgrade();
+            for entry in dead.drain(..) {
+                discard(alive.as_ref(), entry.event);
+            }
+        }
         for entry in due.drain(..) {
             fire(&inner.counts, &store, entry);
         }
@@ -511,6 +514,7 @@ where
     let outcome = loop {
         let Some(store) = store.upgrade() else {
             // The store is gone: nothing to fire into.
+            discard::<E, Err>(None, event);
             break CANCELLED;
         };
         match store.enqueue_or_wait(event, Instant::now() + BLOCK_SLICE) {
@@ -518,7 +522,10 @@ where
             // `Block` and still full: let go of the store for a moment, then wait again.
             Err(EnqueueError::Timeout(back)) => event = back,
             // Refused and counted in `rejected` by the store; the event is dropped here.
-            Err(_) => break REJECTED,
+            Err(refused) => {
+                discard(Some(&store), refused.into_inner());
+                break REJECTED;
+            }
         }
     };
     ticket.store(outcome, Ordering::Release);
@@ -526,6 +533,23 @@ where
         counts.cancel(1);
     } else {
         counts.scheduled.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Drops an event the timer is done with on the timer thread, which a panicking `Drop` must
+/// not kill: counted and reported by the store if it is still there, contained either way.
+fn discard<E, Err>(store: Option<&EventStore<E, Err>>, event: E)
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    match store {
+        Some(store) => store.discard_unsequenced(event),
+        None => {
+            if let Err(payload) = drop_caught(event) {
+                dispose(payload);
+            }
+        }
     }
 }
 

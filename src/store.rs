@@ -1,9 +1,7 @@
 //! [`EventStore`]: enqueue into the ring, publish to the handlers, drain and close.
 
-use std::any::Any;
 use std::fmt;
 use std::ops::Range;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -12,14 +10,13 @@ use crossbeam_queue::ArrayQueue;
 use crate::dispatcher::{BoxError, Dispatcher, Event};
 use crate::error::{BatchError, BuildError, EnqueueError, TimeoutError};
 use crate::metrics::{Counters, Metrics, Tally};
-use crate::ring::{ClaimError, MAX_CAPACITY, Ring};
+use crate::panics::{self, Payload, dispose, drop_caught};
+use crate::ring::{ClaimError, Eviction, MAX_CAPACITY, Ring};
 use crate::routes::Routes;
 use crate::schedule::Timers;
 use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering, fence};
 
 mod run;
-
-pub(crate) use run::panic_message;
 
 /// What [`EventStore::enqueue`] does when the ring is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -27,11 +24,16 @@ pub enum OverrunPolicy {
     /// Discard the oldest pending event to make room (GoEventBus's default). The discarded
     /// event is dropped on the enqueuing thread, counted in [`Metrics::dropped`], and the
     /// count is returned in [`Enqueued::dropped`].
+    ///
+    /// An event is evicted only when the ring is full at the moment of the eviction (fewer
+    /// free slots than the enqueue needs) and the event is already written: an event another
+    /// producer is still writing is never evicted; the evicting producer retries instead.
     #[default]
     DropOldest,
     /// Wait for room: spin briefly, then yield, then park until a publisher takes events out.
     /// [`EventStore::enqueue_timeout`] bounds the wait; closing the store wakes waiters, who get
-    /// [`EnqueueError::Closed`] with their event.
+    /// [`EnqueueError::Closed`] with their event. In [`DispatchMode::Async`] the room also
+    /// waits for the pool (see [`Builder::max_in_flight`]).
     Block,
     /// Return [`EnqueueError::Full`] at once, with the event.
     ReturnError,
@@ -103,10 +105,11 @@ impl PublishReport {
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct ErrorReport<'a, K, Err> {
-    /// The event's projection.
-    pub projection: &'a K,
-    /// The event's sequence number.
-    pub sequence: u64,
+    /// The event's projection; `None` when it is not known: the event's own `projection()`
+    /// panicked, or the event is gone ([`ErrorKind::DropPanic`]).
+    pub projection: Option<&'a K>,
+    /// The event's sequence number; `None` for a scheduled event that never reached the ring.
+    pub sequence: Option<u64>,
     /// What went wrong.
     pub kind: ErrorKind<'a, Err>,
 }
@@ -117,11 +120,16 @@ pub struct ErrorReport<'a, K, Err> {
 pub enum ErrorKind<'a, Err> {
     /// A handler returned this error.
     Handler(&'a Err),
-    /// A handler panicked with this message (`"<non-string panic>"` when the payload was not
-    /// a string).
+    /// A handler, or the event's own `projection()` (then [`ErrorReport::projection`] is
+    /// `None`), panicked with this message (`"<non-string panic>"` when the payload was not a
+    /// string).
     Panic(&'a str),
     /// The store was dropped with this event still pending; its handlers never ran.
     Discarded,
+    /// The event's own `Drop` panicked with this message, after the event was counted
+    /// (processed, failed, unrouted, dropped, discarded or cancelled). Counted in
+    /// [`Metrics::drop_panics`].
+    DropPanic(&'a str),
 }
 
 type ErrorHook<K, Err> = Box<dyn Fn(&ErrorReport<'_, K, Err>) + Send + Sync>;
@@ -217,6 +225,8 @@ struct Shared<E: Event, Err> {
     counters: Counters,
     on_error: Option<ErrorHook<E::Projection, Err>>,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// The most events [`DispatchMode::Async`] hands to the pool before they finish.
+    max_in_flight: u64,
     /// Emptied buffers for publishers to reuse, so publishing allocates nothing in steady state.
     buffers: ArrayQueue<Vec<E>>,
     /// Producers blocked on a full ring (`Block`).
@@ -277,6 +287,7 @@ pub struct Builder<E: Event, Err = BoxError> {
     policy: OverrunPolicy,
     mode: DispatchMode,
     pool: Option<Arc<rayon::ThreadPool>>,
+    max_in_flight: Option<usize>,
     on_error: Option<ErrorHook<E::Projection, Err>>,
 }
 
@@ -310,8 +321,19 @@ where
         self
     }
 
-    /// Called for every handler error and panic, and for each event discarded when the store
-    /// is dropped. Runs on the thread that ran the handler; a panic in it is caught and ignored.
+    /// The most events [`DispatchMode::Async`] may have handed to the pool and not yet
+    /// finished: a `publish` hands out only what fits under it and leaves the rest in the
+    /// ring, so producers meet the overrun policy (`Block` waits, `ReturnError` refuses,
+    /// `DropOldest` evicts) instead of the pool's queue growing without bound. At least 1.
+    /// Default: the ring's capacity. The other modes finish their work inside `publish`.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = Some(max);
+        self
+    }
+
+    /// Called for every handler error and panic, for a panic in an event's `projection()` or
+    /// `Drop`, and for each event discarded when the store is dropped. Runs on the thread
+    /// where it happened; a panic in it is caught and ignored.
     pub fn on_error<F>(mut self, hook: F) -> Self
     where
         F: Fn(&ErrorReport<'_, E::Projection, Err>) + Send + Sync + 'static,
@@ -335,6 +357,10 @@ where
                 max: MAX_CAPACITY,
             });
         }
+        let max_in_flight = self.max_in_flight.unwrap_or(capacity);
+        if max_in_flight == 0 {
+            return Err(BuildError::ZeroMaxInFlight);
+        }
         let ring = Ring::try_new(capacity).ok_or(BuildError::AllocationFailed {
             capacity,
             bytes: capacity.saturating_mul(std::mem::size_of::<E>() + 8),
@@ -348,6 +374,7 @@ where
                 counters: Counters::default(),
                 on_error: self.on_error,
                 pool: self.pool,
+                max_in_flight: max_in_flight as u64,
                 buffers: ArrayQueue::new(BUFFER_POOL),
                 blocked: Waiters::new(),
                 timers: Timers::new(),
@@ -382,6 +409,7 @@ where
             policy: OverrunPolicy::default(),
             mode: DispatchMode::default(),
             pool: None,
+            max_in_flight: None,
             on_error: None,
         }
     }
@@ -498,7 +526,9 @@ where
         let deadline = Instant::now().checked_add(timeout);
         self.shared.ring.close();
         self.shared.blocked.wake_all();
-        self.shared.timers.close();
+        for event in self.shared.timers.close() {
+            self.shared.drop_event(None, event);
+        }
         let report = self.shared.publish_all(deadline);
         self.shared.wait_idle(deadline)?;
         if self.pending() > 0 {
@@ -575,44 +605,56 @@ where
         deadline: Option<Instant>,
     ) -> Result<Enqueued, EnqueueError<E>> {
         let mut dropped = 0;
-        // The last evicted event is dropped after our own is in, so that a panicking `Drop`
-        // cannot lose the event being enqueued.
+        // Evicted events are dropped after our own is in, so that the evicted event's `Drop`
+        // (user code) runs outside the retry loop.
         let mut evicted = None;
-        loop {
+        let backoff = Backoff::new();
+        let outcome = loop {
             match (refusal, self.policy) {
                 (ClaimError::Closed, _) => {
                     self.counters.add_rejected(1);
-                    return Err(EnqueueError::Closed(event));
+                    break Err(EnqueueError::Closed(event));
                 }
-                (ClaimError::Full, OverrunPolicy::ReturnError) => {
+                (ClaimError::Full | ClaimError::Gated, OverrunPolicy::ReturnError) => {
                     self.counters.add_rejected(1);
-                    return Err(EnqueueError::Full(event));
+                    break Err(EnqueueError::Full(event));
                 }
-                (ClaimError::Full, OverrunPolicy::DropOldest) => {
-                    if let Some((_, old)) = self.ring.take_oldest() {
+                (ClaimError::Full, OverrunPolicy::DropOldest) => match self.ring.evict_oldest(1) {
+                    Eviction::Evicted(sequence, old) => {
                         self.counters.add_dropped(1);
                         dropped += 1;
-                        drop(evicted.replace(old));
+                        if let Some((seq, previous)) = evicted.replace((sequence, old)) {
+                            self.drop_event(Some(seq), previous);
+                        }
                     }
-                }
-                (ClaimError::Full, OverrunPolicy::Block) => {
+                    // Someone else's enqueue is being written at the head: it will be
+                    // evictable in a moment. We hold no claim meanwhile.
+                    Eviction::Unwritten => backoff.snooze(),
+                    Eviction::NotNeeded => {}
+                },
+                // A batch holds the gate and makes room for itself; wait for it to claim.
+                (ClaimError::Gated, OverrunPolicy::DropOldest) => backoff.snooze(),
+                (ClaimError::Full | ClaimError::Gated, OverrunPolicy::Block) => {
                     if !self.wait_for_room(1, deadline) {
                         self.counters.add_rejected(1);
-                        return Err(EnqueueError::Timeout(event));
+                        break Err(EnqueueError::Timeout(event));
                     }
                 }
             }
             match self.try_enqueue(event) {
                 Ok(enqueued) => {
-                    drop(evicted);
-                    return Ok(Enqueued {
+                    break Ok(Enqueued {
                         dropped,
                         ..enqueued
                     });
                 }
                 Err((back, r)) => (event, refusal) = (back, r),
             }
+        };
+        if let Some((sequence, old)) = evicted {
+            self.drop_event(Some(sequence), old);
         }
+        outcome
     }
 
     fn enqueue_batch(
@@ -635,49 +677,129 @@ where
                 capacity: self.ring.capacity() as usize,
             });
         }
-        let mut dropped = 0;
+        match self.ring.claim(n) {
+            Ok(first) => {
+                // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                unsafe { self.ring.write_batch(first, batch) };
+                Ok(Enqueued {
+                    sequence: first,
+                    dropped: 0,
+                })
+            }
+            Err(ClaimError::Closed) => {
+                self.counters.add_rejected(n);
+                Err(BatchError::Closed)
+            }
+            Err(ClaimError::Full | ClaimError::Gated) => match self.policy {
+                OverrunPolicy::ReturnError => {
+                    self.counters.add_rejected(n);
+                    Err(BatchError::Full { len })
+                }
+                OverrunPolicy::DropOldest | OverrunPolicy::Block => {
+                    self.enqueue_batch_gated(batch, deadline)
+                }
+            },
+        }
+    }
+
+    /// A batch that found no room under `Block` or `DropOldest`: takes the ring's gate, so
+    /// that no other enqueue can claim the slots it waits for, then makes or waits for room
+    /// and claims. Without the gate, a steady stream of single enqueues could take each freed
+    /// slot first and starve the batch (waiting, or evicting, forever).
+    #[cold]
+    #[inline(never)]
+    fn enqueue_batch_gated(
+        &self,
+        batch: &mut Vec<E>,
+        deadline: Option<Instant>,
+    ) -> Result<Enqueued, BatchError> {
+        let (len, n) = (batch.len(), batch.len() as u64);
+        let backoff = Backoff::new();
+        let refuse = |error: BatchError| {
+            self.counters.add_rejected(n);
+            Err(error)
+        };
+        // Take the gate, or claim outright if room appeared meanwhile.
         loop {
+            match self.ring.try_gate() {
+                Ok(true) => break,
+                Err(_) => return refuse(BatchError::Closed),
+                // Another batch holds the gate: wait for it like any other enqueue.
+                Ok(false) => match self.policy {
+                    OverrunPolicy::Block => {
+                        if !self.wait_for_room(n, deadline) {
+                            return refuse(BatchError::Timeout { len });
+                        }
+                    }
+                    _ => backoff.snooze(),
+                },
+            }
             match self.ring.claim(n) {
                 Ok(first) => {
                     // SAFETY: `[first, first + n)` was claimed just above, for this batch.
                     unsafe { self.ring.write_batch(first, batch) };
                     return Ok(Enqueued {
                         sequence: first,
+                        dropped: 0,
+                    });
+                }
+                Err(ClaimError::Closed) => return refuse(BatchError::Closed),
+                Err(ClaimError::Full | ClaimError::Gated) => {}
+            }
+        }
+        // We hold the gate: the tail stands still, and only publishers (and our evictions)
+        // move the head.
+        let mut dropped = 0;
+        let outcome = loop {
+            match self.ring.claim_gated(n) {
+                Ok(first) => {
+                    // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                    unsafe { self.ring.write_batch(first, batch) };
+                    break Ok(Enqueued {
+                        sequence: first,
                         dropped,
                     });
                 }
-                Err(ClaimError::Closed) => {
-                    self.counters.add_rejected(n);
-                    return Err(BatchError::Closed);
-                }
                 Err(ClaimError::Full) => match self.policy {
-                    OverrunPolicy::ReturnError => {
-                        self.counters.add_rejected(n);
-                        return Err(BatchError::Full { len });
-                    }
-                    OverrunPolicy::DropOldest => {
-                        if let Some((_, old)) = self.ring.take_oldest() {
+                    OverrunPolicy::DropOldest => match self.ring.evict_oldest(n) {
+                        Eviction::Evicted(sequence, old) => {
                             self.counters.add_dropped(1);
                             dropped += 1;
-                            drop(old);
+                            self.drop_event(Some(sequence), old);
                         }
-                    }
-                    OverrunPolicy::Block => {
-                        if !self.wait_for_room(n, deadline) {
+                        Eviction::Unwritten => backoff.snooze(),
+                        Eviction::NotNeeded => {}
+                    },
+                    _ => {
+                        let ring = &self.ring;
+                        let room = || ring.is_closed() || ring.has_room(n);
+                        if !self.blocked.wait(deadline, room) {
+                            self.ring.ungate();
                             self.counters.add_rejected(n);
-                            return Err(BatchError::Timeout { len });
+                            break Err(BatchError::Timeout { len });
                         }
                     }
                 },
+                // `claim_gated` lowered the gate.
+                Err(_) => {
+                    self.counters.add_rejected(n);
+                    break Err(BatchError::Closed);
+                }
             }
+        };
+        // The gate is down (claimed, closed or given up): wake the enqueues that waited on it.
+        if self.policy == OverrunPolicy::Block {
+            self.blocked.wake();
         }
+        outcome
     }
 
-    /// Blocks until `n` slots are free or the ring closes (true), or `deadline` passes (false).
+    /// Blocks until `n` slots are free and no batch holds the gate, or the ring closes (true),
+    /// or `deadline` passes (false).
     fn wait_for_room(&self, n: u64, deadline: Option<Instant>) -> bool {
         let ring = &self.ring;
         self.blocked.wait(deadline, || {
-            ring.is_closed() || ring.tail() + n <= ring.head() + ring.capacity()
+            ring.is_closed() || (!ring.is_gated() && ring.has_room(n))
         })
     }
 
@@ -702,6 +824,12 @@ where
     #[inline]
     fn take(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
         self.counters.in_flight.fetch_add(max, Ordering::SeqCst);
+        self.take_counted(limit, max, buf)
+    }
+
+    /// [`take`](Self::take) of up to `max` events already counted in flight by the caller.
+    #[inline]
+    fn take_counted(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
         let taken = self.ring.take(limit, max, buf);
         let n = taken.map_or(0, |(_, n)| n);
         if n < max {
@@ -751,13 +879,29 @@ where
         while self.ring.head() < limit && !expired(deadline) {
             let r = self.publish(deadline);
             if r.dispatched == 0 {
-                // An enqueue is between its claim and its write: it finishes in nanoseconds
-                // unless its thread was preempted.
-                backoff.snooze();
+                // An enqueue is between its claim and its write (it finishes in nanoseconds
+                // unless its thread was preempted), or async work is at its bound.
+                self.help_or_snooze(&backoff);
             }
             report += r;
         }
         report
+    }
+
+    /// One step of a wait for the pool or for a producer. On a thread of the store's own
+    /// pool, runs one of the pool's pending jobs instead of idling: the work waited for may be
+    /// queued behind this very thread, which would otherwise never run it.
+    fn help_or_snooze(&self, backoff: &Backoff) {
+        let helped = match &self.pool {
+            Some(pool) => pool.yield_now(),
+            // The global pool: `rayon::yield_now` runs a job of whichever pool this thread
+            // belongs to, if any. From a thread of another pool that job is not ours, but
+            // running it is harmless, and our own jobs run on the global pool's threads.
+            None => rayon::yield_now(),
+        };
+        if helped != Some(rayon::Yield::Executed) {
+            backoff.snooze();
+        }
     }
 
     /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
@@ -804,7 +948,7 @@ where
         }
         let mut tally = Tally::default();
         self.run_events(sequence, std::slice::from_ref(&event), deadline, &mut tally);
-        drop(event);
+        self.drop_event(Some(sequence), event);
         self.finished(1, tally);
         PublishReport::from_tally(1, tally)
     }
@@ -834,7 +978,8 @@ where
         PublishReport::from_tally(dispatched, tally)
     }
 
-    /// Async publish: takes everything pending and hands it to the pool.
+    /// Async publish: hands what is pending to the pool, as far as
+    /// [`Builder::max_in_flight`] allows; the rest stays in the ring for a later publish.
     fn publish_async(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
         let limit = self.ring.tail();
         let mut dispatched = 0;
@@ -843,15 +988,20 @@ where
             if want == 0 {
                 break;
             }
+            // Room under the bound is reserved in `in_flight` before the claim, as `take`
+            // counts it, so that concurrent publishers cannot overshoot the bound together.
+            let Some(room) = self.counters.reserve_in_flight(want, self.max_in_flight) else {
+                break;
+            };
             let mut buf = self.buffer();
-            let Some((first, n)) = self.take(limit, want, &mut buf) else {
+            let Some((first, n)) = self.take_counted(limit, room, &mut buf) else {
                 self.recycle(buf);
                 break;
             };
             dispatched += n;
             let shared = Arc::clone(self);
             let job = move || {
-                let t = shared.run_parallel(first, &mut buf, None);
+                let t = shared.run_parallel(first, &mut buf, deadline);
                 shared.finished(n, t);
                 shared.recycle(buf);
             };
@@ -875,11 +1025,18 @@ where
         let idle = || self.counters.in_flight.load(Ordering::SeqCst) == 0;
         let backoff = Backoff::new();
         let mut nap = Duration::from_micros(10);
+        let in_our_pool = self.pool.as_ref().map_or_else(
+            || rayon::current_thread_index().is_some(),
+            |pool| pool.current_thread_index().is_some(),
+        );
         while !idle() {
             if expired(deadline) {
                 return Err(self.timeout_error());
             }
-            if backoff.is_completed() {
+            if in_our_pool {
+                // Our jobs may be queued behind this thread: run them rather than sleep.
+                self.help_or_snooze(&backoff);
+            } else if backoff.is_completed() {
                 sync::sleep(deadline.map_or(nap, |d| {
                     nap.min(d.saturating_duration_since(Instant::now()))
                 }));
@@ -906,17 +1063,28 @@ fn expired(deadline: Option<Instant>) -> bool {
 
 impl<E: Event, Err> Drop for Shared<E, Err> {
     /// The last handle is gone: report each pending event to the error hook as
-    /// [`ErrorKind::Discarded`], then let the ring drop them.
+    /// [`ErrorKind::Discarded`], then drop it; likewise the scheduled events still waiting.
+    /// No user code (`projection()`, the hook, an event's `Drop`) can unwind out of here.
     fn drop(&mut self) {
-        let Some(hook) = &self.on_error else { return };
-        while let Some((sequence, event)) = self.ring.take_oldest() {
-            let projection = event.projection();
-            let report = ErrorReport {
-                projection: &projection,
-                sequence,
-                kind: ErrorKind::Discarded,
-            };
-            let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
+        // `&mut self`: no other thread is left, every claimed event is written.
+        while let Some((sequence, event)) = self.ring.take_one(self.ring.tail()) {
+            if self.on_error.is_some() {
+                match panics::catch(|| event.projection()) {
+                    Ok(projection) => {
+                        self.report(Some(&projection), Some(sequence), ErrorKind::Discarded)
+                    }
+                    Err(payload) => {
+                        let message = panics::panic_message(&*payload);
+                        self.report(None, Some(sequence), ErrorKind::Panic(message));
+                        self.report(None, Some(sequence), ErrorKind::Discarded);
+                        dispose(payload);
+                    }
+                }
+            }
+            self.drop_event(Some(sequence), event);
+        }
+        for event in self.timers.close() {
+            self.drop_event(None, event);
         }
     }
 }
@@ -944,6 +1112,71 @@ impl<E: Event, Err> fmt::Debug for Builder<E, Err> {
     }
 }
 
+impl<E: Event, Err> Shared<E, Err> {
+    /// Reports a failure to the `on_error` hook, if any; a panic in the hook is contained.
+    #[cold]
+    pub(crate) fn report(
+        &self,
+        projection: Option<&E::Projection>,
+        sequence: Option<u64>,
+        kind: ErrorKind<'_, Err>,
+    ) {
+        if let Some(hook) = &self.on_error {
+            let report = ErrorReport {
+                projection,
+                sequence,
+                kind,
+            };
+            if let Err(payload) = panics::catch(|| hook(&report)) {
+                dispose(payload);
+            }
+        }
+    }
+
+    /// Drops an event the store is done with, containing a panic in its `Drop` (counted in
+    /// [`Metrics::drop_panics`] and reported).
+    #[inline]
+    pub(crate) fn drop_event(&self, sequence: Option<u64>, event: E) {
+        if let Err(payload) = drop_caught(event) {
+            self.drop_panicked(sequence, payload);
+        }
+    }
+
+    /// Drops the events of `buf` (sequences from `first`), emptying it, as
+    /// [`drop_event`](Self::drop_event) does: one `catch_unwind` around the whole loop, which
+    /// resumes after a panicking `Drop`. Free for events without drop glue.
+    #[inline]
+    pub(crate) fn drop_events(&self, first: u64, buf: &mut Vec<E>) {
+        if !std::mem::needs_drop::<E>() {
+            buf.clear();
+            return;
+        }
+        let mut events = buf.drain(..);
+        let mut next = first;
+        loop {
+            let run = panics::catch(|| {
+                for event in &mut events {
+                    next += 1;
+                    drop(event);
+                }
+            });
+            match run {
+                Ok(()) => break,
+                Err(payload) => self.drop_panicked(Some(next - 1), payload),
+            }
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drop_panicked(&self, sequence: Option<u64>, payload: Payload) {
+        self.counters.add_drop_panics(1);
+        let message = panics::panic_message(&*payload);
+        self.report(None, sequence, ErrorKind::DropPanic(message));
+        dispose(payload);
+    }
+}
+
 // Hooks for `transaction.rs` and `schedule.rs`: everything they need from the store's insides,
 // kept here so that the enqueue and publish paths above stay as they are.
 
@@ -952,7 +1185,17 @@ pub(crate) enum Failure<Err> {
     /// The handler returned this error.
     Error(Err),
     /// The handler panicked with this payload.
-    Panic(Box<dyn Any + Send>),
+    Panic(Payload),
+}
+
+impl<Err> Failure<Err> {
+    /// Drops the failure, containing a panic in the error's or the payload's `Drop`.
+    #[cold]
+    pub(crate) fn discard(self) {
+        if let Err(payload) = drop_caught(self) {
+            dispose(payload);
+        }
+    }
 }
 
 /// A handle that does not keep the store alive (the timer thread holds one).
@@ -1005,7 +1248,7 @@ where
             };
             let mut t = Tally::default();
             shared.run_events_observed(first, &buf, None, &mut t, &mut on_failure);
-            buf.clear();
+            shared.drop_events(first, &mut buf);
             shared.finished(n, t);
             dispatched += n;
             tally += t;
@@ -1015,6 +1258,12 @@ where
         }
         shared.recycle(buf);
         (PublishReport::from_tally(dispatched, tally), mine)
+    }
+
+    /// Drops an event that never reached the ring (a scheduled one), containing a panic in
+    /// its `Drop`.
+    pub(crate) fn discard_unsequenced(&self, event: E) {
+        self.shared.drop_event(None, event);
     }
 
     /// An empty buffer from the publishers' pool, for a transaction.
@@ -1051,7 +1300,7 @@ where
                         event = back;
                         break;
                     }
-                    Err((back, ClaimError::Full)) => {
+                    Err((back, ClaimError::Full | ClaimError::Gated)) => {
                         event = back;
                         if !shared.wait_for_room(1, Some(deadline)) {
                             return Err(EnqueueError::Timeout(event));

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::dispatcher::{BoxError, Event};
 use crate::error::{BatchError, CommitError, HandlerFailure};
-use crate::store::{Enqueued, EventStore, Failure, PublishReport, panic_message};
+use crate::panics::{dispose, panic_message};
+use crate::store::{Enqueued, EventStore, Failure, PublishReport};
 
 /// Events buffered for one atomic commit. From [`EventStore::begin_transaction`].
 ///
@@ -288,21 +289,24 @@ where
             .store
             .dispatch_through(range.clone(), |sequence, failure| {
                 if !range.contains(&sequence) {
-                    return;
+                    return failure.discard();
                 }
                 if last_failed != Some(sequence) {
                     last_failed = Some(sequence);
                     failed += 1;
                 }
-                if first.is_none() {
-                    let failure = match failure {
-                        Failure::Error(e) => HandlerFailure::Error(e),
-                        Failure::Panic(payload) => {
-                            HandlerFailure::Panic(panic_message(&*payload).to_owned())
-                        }
-                    };
-                    first = Some((sequence, failure));
+                if first.is_some() {
+                    return failure.discard();
                 }
+                let failure = match failure {
+                    Failure::Error(e) => HandlerFailure::Error(e),
+                    Failure::Panic(payload) => {
+                        let message = panic_message(&*payload).to_owned();
+                        dispose(payload);
+                        HandlerFailure::Panic(message)
+                    }
+                };
+                first = Some((sequence, failure));
             });
         report.publish = publish;
         report.elsewhere = len - mine;

@@ -352,3 +352,85 @@ fn close_races_enqueue_and_publish() {
         check(&seen, &[prefill, outcome], store.metrics(), 2);
     });
 }
+
+/// Issue 8, defect 1: a `DropOldest` producer may evict only when the ring is full at the
+/// moment of the eviction. Ring of 2 holding e0 and e1; `enqueue(A)`, `publish()` and
+/// `enqueue(B)` race. If the publisher took both e0 and e1, the ring had room for A and B
+/// afterwards, so nothing may be evicted; and every call's `Enqueued::dropped` is exact.
+#[test]
+fn drop_oldest_evicts_only_from_a_full_ring() {
+    model(2, || {
+        let (store, seen) = store(2, OverrunPolicy::DropOldest);
+        let prefill = produce(&store, 0, 2);
+        let producers: Vec<_> = (1..=2)
+            .map(|p| {
+                let store = store.clone();
+                thread::spawn(move || produce(&store, p, 1))
+            })
+            .collect();
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || store.publish().dispatched)
+        };
+        let mut outcomes = vec![prefill];
+        outcomes.extend(producers.into_iter().map(|h| h.join().unwrap()));
+        publisher.join().unwrap();
+        store.publish();
+        let seen = seen.lock().unwrap().clone();
+        let prefill_ran = seen.iter().filter(|(_, e)| e.producer == 0).count();
+        let dropped: u64 = outcomes.iter().map(|o| o.dropped).sum();
+        if prefill_ran == 2 {
+            assert_eq!(
+                dropped, 0,
+                "evicted from a ring with room: {seen:?} {outcomes:?}"
+            );
+        }
+        // Each eviction made room for exactly one event: at most 2 of the 4 can be lost.
+        assert!(dropped <= 2, "{outcomes:?}");
+        check(&seen, &outcomes, store.metrics(), 4);
+    });
+}
+
+/// Issue 8, defect 3: a batch becomes visible to publishers all at once. A producer enqueues
+/// a batch of 3 while a publisher calls `publish` twice: each call dispatches none of the
+/// batch or all of it, never a part.
+#[test]
+fn a_batch_is_never_half_visible() {
+    model(2, || {
+        let (store, seen) = store(4, OverrunPolicy::ReturnError);
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || {
+                let mut batch: Vec<Ev> = (0..3).map(|index| Ev { producer: 1, index }).collect();
+                let first = store.enqueue_batch(&mut batch).unwrap().sequence;
+                let mut out = Outcome::default();
+                out.accepted = (0..3)
+                    .map(|i| {
+                        (
+                            first + u64::from(i),
+                            Ev {
+                                producer: 1,
+                                index: i,
+                            },
+                        )
+                    })
+                    .collect();
+                out
+            })
+        };
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || [store.publish().dispatched, store.publish().dispatched])
+        };
+        let outcome = producer.join().unwrap();
+        for dispatched in publisher.join().unwrap() {
+            assert!(
+                dispatched == 0 || dispatched == 3,
+                "half a batch: {dispatched}"
+            );
+        }
+        store.publish();
+        let seen = seen.lock().unwrap().clone();
+        check(&seen, &[outcome], store.metrics(), 3);
+    });
+}

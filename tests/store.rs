@@ -233,7 +233,7 @@ fn panicking_handler_is_caught_counted_and_reported() {
                 ErrorKind::Handler(e) => format!("error:{e}"),
                 _ => "other".into(),
             };
-            r.lock().unwrap().push((rep.sequence, what));
+            r.lock().unwrap().push((rep.sequence.unwrap(), what));
         })
         .build()
         .unwrap();

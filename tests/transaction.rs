@@ -255,7 +255,7 @@ fn failing_handler_mid_commit_is_reported_with_its_index_after_everything_ran() 
                 ErrorKind::Panic(m) => format!("panic: {m}"),
                 _ => "other".to_string(),
             };
-            hook.lock().unwrap().push((r.sequence, what));
+            hook.lock().unwrap().push((r.sequence.unwrap(), what));
         })
         .build()
         .unwrap();

@@ -3,15 +3,14 @@
 //! Everything here runs on events already taken out of the ring; `store.rs` decides what to
 //! take and when, this module decides how the handlers run and tallies what they did.
 
-use std::any::Any;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::{ErrorKind, ErrorReport, Failure, Shared};
+use super::{ErrorKind, Failure, Shared};
 use crate::dispatcher::{Context, Event};
 use crate::metrics::Tally;
+use crate::panics::{self, Payload, dispose, panic_message};
 
 /// Events a parallel publish runs in the caller, timed, to estimate the batch's cost.
 const PROBE_EVENTS: usize = 16;
@@ -68,7 +67,7 @@ where
     ) -> Tally {
         let mut tally = Tally::default();
         self.run_events(first, buf, deadline, &mut tally);
-        buf.clear();
+        self.drop_events(first, buf);
         tally
     }
 
@@ -126,7 +125,7 @@ where
                 None => fork(),
             };
         }
-        buf.clear();
+        self.drop_events(first, buf);
         tally
     }
 
@@ -148,7 +147,9 @@ where
         deadline: Option<Instant>,
         tally: &mut Tally,
     ) {
-        self.run_events_observed(first, events, deadline, tally, &mut |_, _| {});
+        self.run_events_observed(first, events, deadline, tally, &mut |_, failure| {
+            failure.discard()
+        });
     }
 
     /// [`run_events`](Self::run_events), also handing each failure to `on_failure` with its
@@ -165,9 +166,9 @@ where
     ) {
         let mut cursor = Cursor::new();
         while cursor.event < events.len() {
-            let run = catch_unwind(AssertUnwindSafe(|| {
+            let run = panics::catch(|| {
                 self.run_from(&mut cursor, first, events, deadline, tally, on_failure)
-            }));
+            });
             if let Err(payload) = run {
                 self.handle_panic(&mut cursor, first, events, payload, tally, on_failure);
             }
@@ -201,7 +202,11 @@ where
                     cursor.handler = index;
                     if let Err(err) = handler(&ctx, event) {
                         cursor.failures += 1;
-                        self.report(&ctx, ErrorKind::Handler(&err));
+                        self.report(
+                            Some(&projection),
+                            Some(ctx.sequence),
+                            ErrorKind::Handler(&err),
+                        );
                         on_failure(ctx.sequence, Failure::Error(err));
                     }
                 }
@@ -226,7 +231,7 @@ where
         cursor: &mut Cursor,
         first: u64,
         events: &[E],
-        payload: Box<dyn Any + Send>,
+        payload: Payload,
         tally: &mut Tally,
         on_failure: &mut impl FnMut(u64, Failure<Err>),
     ) {
@@ -235,45 +240,34 @@ where
         let sequence = first + cursor.event as u64;
         if cursor.handler != Cursor::ROUTING {
             // A handler panicked: report it; the run resumes with the event's next handler.
-            let projection = events[cursor.event].projection();
-            let ctx = Context {
-                sequence,
-                projection: &projection,
-                deadline: None,
-            };
-            self.report(&ctx, ErrorKind::Panic(panic_message(&*payload)));
+            // The projection is computed again: it returned before the handler ran.
+            match panics::catch(|| events[cursor.event].projection()) {
+                Ok(projection) => {
+                    let message = panic_message(&*payload);
+                    self.report(Some(&projection), Some(sequence), ErrorKind::Panic(message));
+                }
+                Err(again) => {
+                    self.report(
+                        None,
+                        Some(sequence),
+                        ErrorKind::Panic(panic_message(&*payload)),
+                    );
+                    dispose(again);
+                }
+            }
             on_failure(sequence, Failure::Panic(payload));
         } else {
             // The event's own `projection()` (or its key's `Hash`/`Eq`) panicked: no handler
-            // can run for it. It counts as failed; there is no projection to report.
+            // can run for it. It counts as failed, and is reported without a projection.
             tally.failed += 1;
             tally.handler_errors += 1;
             cursor.next_event();
+            self.report(
+                None,
+                Some(sequence),
+                ErrorKind::Panic(panic_message(&*payload)),
+            );
             on_failure(sequence, Failure::Panic(payload));
         }
-    }
-
-    #[cold]
-    fn report(&self, ctx: &Context<'_, E::Projection>, kind: ErrorKind<'_, Err>) {
-        if let Some(hook) = &self.on_error {
-            let report = ErrorReport {
-                projection: ctx.projection,
-                sequence: ctx.sequence,
-                kind,
-            };
-            // A panicking hook must not take the publisher down with it.
-            let _ = catch_unwind(AssertUnwindSafe(|| hook(&report)));
-        }
-    }
-}
-
-/// The message of a panic payload, as `std` prints it.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "<non-string panic>"
     }
 }

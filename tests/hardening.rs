@@ -1,0 +1,571 @@
+//! Issue 8: promises the crate docs make that hostile user code or an unlucky schedule used to
+//! break. Each test names the defect it pins; each bounds its own run time with a watchdog.
+//! (Defects 1 and 3 are pinned by loom models in `tests/loom.rs`, defect 2 by the
+//! oversubscription section of `tests/stress.rs`.)
+
+use std::panic::panic_any;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ringbus::{
+    BatchError, BuildError, DispatchMode, Dispatcher, ErrorKind, Event, EventStore, OverrunPolicy,
+    ScheduleStatus,
+};
+
+/// Runs `f` on its own thread and fails the test if it has not finished within `limit`.
+fn watchdog<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = channel();
+    let handle = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(r) => {
+            handle.join().unwrap();
+            r
+        }
+        Err(RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("finished without a result"),
+        },
+        Err(RecvTimeoutError::Timeout) => panic!("watchdog: not finished after {limit:?}"),
+    }
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// What the `on_error` hook saw: (projection known, sequence, what).
+type Reports = Arc<Mutex<Vec<(Option<u8>, Option<u64>, String)>>>;
+
+fn describe(kind: &ErrorKind<'_, ringbus::BoxError>) -> String {
+    match kind {
+        ErrorKind::Handler(e) => format!("error:{e}"),
+        ErrorKind::Panic(m) => format!("panic:{m}"),
+        ErrorKind::Discarded => "discarded".into(),
+        ErrorKind::DropPanic(m) => format!("drop-panic:{m}"),
+        _ => "other".into(),
+    }
+}
+
+/// An event that misbehaves on demand.
+struct Hostile {
+    /// `projection()` panics.
+    bad_projection: bool,
+    /// `Drop` panics.
+    bad_drop: bool,
+}
+
+impl Hostile {
+    fn fine() -> Self {
+        Self {
+            bad_projection: false,
+            bad_drop: false,
+        }
+    }
+    fn bad_drop() -> Self {
+        Self {
+            bad_projection: false,
+            bad_drop: true,
+        }
+    }
+    fn bad_projection() -> Self {
+        Self {
+            bad_projection: true,
+            bad_drop: false,
+        }
+    }
+}
+
+impl Event for Hostile {
+    type Projection = u8;
+    fn projection(&self) -> u8 {
+        if self.bad_projection {
+            panic!("projection exploded");
+        }
+        0
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        if self.bad_drop && !thread::panicking() {
+            panic!("drop exploded");
+        }
+    }
+}
+
+/// A panic payload whose own `Drop` panics.
+struct Bomb;
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        panic!("the payload's drop exploded");
+    }
+}
+
+fn hostile_store(
+    mode: DispatchMode,
+    policy: OverrunPolicy,
+    capacity: usize,
+    handler: impl Fn(&Hostile) + Send + Sync + 'static,
+) -> (EventStore<Hostile>, Reports) {
+    let reports: Reports = Arc::default();
+    let mut d = Dispatcher::<Hostile>::new();
+    d.on(0, move |_, ev| {
+        handler(ev);
+        Ok(())
+    });
+    let r = reports.clone();
+    let store = EventStore::builder(d)
+        .capacity(capacity)
+        .policy(policy)
+        .mode(mode)
+        .on_error(move |rep| {
+            let what = describe(&rep.kind);
+            r.lock()
+                .unwrap()
+                .push((rep.projection.copied(), rep.sequence, what));
+        })
+        .build()
+        .unwrap();
+    (store, reports)
+}
+
+/// Keeps the default panic hook from printing the planned panics of these tests.
+fn quiet() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let planned = ["exploded", "planned"];
+            let text = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned());
+            match text {
+                Some(t) if planned.iter().any(|p| t.contains(p)) => {}
+                None if info.payload().is::<Bomb>() => {}
+                _ => default(info),
+            }
+        }));
+    });
+}
+
+// Defect 4: async work in flight is bounded, and `Block` pushes back.
+
+#[test]
+fn async_in_flight_is_bounded_and_block_pushes_back() {
+    watchdog(LIMIT, || {
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        );
+        let mut d = Dispatcher::<u64Ev>::new();
+        let ran = Arc::new(AtomicU64::new(0));
+        let r = ran.clone();
+        d.on(0, move |_, _| {
+            let until = Instant::now() + Duration::from_micros(20);
+            while Instant::now() < until {}
+            r.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        let store = EventStore::builder(d)
+            .capacity(64)
+            .policy(OverrunPolicy::Block)
+            .mode(DispatchMode::Async)
+            .thread_pool(pool)
+            .build()
+            .unwrap();
+        let total = 6_400;
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || {
+                for i in 0..total {
+                    store.enqueue(u64Ev(i)).unwrap();
+                }
+            })
+        };
+        let mut peak = 0;
+        while !producer.is_finished() || store.pending() > 0 {
+            store.publish();
+            peak = peak.max(store.metrics().in_flight);
+            thread::yield_now();
+        }
+        producer.join().unwrap();
+        store.close(Duration::from_secs(10)).unwrap();
+        assert!(
+            peak <= 64,
+            "async work in flight reached {peak}, over the ring's 64"
+        );
+        let m = store.metrics();
+        assert_eq!((m.published, m.processed, m.in_flight), (total, total, 0));
+        assert_eq!(ran.load(Ordering::Relaxed), total);
+        assert!(m.is_balanced(), "{m:?}");
+    });
+}
+
+#[test]
+fn max_in_flight_is_configurable_and_zero_is_refused() {
+    watchdog(LIMIT, || {
+        let err = EventStore::builder(Dispatcher::<u64Ev>::new())
+            .max_in_flight(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(err, BuildError::ZeroMaxInFlight);
+
+        // A bound of 3: a publish hands out 3, leaves the rest in the ring until they finish.
+        let gate = Arc::new(AtomicBool::new(false));
+        let mut d = Dispatcher::<u64Ev>::new();
+        let g = gate.clone();
+        d.on(0, move |_, _| {
+            while !g.load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+            Ok(())
+        });
+        let store = EventStore::builder(d)
+            .capacity(16)
+            .mode(DispatchMode::Async)
+            .max_in_flight(3)
+            .build()
+            .unwrap();
+        for i in 0..10 {
+            store.enqueue(u64Ev(i)).unwrap();
+        }
+        assert_eq!(store.publish().dispatched, 3);
+        assert_eq!(store.publish().dispatched, 0, "at the bound");
+        assert_eq!((store.pending(), store.metrics().in_flight), (7, 3));
+        gate.store(true, Ordering::Release);
+        let report = store.close(Duration::from_secs(10)).unwrap();
+        assert_eq!(report.dispatched, 7);
+        assert_eq!(store.metrics().processed, 10);
+    });
+}
+
+#[allow(non_camel_case_types)]
+struct u64Ev(u64);
+impl Event for u64Ev {
+    type Projection = u8;
+    fn projection(&self) -> u8 {
+        (self.0 % 1) as u8
+    }
+}
+
+// Defect 5: user-code panics are caught, counted and reported, and never escape.
+
+#[test]
+fn a_panicking_event_drop_after_a_sync_publish_is_contained() {
+    quiet();
+    watchdog(LIMIT, || {
+        for mode in [
+            DispatchMode::Sync,
+            DispatchMode::Parallel,
+            DispatchMode::Async,
+        ] {
+            let (store, reports) = hostile_store(mode, OverrunPolicy::ReturnError, 64, |_| {});
+            store.enqueue(Hostile::fine()).unwrap();
+            store.enqueue(Hostile::bad_drop()).unwrap();
+            store.enqueue(Hostile::fine()).unwrap();
+            store.enqueue(Hostile::bad_drop()).unwrap();
+            store.publish();
+            store.drain(Duration::from_secs(10)).unwrap();
+            // The lone-event path too.
+            store.enqueue(Hostile::bad_drop()).unwrap();
+            store.publish();
+            store.drain(Duration::from_secs(10)).unwrap();
+            let m = store.metrics();
+            assert_eq!(
+                (m.processed, m.in_flight, m.drop_panics),
+                (5, 0, 3),
+                "{mode:?}"
+            );
+            assert!(m.is_balanced());
+            let mut seqs: Vec<_> = reports
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.2 == "drop-panic:drop exploded")
+                .map(|r| r.1)
+                .collect();
+            seqs.sort();
+            assert_eq!(seqs, [Some(1), Some(3), Some(4)], "{mode:?}");
+        }
+    });
+}
+
+#[test]
+fn a_panic_payload_whose_drop_panics_is_contained() {
+    quiet();
+    watchdog(LIMIT, || {
+        for mode in [
+            DispatchMode::Sync,
+            DispatchMode::Parallel,
+            DispatchMode::Async,
+        ] {
+            let (store, reports) = hostile_store(mode, OverrunPolicy::ReturnError, 64, |_| {
+                panic_any(Bomb);
+            });
+            store.enqueue(Hostile::fine()).unwrap();
+            store.enqueue(Hostile::fine()).unwrap();
+            store.publish();
+            store.drain(Duration::from_secs(10)).unwrap();
+            let m = store.metrics();
+            assert_eq!((m.failed, m.panics, m.in_flight), (2, 2, 0), "{mode:?}");
+            assert_eq!(reports.lock().unwrap().len(), 2);
+            // And through a transaction's commit, which keeps the first failure.
+            let mut tx = store.begin_transaction();
+            tx.push(Hostile::fine()).push(Hostile::fine());
+            assert!(tx.commit().is_err());
+            assert_eq!(store.metrics().panics, 4);
+        }
+    });
+}
+
+#[test]
+fn a_panicking_projection_during_publish_reaches_on_error() {
+    quiet();
+    watchdog(LIMIT, || {
+        let (store, reports) =
+            hostile_store(DispatchMode::Sync, OverrunPolicy::ReturnError, 8, |_| {});
+        store.enqueue(Hostile::fine()).unwrap();
+        store.enqueue(Hostile::bad_projection()).unwrap();
+        let report = store.publish();
+        assert_eq!((report.processed, report.failed), (1, 1));
+        assert_eq!(
+            *reports.lock().unwrap(),
+            [(None, Some(1), "panic:projection exploded".to_string())]
+        );
+    });
+}
+
+#[test]
+fn dropping_a_store_with_hostile_pending_events_is_contained() {
+    quiet();
+    watchdog(LIMIT, || {
+        let (store, reports) =
+            hostile_store(DispatchMode::Sync, OverrunPolicy::ReturnError, 8, |_| {});
+        store.enqueue(Hostile::bad_projection()).unwrap();
+        store.enqueue(Hostile::bad_drop()).unwrap();
+        store.enqueue(Hostile::fine()).unwrap();
+        drop(store); // must not unwind
+        let got = reports.lock().unwrap().clone();
+        assert_eq!(
+            got,
+            [
+                (None, Some(0), "panic:projection exploded".to_string()),
+                (None, Some(0), "discarded".to_string()),
+                (Some(0), Some(1), "discarded".to_string()),
+                (None, Some(1), "drop-panic:drop exploded".to_string()),
+                (Some(0), Some(2), "discarded".to_string()),
+            ]
+        );
+    });
+}
+
+#[test]
+fn an_evicted_event_whose_drop_panics_does_not_unwind_enqueue() {
+    quiet();
+    watchdog(LIMIT, || {
+        let (store, reports) =
+            hostile_store(DispatchMode::Sync, OverrunPolicy::DropOldest, 2, |_| {});
+        store.enqueue(Hostile::bad_drop()).unwrap();
+        store.enqueue(Hostile::fine()).unwrap();
+        let e = store.enqueue(Hostile::fine()).unwrap();
+        assert_eq!((e.sequence, e.dropped), (2, 1));
+        let mut batch = vec![Hostile::fine(), Hostile::fine()];
+        store.enqueue_batch(&mut batch).unwrap();
+        let m = store.metrics();
+        assert_eq!((m.dropped, m.drop_panics, m.pending), (3, 1, 2));
+        assert_eq!(reports.lock().unwrap()[0].2, "drop-panic:drop exploded");
+    });
+}
+
+#[test]
+fn the_timer_survives_a_cancelled_event_whose_drop_panics() {
+    quiet();
+    watchdog(LIMIT, || {
+        let (store, reports) =
+            hostile_store(DispatchMode::Sync, OverrunPolicy::ReturnError, 8, |_| {});
+        let soon = Duration::from_millis(30);
+        let doomed = store.schedule_after(soon, Hostile::bad_drop()).unwrap();
+        assert!(doomed.cancel());
+        // Fires after the cancelled one's deadline, so the timer discards that one first.
+        let later = store.schedule_after(soon * 2, Hostile::fine()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while later.status() != ScheduleStatus::Fired {
+            assert!(Instant::now() < deadline, "the timer thread died");
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(store.publish().processed, 1);
+        let m = store.metrics();
+        assert_eq!((m.cancelled, m.drop_panics), (1, 1));
+        assert_eq!(
+            reports.lock().unwrap()[0],
+            (None, None, "drop-panic:drop exploded".to_string())
+        );
+        // And `close` dropping a hostile scheduled event does not unwind either.
+        store
+            .schedule_after(Duration::from_secs(60), Hostile::bad_drop())
+            .unwrap();
+        store.close(Duration::from_secs(5)).unwrap();
+        assert_eq!(store.metrics().drop_panics, 2);
+    });
+}
+
+// Defect 6: `drain` and `close` on a thread of the dispatch pool help the pool instead of
+// waiting for work queued behind themselves.
+
+#[test]
+fn drain_and_close_on_a_pool_thread_help_the_pool() {
+    watchdog(LIMIT, || {
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap(),
+        );
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut d = Dispatcher::<u64Ev>::new();
+        let r = ran.clone();
+        d.on(0, move |_, _| {
+            r.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        let store = EventStore::builder(d)
+            .capacity(1024)
+            .mode(DispatchMode::Async)
+            .thread_pool(pool.clone())
+            .max_in_flight(64)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for i in 0..500 {
+                store.enqueue(u64Ev(i)).unwrap();
+            }
+            store.publish();
+            store.drain(Duration::from_secs(5)).unwrap();
+            // 500 pending against a bound of 64: close must keep helping to get through.
+            for i in 0..500 {
+                store.enqueue(u64Ev(i)).unwrap();
+            }
+            store.close(Duration::from_secs(5)).unwrap();
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), 1000);
+    });
+}
+
+// Defect 7: handlers run by `close` in async mode see its deadline; batches are not starved.
+
+#[test]
+fn async_handlers_run_by_close_see_its_deadline() {
+    watchdog(LIMIT, || {
+        let deadlines = Arc::new(Mutex::new(Vec::new()));
+        let mut d = Dispatcher::<u64Ev>::new();
+        let seen = deadlines.clone();
+        d.on(0, move |ctx, _| {
+            seen.lock().unwrap().push(ctx.deadline());
+            Ok(())
+        });
+        let store = EventStore::builder(d)
+            .mode(DispatchMode::Async)
+            .build()
+            .unwrap();
+        for i in 0..100 {
+            store.enqueue(u64Ev(i)).unwrap();
+        }
+        let before = Instant::now();
+        store.close(Duration::from_secs(20)).unwrap();
+        let seen = deadlines.lock().unwrap();
+        assert_eq!(seen.len(), 100);
+        for d in seen.iter() {
+            let d = d.expect("a handler run by close must see its deadline");
+            assert!(d > before && d <= before + Duration::from_secs(21));
+        }
+    });
+}
+
+/// A batch against a steady stream of single enqueues that keeps the ring full: the batch
+/// takes the ring's gate and gets in, under `Block` and `DropOldest`, without evicting more
+/// than a bounded number of events.
+#[test]
+fn a_batch_is_not_starved_by_single_enqueues() {
+    watchdog(LIMIT, || {
+        for policy in [OverrunPolicy::Block, OverrunPolicy::DropOldest] {
+            let mut d = Dispatcher::<u64Ev>::new();
+            d.on(0, |_, _| Ok(()));
+            let store = EventStore::builder(d)
+                .capacity(8)
+                .policy(policy)
+                .build()
+                .unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let singles: Vec<_> = (0..2)
+                .map(|_| {
+                    let (store, stop) = (store.clone(), stop.clone());
+                    thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let _ = store.enqueue_timeout(u64Ev(0), Duration::from_millis(50));
+                        }
+                    })
+                })
+                .collect();
+            let publisher = {
+                let (store, stop) = (store.clone(), stop.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // One event at a time: a freed slot is refilled by a single at once.
+                        if store.publish().dispatched == 0 {
+                            thread::yield_now();
+                        }
+                    }
+                })
+            };
+            thread::sleep(Duration::from_millis(20));
+            for round in 0..20 {
+                let mut batch: Vec<u64Ev> = (0..8).map(u64Ev).collect();
+                match store.enqueue_batch_timeout(&mut batch, Duration::from_secs(10)) {
+                    Ok(e) => assert!(e.dropped <= 8, "{policy:?}: evicted {}", e.dropped),
+                    Err(BatchError::Timeout { .. }) => {
+                        panic!("{policy:?}: batch {round} starved for 10 s")
+                    }
+                    Err(e) => panic!("{policy:?}: {e:?}"),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            for t in singles {
+                t.join().unwrap();
+            }
+            publisher.join().unwrap();
+            store.close(Duration::from_secs(5)).unwrap();
+            assert!(store.metrics().is_balanced());
+        }
+    });
+}
+
+/// Under `Block` a batch waiting for room times out cleanly, hands the batch back, and lowers
+/// the gate so that single enqueues go on.
+#[test]
+fn a_timed_out_batch_lowers_the_gate() {
+    watchdog(LIMIT, || {
+        let store = EventStore::new(Dispatcher::<u64Ev>::new(), 4, OverrunPolicy::Block).unwrap();
+        for i in 0..3 {
+            store.enqueue(u64Ev(i)).unwrap();
+        }
+        let mut batch: Vec<u64Ev> = (0..2).map(u64Ev).collect();
+        let err = store
+            .enqueue_batch_timeout(&mut batch, Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(err, BatchError::Timeout { len: 2 });
+        assert_eq!(batch.len(), 2);
+        // The slot left is free for a single enqueue again.
+        store
+            .enqueue_timeout(u64Ev(9), Duration::from_millis(100))
+            .unwrap();
+        let m = store.metrics();
+        assert_eq!((m.published, m.rejected), (4, 2));
+    });
+}
