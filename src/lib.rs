@@ -37,6 +37,33 @@
 //! counter and copies them out before running any handler, so a handler may enqueue (or even
 //! publish) without deadlocking on its own slots. Head and tail sit on separate cache lines.
 //!
+//! # Progress guarantees
+//! Per path, what a thread may wait for (tests: `tests/stress.rs`'s oversubscription section
+//! runs every policy with more threads than cores on rings of 1, 2 and 4 slots):
+//! - **`publish`** never waits for a producer: it takes only events already written. It is
+//!   lock-free. In [`DispatchMode::Parallel`] it then waits for its own fork-join.
+//! - **`enqueue` with room** is lock-free: one CAS on the tail, then the write. The write may
+//!   wait for the previous lap's publisher to finish copying that slot out (a bounded copy of
+//!   at most 256 events, no user code), so a publisher descheduled mid-copy delays it by as
+//!   long as that thread is off the CPU; nothing else does.
+//! - **`DropOldest` on a full ring** evicts only an event already written, and only while the
+//!   ring is full: it never claims a slot and then waits for its writer, so no thread holds a
+//!   claim while waiting for another (the chains of waits across laps that used to collapse
+//!   throughput under oversubscription cannot form). If the oldest event is still being
+//!   written, the producer retries (spinning, then yielding) until that write lands.
+//! - **Batches** ([`enqueue_batch`](EventStore::enqueue_batch), transaction commits) that find
+//!   no room for all their events under `Block` or `DropOldest` raise the ring's *gate*: until
+//!   the batch has claimed its slots, other enqueues wait for it (`Block`: parked like any
+//!   blocked producer; `DropOldest`: spinning, then yielding), so a stream of single enqueues
+//!   cannot starve a batch. The batch itself waits only for publishers (`Block`) or for the
+//!   oldest events to be written (`DropOldest`). One batch holds the gate at a time.
+//! - **`Block` on a full ring** parks until a publisher makes room (or the deadline, or
+//!   `close`).
+//! - **`close`, a transaction's `commit`** wait for enqueues already in progress ahead of them
+//!   (nanoseconds, unless that producer is descheduled), and `close` / `drain` for in-flight
+//!   handlers. On a thread of the store's dispatch pool, `drain` and `close` run the pool's
+//!   pending jobs while they wait, so they never wait for work queued behind themselves.
+//!
 //! # Routing
 //! When the store is built, the dispatcher's routes are frozen into a small open-addressed table
 //! (at least twice as many slots as projections, hashed with one multiply per word), so routing
@@ -66,7 +93,10 @@
 //!
 //! # Overrun
 //! When the ring is full, the [`OverrunPolicy`] decides: `DropOldest` (the default) discards the
-//! oldest pending event and says so in [`Enqueued::dropped`] and [`Metrics::dropped`]; `Block`
+//! oldest pending event and says so in [`Enqueued::dropped`] and [`Metrics::dropped`]. It
+//! evicts only while the ring is full at the moment of the eviction (fewer free slots than the
+//! enqueue needs) and only events already written, and `Enqueued::dropped` counts exactly the
+//! events that call evicted; `Block`
 //! spins, yields, then parks until a publisher makes room ([`EventStore::enqueue_timeout`] bounds
 //! the wait); `ReturnError` returns [`EnqueueError::Full`] with the event. Every refusal hands
 //! the event back.
@@ -77,7 +107,15 @@
 //! an earlier one failed. A panic is caught (`catch_unwind`) and counted like an error, and the
 //! store keeps working; errors and panics go to the [`Builder::on_error`] hook with the
 //! projection, the sequence and the error or panic message. An event whose projection has no
-//! handler is counted as unrouted. (A panic in an event's own `Drop` is not caught.)
+//! handler is counted as unrouted.
+//!
+//! No user code unwinds out of the store: a panic in an event's `projection()` (the event
+//! counts as failed, reported without a projection), in an event's `Drop` (wherever the store
+//! drops it: after its handlers, on eviction, when the store or the timer discards it; counted
+//! in [`Metrics::drop_panics`] and reported as [`ErrorKind::DropPanic`]), in the `on_error` hook
+//! (ignored), or in the `Drop` of a panic payload (the nested payload is leaked) is caught
+//! where it happens, and `publish`, `enqueue`, `close`, dropping the store and the timer thread
+//! carry on with exact accounting.
 //!
 //! # Parallel dispatch
 //! [`DispatchMode::Parallel`] first runs 16 events of the batch in the caller and times them.
@@ -89,13 +127,22 @@
 //! the caller. The estimate is made afresh for every batch, so it follows the handlers' real
 //! cost.
 //!
+//! # Async dispatch and backpressure
+//! [`DispatchMode::Async`] hands batches to the pool and returns; at most
+//! [`Builder::max_in_flight`] events (default: the ring's capacity) are handed out and not yet
+//! finished. A `publish` at that bound hands out only what fits and leaves the rest in the
+//! ring, so the ring fills and producers meet the overrun policy: `Block` waits, `ReturnError`
+//! refuses, `DropOldest` evicts. Handlers run by `close` see its deadline
+//! ([`Context::deadline`]) in every mode.
+//!
 //! # Accounting
 //! Each event accepted by the store ends up in exactly one of: processed, failed, dropped,
 //! unrouted, or still pending / in flight. So once the store is quiescent,
 //! `published == processed + failed + dropped + unrouted + pending + in_flight`
 //! ([`Metrics::is_balanced`]), and `in_flight == 0` after a successful [`drain`](EventStore::drain).
 //! Refused events (full, timed out, closed) are counted in [`Metrics::rejected`] and are not
-//! part of `published`. Scheduled events join the sum when they fire (see [`Metrics`]). Counters are updated once per batch, so metrics cost the hot path
+//! part of `published`. [`Metrics::drop_panics`] counts events whose `Drop` panicked; each is
+//! also in exactly one of the outcomes above, so it is outside the sum. Scheduled events join the sum when they fire (see [`Metrics`]). Counters are updated once per batch, so metrics cost the hot path
 //! nothing.
 //!
 //! # Shutdown
@@ -117,7 +164,8 @@
 //! [`begin_transaction`](EventStore::begin_transaction) returns a [`Transaction`] that buffers
 //! events off the ring ([`push`](Transaction::push)); its commit puts them all in the ring with
 //! one claim, as [`enqueue_batch`](EventStore::enqueue_batch) does: consecutive sequences, no
-//! other producer's event between them, never half visible, or nothing at all (the refusal hands
+//! other producer's event between them, never half visible (a batch is stamped back to front,
+//! so a publisher sees none of it or all of it), or nothing at all (the refusal hands
 //! the transaction back in a [`CommitError`]; a transaction larger than the ring is refused
 //! under every policy).
 //! - [`commit`](Transaction::commit) then dispatches in the caller, whatever the mode: the events

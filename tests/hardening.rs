@@ -164,7 +164,7 @@ fn async_in_flight_is_bounded_and_block_pushes_back() {
                 .build()
                 .unwrap(),
         );
-        let mut d = Dispatcher::<u64Ev>::new();
+        let mut d = Dispatcher::<Num>::new();
         let ran = Arc::new(AtomicU64::new(0));
         let r = ran.clone();
         d.on(0, move |_, _| {
@@ -185,7 +185,7 @@ fn async_in_flight_is_bounded_and_block_pushes_back() {
             let store = store.clone();
             thread::spawn(move || {
                 for i in 0..total {
-                    store.enqueue(u64Ev(i)).unwrap();
+                    store.enqueue(Num(i)).unwrap();
                 }
             })
         };
@@ -211,7 +211,7 @@ fn async_in_flight_is_bounded_and_block_pushes_back() {
 #[test]
 fn max_in_flight_is_configurable_and_zero_is_refused() {
     watchdog(LIMIT, || {
-        let err = EventStore::builder(Dispatcher::<u64Ev>::new())
+        let err = EventStore::builder(Dispatcher::<Num>::new())
             .max_in_flight(0)
             .build()
             .unwrap_err();
@@ -219,7 +219,7 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
 
         // A bound of 3: a publish hands out 3, leaves the rest in the ring until they finish.
         let gate = Arc::new(AtomicBool::new(false));
-        let mut d = Dispatcher::<u64Ev>::new();
+        let mut d = Dispatcher::<Num>::new();
         let g = gate.clone();
         d.on(0, move |_, _| {
             while !g.load(Ordering::Acquire) {
@@ -234,7 +234,7 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
             .build()
             .unwrap();
         for i in 0..10 {
-            store.enqueue(u64Ev(i)).unwrap();
+            store.enqueue(Num(i)).unwrap();
         }
         assert_eq!(store.publish().dispatched, 3);
         assert_eq!(store.publish().dispatched, 0, "at the bound");
@@ -246,12 +246,12 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
     });
 }
 
-#[allow(non_camel_case_types)]
-struct u64Ev(u64);
-impl Event for u64Ev {
+/// A plain event carrying a number; every one routes to projection 0.
+struct Num(#[allow(dead_code)] u64);
+impl Event for Num {
     type Projection = u8;
     fn projection(&self) -> u8 {
-        (self.0 % 1) as u8
+        0
     }
 }
 
@@ -429,7 +429,7 @@ fn drain_and_close_on_a_pool_thread_help_the_pool() {
                 .unwrap(),
         );
         let ran = Arc::new(AtomicUsize::new(0));
-        let mut d = Dispatcher::<u64Ev>::new();
+        let mut d = Dispatcher::<Num>::new();
         let r = ran.clone();
         d.on(0, move |_, _| {
             r.fetch_add(1, Ordering::Relaxed);
@@ -444,13 +444,13 @@ fn drain_and_close_on_a_pool_thread_help_the_pool() {
             .unwrap();
         pool.install(|| {
             for i in 0..500 {
-                store.enqueue(u64Ev(i)).unwrap();
+                store.enqueue(Num(i)).unwrap();
             }
             store.publish();
             store.drain(Duration::from_secs(5)).unwrap();
             // 500 pending against a bound of 64: close must keep helping to get through.
             for i in 0..500 {
-                store.enqueue(u64Ev(i)).unwrap();
+                store.enqueue(Num(i)).unwrap();
             }
             store.close(Duration::from_secs(5)).unwrap();
         });
@@ -464,7 +464,7 @@ fn drain_and_close_on_a_pool_thread_help_the_pool() {
 fn async_handlers_run_by_close_see_its_deadline() {
     watchdog(LIMIT, || {
         let deadlines = Arc::new(Mutex::new(Vec::new()));
-        let mut d = Dispatcher::<u64Ev>::new();
+        let mut d = Dispatcher::<Num>::new();
         let seen = deadlines.clone();
         d.on(0, move |ctx, _| {
             seen.lock().unwrap().push(ctx.deadline());
@@ -475,7 +475,7 @@ fn async_handlers_run_by_close_see_its_deadline() {
             .build()
             .unwrap();
         for i in 0..100 {
-            store.enqueue(u64Ev(i)).unwrap();
+            store.enqueue(Num(i)).unwrap();
         }
         let before = Instant::now();
         store.close(Duration::from_secs(20)).unwrap();
@@ -495,7 +495,7 @@ fn async_handlers_run_by_close_see_its_deadline() {
 fn a_batch_is_not_starved_by_single_enqueues() {
     watchdog(LIMIT, || {
         for policy in [OverrunPolicy::Block, OverrunPolicy::DropOldest] {
-            let mut d = Dispatcher::<u64Ev>::new();
+            let mut d = Dispatcher::<Num>::new();
             d.on(0, |_, _| Ok(()));
             let store = EventStore::builder(d)
                 .capacity(8)
@@ -508,7 +508,7 @@ fn a_batch_is_not_starved_by_single_enqueues() {
                     let (store, stop) = (store.clone(), stop.clone());
                     thread::spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
-                            let _ = store.enqueue_timeout(u64Ev(0), Duration::from_millis(50));
+                            let _ = store.enqueue_timeout(Num(0), Duration::from_millis(50));
                         }
                     })
                 })
@@ -526,7 +526,7 @@ fn a_batch_is_not_starved_by_single_enqueues() {
             };
             thread::sleep(Duration::from_millis(20));
             for round in 0..20 {
-                let mut batch: Vec<u64Ev> = (0..8).map(u64Ev).collect();
+                let mut batch: Vec<Num> = (0..8).map(Num).collect();
                 match store.enqueue_batch_timeout(&mut batch, Duration::from_secs(10)) {
                     Ok(e) => assert!(e.dropped <= 8, "{policy:?}: evicted {}", e.dropped),
                     Err(BatchError::Timeout { .. }) => {
@@ -551,11 +551,11 @@ fn a_batch_is_not_starved_by_single_enqueues() {
 #[test]
 fn a_timed_out_batch_lowers_the_gate() {
     watchdog(LIMIT, || {
-        let store = EventStore::new(Dispatcher::<u64Ev>::new(), 4, OverrunPolicy::Block).unwrap();
+        let store = EventStore::new(Dispatcher::<Num>::new(), 4, OverrunPolicy::Block).unwrap();
         for i in 0..3 {
-            store.enqueue(u64Ev(i)).unwrap();
+            store.enqueue(Num(i)).unwrap();
         }
-        let mut batch: Vec<u64Ev> = (0..2).map(u64Ev).collect();
+        let mut batch: Vec<Num> = (0..2).map(Num).collect();
         let err = store
             .enqueue_batch_timeout(&mut batch, Duration::from_millis(20))
             .unwrap_err();
@@ -563,7 +563,7 @@ fn a_timed_out_batch_lowers_the_gate() {
         assert_eq!(batch.len(), 2);
         // The slot left is free for a single enqueue again.
         store
-            .enqueue_timeout(u64Ev(9), Duration::from_millis(100))
+            .enqueue_timeout(Num(9), Duration::from_millis(100))
             .unwrap();
         let m = store.metrics();
         assert_eq!((m.published, m.rejected), (4, 2));

@@ -482,6 +482,54 @@ fn parallel_publish_runs_everything_before_returning() {
     }
 }
 
+/// Crate docs, "Parallel dispatch": a batch of 32 events or fewer always runs in the caller,
+/// however slow its handlers; a large slow batch is forked onto the pool.
+#[test]
+fn parallel_small_batches_run_in_the_caller_and_large_slow_ones_fork() {
+    let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let mut d = Dispatcher::<Ev>::new();
+    let seen = threads.clone();
+    d.on(0, move |_, _| {
+        let until = Instant::now() + Duration::from_micros(50);
+        while Instant::now() < until {}
+        seen.lock().unwrap().insert(thread::current().id());
+        Ok(())
+    });
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap(),
+    );
+    let store = EventStore::builder(d)
+        .mode(DispatchMode::Parallel)
+        .thread_pool(pool)
+        .build()
+        .unwrap();
+    let ev = |n| Ev {
+        key: 0,
+        producer: 0,
+        n,
+    };
+    for n in 0..32 {
+        store.enqueue(ev(n)).unwrap();
+    }
+    assert_eq!(store.publish().processed, 32);
+    assert_eq!(
+        *threads.lock().unwrap(),
+        [thread::current().id()].into_iter().collect(),
+        "32 events must run in the caller"
+    );
+    for n in 0..400 {
+        store.enqueue(ev(n)).unwrap();
+    }
+    assert_eq!(store.publish().processed, 400);
+    assert!(
+        threads.lock().unwrap().len() > 1,
+        "20 ms of handler work must be forked onto the pool"
+    );
+}
+
 #[test]
 fn async_publish_returns_at_once_and_drain_waits() {
     let (store, count) = counting_store(DispatchMode::Async, Duration::from_micros(20));
