@@ -1,13 +1,21 @@
 //! Stress: many producers and publishers for about a second per policy and ring size, with
 //! handlers that panic, fail or sleep at (deterministic) random, then exact accounting.
+//!
+//! Oversubscription: more producer and publisher threads than cores, on rings of 1, 2 and 4
+//! slots, a fixed number of events per run, then exact accounting. Every run (the timed ones
+//! above too) is bounded by a [`watchdog`], so a livelock or a lost wake-up fails the test
+//! instead of stalling CI.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ringbus::{DispatchMode, Dispatcher, Event, EventStore, OverrunPolicy};
+use ringbus::{
+    BatchError, DispatchMode, Dispatcher, EnqueueError, Event, EventStore, OverrunPolicy,
+};
 
 const PRODUCERS: u64 = 3;
 /// Per run; 9 runs in all, so the file stays well under 30 s.
@@ -203,17 +211,331 @@ fn all_sizes(policy: OverrunPolicy) {
     });
 }
 
+/// Generous bound on one whole run (a healthy one takes well under a second): past it, the
+/// run is declared hung.
+const WATCHDOG: Duration = Duration::from_secs(if cfg!(miri) { 600 } else { 60 });
+
+/// Runs `run` on its own thread and waits at most `limit` for it. Past the limit it sets the
+/// abort flag handed to `run` (so that a run which polls it can wind its threads down instead
+/// of burning the CPU the other tests need) and panics with `name`; a panic inside `run` is
+/// re-raised as is.
+fn watchdog<R: Send + 'static>(
+    name: &str,
+    limit: Duration,
+    run: impl FnOnce(Arc<AtomicBool>) -> R + Send + 'static,
+) -> R {
+    let abort = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let a = abort.clone();
+    let handle = thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(run(a));
+        })
+        .unwrap();
+    match rx.recv_timeout(limit) {
+        Ok(r) => {
+            handle.join().unwrap();
+            r
+        }
+        Err(RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("{name}: finished without a result"),
+        },
+        Err(RecvTimeoutError::Timeout) => {
+            abort.store(true, Ordering::SeqCst);
+            panic!("{name}: watchdog fired, not finished after {limit:?} (hung or livelocked)");
+        }
+    }
+}
+
 #[test]
 fn stress_block() {
-    all_sizes(OverrunPolicy::Block);
+    watchdog("stress_block", WATCHDOG, |_| {
+        all_sizes(OverrunPolicy::Block);
+    });
 }
 
 #[test]
 fn stress_drop_oldest() {
-    all_sizes(OverrunPolicy::DropOldest);
+    watchdog("stress_drop_oldest", WATCHDOG, |_| {
+        all_sizes(OverrunPolicy::DropOldest);
+    });
 }
 
 #[test]
 fn stress_return_error() {
-    all_sizes(OverrunPolicy::ReturnError);
+    watchdog("stress_return_error", WATCHDOG, |_| {
+        all_sizes(OverrunPolicy::ReturnError);
+    });
+}
+
+// Oversubscription: 4 producers and 4 publishers on 2 cores, rings of 1 to 4 slots.
+
+const OVERSUB_PRODUCERS: u64 = 4;
+const OVERSUB_PUBLISHERS: usize = 4;
+/// Events per run, split evenly across the producers.
+const OVERSUB_EVENTS: u64 = if cfg!(miri) { 400 } else { 40_000 };
+
+/// Whether the threads of an oversubscribed run give their core away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheduling {
+    /// Nobody yields: publishers call `publish` again at once, forever (the lowest-latency
+    /// loop), and producers enqueue back to back, so every thread burns its whole time slice.
+    /// Only for `DropOldest`, whose producers never wait for a publisher.
+    Greedy,
+    /// Publishers yield after a `publish` that found nothing to do, and producers now and
+    /// then, as threads with other work would. Under `Block` and `ReturnError` the producers
+    /// must wait for the publishers, and with four greedy publishers on two cores every such
+    /// wait costs scheduler time slices: the run then measures the OS scheduler (seconds to
+    /// minutes, even with a healthy store). Under `DropOldest`, producers that never yield
+    /// evict everything before a publisher is scheduled, and almost no handler runs.
+    Polite,
+}
+
+/// A fraction of the events fail (an error, not a panic: cheap), to exercise that accounting.
+fn oversub_fails(seq: u64) -> bool {
+    fate(seq) < 3
+}
+
+/// What one oversubscribed run observed, for the assertions and the timing line.
+struct Oversub {
+    elapsed: Duration,
+    metrics: ringbus::Metrics,
+}
+
+fn oversubscribed(
+    policy: OverrunPolicy,
+    capacity: usize,
+    scheduling: Scheduling,
+    abort: Arc<AtomicBool>,
+) -> Oversub {
+    let name = format!("oversubscribed({policy:?}, capacity {capacity}, {scheduling:?})");
+    let start = Instant::now();
+    let log: Log = Arc::new((0..OVERSUB_PRODUCERS).map(|_| Mutex::default()).collect());
+    let mut d = Dispatcher::<Ev>::new();
+    let l = log.clone();
+    d.on(0, move |ctx, ev| {
+        l[ev.producer as usize]
+            .lock()
+            .unwrap()
+            .push((ev.index, ctx.sequence()));
+        if oversub_fails(ctx.sequence()) {
+            return Err("planned error".into());
+        }
+        Ok(())
+    });
+    let store = EventStore::builder(d)
+        .capacity(capacity)
+        .policy(policy)
+        .mode(DispatchMode::Sync)
+        .build()
+        .unwrap();
+
+    let per_producer = OVERSUB_EVENTS / OVERSUB_PRODUCERS;
+    let producers: Vec<_> = (0..OVERSUB_PRODUCERS)
+        .map(|p| {
+            let (store, abort) = (store.clone(), abort.clone());
+            thread::spawn(move || {
+                let mut rng = Rng(0x5EED + p);
+                // (events dropped to make room, events refused and retried)
+                let (mut dropped, mut refused) = (0, 0);
+                let mut batch = Vec::with_capacity(capacity);
+                let mut index = 0;
+                'events: while index < per_producer {
+                    if scheduling == Scheduling::Polite && rng.next() % 16 == 0 {
+                        thread::yield_now();
+                    }
+                    if rng.next() % 8 == 0 {
+                        // A batch of 1..=capacity events, within what is left to send.
+                        let len = (1 + rng.next() % capacity as u64).min(per_producer - index);
+                        batch.extend((index..index + len).map(|index| Ev { producer: p, index }));
+                        loop {
+                            match store.enqueue_batch(&mut batch) {
+                                Ok(e) => {
+                                    assert!(batch.is_empty());
+                                    dropped += e.dropped;
+                                    break;
+                                }
+                                Err(BatchError::Full { len: l }) => {
+                                    assert_eq!(policy, OverrunPolicy::ReturnError);
+                                    assert_eq!((l, batch.len()), (len as usize, len as usize));
+                                    refused += len;
+                                }
+                                Err(BatchError::Closed) if abort.load(Ordering::SeqCst) => {
+                                    break 'events;
+                                }
+                                Err(e) => panic!("batch of {len}: unexpected {e:?}"),
+                            }
+                            if abort.load(Ordering::SeqCst) {
+                                break 'events;
+                            }
+                            thread::yield_now();
+                        }
+                        index += len;
+                    } else {
+                        let mut ev = Ev { producer: p, index };
+                        loop {
+                            match store.enqueue(ev) {
+                                Ok(e) => {
+                                    dropped += e.dropped;
+                                    break;
+                                }
+                                Err(EnqueueError::Full(back)) => {
+                                    assert_eq!(policy, OverrunPolicy::ReturnError);
+                                    ev = back;
+                                    refused += 1;
+                                }
+                                Err(EnqueueError::Closed(_)) if abort.load(Ordering::SeqCst) => {
+                                    break 'events;
+                                }
+                                Err(e) => panic!("event {index}: unexpected {e:?}"),
+                            }
+                            if abort.load(Ordering::SeqCst) {
+                                break 'events;
+                            }
+                            thread::yield_now();
+                        }
+                        index += 1;
+                    }
+                }
+                (dropped, refused)
+            })
+        })
+        .collect();
+    let done = Arc::new(AtomicBool::new(false));
+    let pubs: Vec<_> = (0..OVERSUB_PUBLISHERS)
+        .map(|_| {
+            let (store, done, abort) = (store.clone(), done.clone(), abort.clone());
+            thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    if abort.load(Ordering::Relaxed) {
+                        // The watchdog gave up: wake producers blocked under `Block` (with
+                        // `Closed`) so that every thread of the run ends.
+                        let _ = store.close(Duration::ZERO);
+                        break;
+                    }
+                    let idle = store.publish().dispatched == 0;
+                    if idle && scheduling == Scheduling::Polite {
+                        thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let results: Vec<(u64, u64)> = producers.into_iter().map(|h| h.join().unwrap()).collect();
+    done.store(true, Ordering::Relaxed);
+    for h in pubs {
+        h.join().unwrap();
+    }
+    if abort.load(Ordering::SeqCst) {
+        // The watchdog has already failed the test; the numbers below would be meaningless.
+        return Oversub {
+            elapsed: start.elapsed(),
+            metrics: store.metrics(),
+        };
+    }
+    store
+        .close(Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{name}: close timed out: {e:?}"));
+    let elapsed = start.elapsed();
+
+    let m = store.metrics();
+    let total = per_producer * OVERSUB_PRODUCERS;
+    let dropped: u64 = results.iter().map(|r| r.0).sum();
+    let refused: u64 = results.iter().map(|r| r.1).sum();
+    let mut sequences = HashSet::new();
+    let (mut ran_total, mut expected_failed) = (0, 0);
+    for (p, ran) in log.iter().enumerate() {
+        let ran = ran.lock().unwrap();
+        let mut seen = HashSet::new();
+        for &(index, seq) in ran.iter() {
+            assert!(
+                index < per_producer,
+                "{name}: producer {p}'s event {index} was never enqueued"
+            );
+            assert!(
+                seen.insert(index),
+                "{name}: producer {p}'s event {index} ran twice"
+            );
+            assert!(
+                seq < m.published && sequences.insert(seq),
+                "{name}: sequence {seq} out of range or reused ({m:?})"
+            );
+            expected_failed += u64::from(oversub_fails(seq));
+        }
+        if policy != OverrunPolicy::DropOldest {
+            assert_eq!(
+                ran.len() as u64,
+                per_producer,
+                "{name}: producer {p} lost events without DropOldest"
+            );
+        }
+        ran_total += ran.len() as u64;
+    }
+    assert_eq!(m.published, total, "{name}: {m:?}");
+    assert_eq!(ran_total + dropped, total, "{name}: ran + dropped, {m:?}");
+    assert_eq!(m.dropped, dropped, "{name}: per-call drops vs metrics");
+    assert_eq!(m.processed + m.failed, ran_total, "{name}: {m:?}");
+    assert_eq!(m.failed, expected_failed, "{name}: {m:?}");
+    assert_eq!(m.handler_errors, expected_failed, "{name}: {m:?}");
+    assert_eq!(m.rejected, refused, "{name}: refusals vs metrics");
+    assert_eq!((m.pending, m.in_flight), (0, 0), "{name}: {m:?}");
+    assert_eq!(m.unrouted + m.panics, 0, "{name}: {m:?}");
+    assert!(m.is_balanced(), "{name}: {m:?}");
+    if policy != OverrunPolicy::DropOldest {
+        assert_eq!((dropped, ran_total), (0, total), "{name}: {m:?}");
+    }
+    if policy != OverrunPolicy::ReturnError {
+        assert_eq!(refused, 0, "{name}");
+    }
+    Oversub {
+        elapsed,
+        metrics: m,
+    }
+}
+
+fn oversub(policy: OverrunPolicy, capacity: usize, scheduling: Scheduling) {
+    let name = format!("oversub {policy:?} capacity {capacity} {scheduling:?}");
+    let run = watchdog(&name, WATCHDOG, move |abort| {
+        oversubscribed(policy, capacity, scheduling, abort)
+    });
+    let m = run.metrics;
+    println!(
+        "{name}: {:?} (ran {}, dropped {}, rejected {}, failed {})",
+        run.elapsed,
+        m.processed + m.failed,
+        m.dropped,
+        m.rejected,
+        m.failed
+    );
+}
+
+macro_rules! oversub_tests {
+    ($($test:ident: $policy:ident, $capacity:expr, $scheduling:ident;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                oversub(OverrunPolicy::$policy, $capacity, Scheduling::$scheduling);
+            }
+        )*
+    };
+}
+
+oversub_tests! {
+    oversub_drop_oldest_1: DropOldest, 1, Polite;
+    oversub_drop_oldest_2: DropOldest, 2, Polite;
+    oversub_drop_oldest_4: DropOldest, 4, Polite;
+    oversub_block_1: Block, 1, Polite;
+    oversub_block_2: Block, 2, Polite;
+    oversub_block_4: Block, 4, Polite;
+    oversub_return_error_1: ReturnError, 1, Polite;
+    oversub_return_error_2: ReturnError, 2, Polite;
+    oversub_return_error_4: ReturnError, 4, Polite;
+    // The harshest setting, where evictions used to convoy behind a producer preempted
+    // between claiming its slot and writing it (seconds to minutes per run).
+    oversub_drop_oldest_greedy_1: DropOldest, 1, Greedy;
+    oversub_drop_oldest_greedy_2: DropOldest, 2, Greedy;
+    oversub_drop_oldest_greedy_4: DropOldest, 4, Greedy;
 }
