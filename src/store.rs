@@ -605,56 +605,56 @@ where
         deadline: Option<Instant>,
     ) -> Result<Enqueued, EnqueueError<E>> {
         let mut dropped = 0;
-        // Evicted events are dropped after our own is in, so that the evicted event's `Drop`
-        // (user code) runs outside the retry loop.
-        let mut evicted = None;
         let backoff = Backoff::new();
-        let outcome = loop {
+        loop {
             match (refusal, self.policy) {
                 (ClaimError::Closed, _) => {
                     self.counters.add_rejected(1);
-                    break Err(EnqueueError::Closed(event));
+                    return Err(EnqueueError::Closed(event));
                 }
                 (ClaimError::Full | ClaimError::Gated, OverrunPolicy::ReturnError) => {
                     self.counters.add_rejected(1);
-                    break Err(EnqueueError::Full(event));
+                    return Err(EnqueueError::Full(event));
                 }
-                (ClaimError::Full, OverrunPolicy::DropOldest) => match self.ring.evict_oldest(1) {
-                    Eviction::Evicted(sequence, old) => {
-                        self.counters.add_dropped(1);
-                        dropped += 1;
-                        if let Some((seq, previous)) = evicted.replace((sequence, old)) {
-                            self.drop_event(Some(seq), previous);
-                        }
-                    }
-                    // Someone else's enqueue is being written at the head: it will be
-                    // evictable in a moment. We hold no claim meanwhile.
-                    Eviction::Unwritten => backoff.snooze(),
-                    Eviction::NotNeeded => {}
-                },
+                (ClaimError::Full, OverrunPolicy::DropOldest) => {
+                    self.evict_for(1, &mut dropped, &backoff);
+                }
                 // A batch holds the gate and makes room for itself; wait for it to claim.
                 (ClaimError::Gated, OverrunPolicy::DropOldest) => backoff.snooze(),
                 (ClaimError::Full | ClaimError::Gated, OverrunPolicy::Block) => {
                     if !self.wait_for_room(1, deadline) {
                         self.counters.add_rejected(1);
-                        break Err(EnqueueError::Timeout(event));
+                        return Err(EnqueueError::Timeout(event));
                     }
                 }
             }
             match self.try_enqueue(event) {
                 Ok(enqueued) => {
-                    break Ok(Enqueued {
+                    return Ok(Enqueued {
                         dropped,
                         ..enqueued
                     });
                 }
                 Err((back, r)) => (event, refusal) = (back, r),
             }
-        };
-        if let Some((sequence, old)) = evicted {
-            self.drop_event(Some(sequence), old);
         }
-        outcome
+    }
+
+    /// One `DropOldest` step for an enqueue of `n` events that found the ring full: evicts the
+    /// oldest event if the ring is still full and that event is written (counting it, and
+    /// dropping it here, its `Drop` contained), or waits a moment if it is still being written.
+    fn evict_for(&self, n: u64, dropped: &mut u64, backoff: &Backoff) {
+        match self.ring.evict_oldest(n) {
+            Eviction::Evicted(sequence, old) => {
+                self.counters.add_dropped(1);
+                *dropped += 1;
+                self.drop_event(Some(sequence), old);
+            }
+            // Another producer's event at the head is being written: it will be evictable in
+            // a moment. We hold no claim meanwhile.
+            Eviction::Unwritten => backoff.snooze(),
+            Eviction::NotNeeded => {}
+        }
     }
 
     fn enqueue_batch(
@@ -761,15 +761,7 @@ where
                     });
                 }
                 Err(ClaimError::Full) => match self.policy {
-                    OverrunPolicy::DropOldest => match self.ring.evict_oldest(n) {
-                        Eviction::Evicted(sequence, old) => {
-                            self.counters.add_dropped(1);
-                            dropped += 1;
-                            self.drop_event(Some(sequence), old);
-                        }
-                        Eviction::Unwritten => backoff.snooze(),
-                        Eviction::NotNeeded => {}
-                    },
+                    OverrunPolicy::DropOldest => self.evict_for(n, &mut dropped, &backoff),
                     _ => {
                         let ring = &self.ring;
                         let room = || ring.is_closed() || ring.has_room(n);

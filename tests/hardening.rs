@@ -5,7 +5,6 @@
 
 use std::panic::panic_any;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,24 +14,9 @@ use ringbus::{
     ScheduleStatus,
 };
 
-/// Runs `f` on its own thread and fails the test if it has not finished within `limit`.
-fn watchdog<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = channel();
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(r) => {
-            handle.join().unwrap();
-            r
-        }
-        Err(RecvTimeoutError::Disconnected) => match handle.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("finished without a result"),
-        },
-        Err(RecvTimeoutError::Timeout) => panic!("watchdog: not finished after {limit:?}"),
-    }
-}
+#[path = "support/watchdog.rs"]
+mod support;
+use support::watchdog;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -153,17 +137,21 @@ fn quiet() {
     });
 }
 
+fn one_thread_pool() -> Arc<rayon::ThreadPool> {
+    Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    )
+}
+
 // Defect 4: async work in flight is bounded, and `Block` pushes back.
 
 #[test]
 fn async_in_flight_is_bounded_and_block_pushes_back() {
-    watchdog(LIMIT, || {
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        );
+    watchdog("hardening", LIMIT, |_| {
+        let pool = one_thread_pool();
         let mut d = Dispatcher::<Num>::new();
         let ran = Arc::new(AtomicU64::new(0));
         let r = ran.clone();
@@ -210,7 +198,7 @@ fn async_in_flight_is_bounded_and_block_pushes_back() {
 
 #[test]
 fn max_in_flight_is_configurable_and_zero_is_refused() {
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         let err = EventStore::builder(Dispatcher::<Num>::new())
             .max_in_flight(0)
             .build()
@@ -260,7 +248,7 @@ impl Event for Num {
 #[test]
 fn a_panicking_event_drop_after_a_sync_publish_is_contained() {
     quiet();
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         for mode in [
             DispatchMode::Sync,
             DispatchMode::Parallel,
@@ -300,7 +288,7 @@ fn a_panicking_event_drop_after_a_sync_publish_is_contained() {
 #[test]
 fn a_panic_payload_whose_drop_panics_is_contained() {
     quiet();
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         for mode in [
             DispatchMode::Sync,
             DispatchMode::Parallel,
@@ -328,7 +316,7 @@ fn a_panic_payload_whose_drop_panics_is_contained() {
 #[test]
 fn a_panicking_projection_during_publish_reaches_on_error() {
     quiet();
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         let (store, reports) =
             hostile_store(DispatchMode::Sync, OverrunPolicy::ReturnError, 8, |_| {});
         store.enqueue(Hostile::fine()).unwrap();
@@ -345,7 +333,7 @@ fn a_panicking_projection_during_publish_reaches_on_error() {
 #[test]
 fn dropping_a_store_with_hostile_pending_events_is_contained() {
     quiet();
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         let (store, reports) =
             hostile_store(DispatchMode::Sync, OverrunPolicy::ReturnError, 8, |_| {});
         store.enqueue(Hostile::bad_projection()).unwrap();
@@ -369,7 +357,7 @@ fn dropping_a_store_with_hostile_pending_events_is_contained() {
 #[test]
 fn an_evicted_event_whose_drop_panics_does_not_unwind_enqueue() {
     quiet();
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         let (store, reports) =
             hostile_store(DispatchMode::Sync, OverrunPolicy::DropOldest, 2, |_| {});
         store.enqueue(Hostile::bad_drop()).unwrap();
@@ -387,7 +375,7 @@ fn an_evicted_event_whose_drop_panics_does_not_unwind_enqueue() {
 #[test]
 fn the_timer_survives_a_cancelled_event_whose_drop_panics() {
     quiet();
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         let (store, reports) =
             hostile_store(DispatchMode::Sync, OverrunPolicy::ReturnError, 8, |_| {});
         let soon = Duration::from_millis(30);
@@ -421,13 +409,8 @@ fn the_timer_survives_a_cancelled_event_whose_drop_panics() {
 
 #[test]
 fn drain_and_close_on_a_pool_thread_help_the_pool() {
-    watchdog(LIMIT, || {
-        let pool = Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap(),
-        );
+    watchdog("hardening", LIMIT, |_| {
+        let pool = one_thread_pool();
         let ran = Arc::new(AtomicUsize::new(0));
         let mut d = Dispatcher::<Num>::new();
         let r = ran.clone();
@@ -462,7 +445,7 @@ fn drain_and_close_on_a_pool_thread_help_the_pool() {
 
 #[test]
 fn async_handlers_run_by_close_see_its_deadline() {
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         let deadlines = Arc::new(Mutex::new(Vec::new()));
         let mut d = Dispatcher::<Num>::new();
         let seen = deadlines.clone();
@@ -496,7 +479,7 @@ fn async_handlers_run_by_close_see_its_deadline() {
 #[test]
 fn a_batch_is_not_starved_by_single_enqueues() {
     const CAP: usize = 64;
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         for policy in [OverrunPolicy::Block, OverrunPolicy::DropOldest] {
             let mut d = Dispatcher::<Num>::new();
             d.on(0, |_, _| Ok(()));
@@ -552,7 +535,7 @@ fn a_batch_is_not_starved_by_single_enqueues() {
 /// the gate so that single enqueues go on.
 #[test]
 fn a_timed_out_batch_lowers_the_gate() {
-    watchdog(LIMIT, || {
+    watchdog("hardening", LIMIT, |_| {
         let store = EventStore::new(Dispatcher::<Num>::new(), 4, OverrunPolicy::Block).unwrap();
         for i in 0..3 {
             store.enqueue(Num(i)).unwrap();
