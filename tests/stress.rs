@@ -7,13 +7,13 @@
 //! instead of stalling CI.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use ringbus::{
-    BatchError, DispatchMode, Dispatcher, EnqueueError, Event, EventStore, OverrunPolicy,
+    BatchError, DispatchMode, Dispatcher, EnqueueError, ErrorKind, Event, EventStore, OverrunPolicy,
 };
 
 const PRODUCERS: u64 = 3;
@@ -262,9 +262,55 @@ enum Scheduling {
     Polite,
 }
 
-/// A fraction of the events fail (an error, not a panic: cheap), to exercise that accounting.
+/// About 3% of the handler runs return an error, and 1% panic.
 fn oversub_fails(seq: u64) -> bool {
-    fate(seq) < 3
+    fate(seq) < 4
+}
+
+fn oversub_panics(seq: u64) -> bool {
+    fate(seq) == 3
+}
+
+/// The oversubscribed runs' event: hostile by its index, so the expected counts can be
+/// recomputed. About 1% of events panic in `projection()` and 1% in `Drop`.
+struct Hostile {
+    producer: u64,
+    index: u64,
+}
+
+impl Hostile {
+    fn bad_projection(index: u64) -> bool {
+        index % 101 == 50
+    }
+    fn bad_drop(index: u64) -> bool {
+        index % 103 == 51
+    }
+}
+
+impl Event for Hostile {
+    type Projection = u8;
+    fn projection(&self) -> u8 {
+        if Self::bad_projection(self.index) {
+            panic!("planned panic");
+        }
+        0
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        if Self::bad_drop(self.index) && !thread::panicking() {
+            panic!("planned panic");
+        }
+    }
+}
+
+/// What the `on_error` hook saw in an oversubscribed run: (`projection()` panics, `Drop`
+/// panics).
+#[derive(Default)]
+struct HookCounts {
+    projection_panics: AtomicU64,
+    drop_panics: AtomicU64,
 }
 
 /// What one oversubscribed run observed, for the assertions and the timing line.
@@ -282,22 +328,36 @@ fn oversubscribed(
     let name = format!("oversubscribed({policy:?}, capacity {capacity}, {scheduling:?})");
     let start = Instant::now();
     let log: Log = Arc::new((0..OVERSUB_PRODUCERS).map(|_| Mutex::default()).collect());
-    let mut d = Dispatcher::<Ev>::new();
+    let mut d = Dispatcher::<Hostile>::new();
     let l = log.clone();
     d.on(0, move |ctx, ev| {
         l[ev.producer as usize]
             .lock()
             .unwrap()
             .push((ev.index, ctx.sequence()));
+        if oversub_panics(ctx.sequence()) {
+            panic!("planned panic");
+        }
         if oversub_fails(ctx.sequence()) {
             return Err("planned error".into());
         }
         Ok(())
     });
+    let hooked = Arc::new(HookCounts::default());
+    let h = hooked.clone();
     let store = EventStore::builder(d)
         .capacity(capacity)
         .policy(policy)
         .mode(DispatchMode::Sync)
+        .on_error(move |report| match report.kind {
+            ErrorKind::Panic(_) if report.projection.is_none() => {
+                h.projection_panics.fetch_add(1, Ordering::Relaxed);
+            }
+            ErrorKind::DropPanic(_) => {
+                h.drop_panics.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        })
         .build()
         .unwrap();
 
@@ -318,7 +378,9 @@ fn oversubscribed(
                     if rng.next() % 8 == 0 {
                         // A batch of 1..=capacity events, within what is left to send.
                         let len = (1 + rng.next() % capacity as u64).min(per_producer - index);
-                        batch.extend((index..index + len).map(|index| Ev { producer: p, index }));
+                        batch.extend(
+                            (index..index + len).map(|index| Hostile { producer: p, index }),
+                        );
                         loop {
                             match store.enqueue_batch(&mut batch) {
                                 Ok(e) => {
@@ -343,7 +405,7 @@ fn oversubscribed(
                         }
                         index += len;
                     } else {
-                        let mut ev = Ev { producer: p, index };
+                        let mut ev = Hostile { producer: p, index };
                         loop {
                             match store.enqueue(ev) {
                                 Ok(e) => {
@@ -415,7 +477,7 @@ fn oversubscribed(
     let dropped: u64 = results.iter().map(|r| r.0).sum();
     let refused: u64 = results.iter().map(|r| r.1).sum();
     let mut sequences = HashSet::new();
-    let (mut ran_total, mut expected_failed) = (0, 0);
+    let (mut ran_total, mut expected_failed, mut expected_panics) = (0, 0, 0);
     for (p, ran) in log.iter().enumerate() {
         let ran = ran.lock().unwrap();
         let mut seen = HashSet::new();
@@ -432,29 +494,62 @@ fn oversubscribed(
                 seq < m.published && sequences.insert(seq),
                 "{name}: sequence {seq} out of range or reused ({m:?})"
             );
+            assert!(
+                !Hostile::bad_projection(index),
+                "{name}: a handler ran for an event whose projection() panics"
+            );
             expected_failed += u64::from(oversub_fails(seq));
+            expected_panics += u64::from(oversub_panics(seq));
         }
+        let unroutable = (0..per_producer)
+            .filter(|&i| Hostile::bad_projection(i))
+            .count();
         if policy != OverrunPolicy::DropOldest {
             assert_eq!(
-                ran.len() as u64,
+                (ran.len() + unroutable) as u64,
                 per_producer,
                 "{name}: producer {p} lost events without DropOldest"
             );
         }
         ran_total += ran.len() as u64;
     }
+    // Events whose `projection()` panicked never reach a handler: they count as failed (and
+    // as a panic), reported without a projection. Every event is dropped by the store in the
+    // end (run, evicted or at close), so each hostile `Drop` panics there exactly once.
+    let projection_panics = hooked.projection_panics.load(Ordering::Relaxed);
+    let bombs =
+        OVERSUB_PRODUCERS * (0..per_producer).filter(|&i| Hostile::bad_drop(i)).count() as u64;
+    let routed = ran_total + projection_panics;
     assert_eq!(m.published, total, "{name}: {m:?}");
-    assert_eq!(ran_total + dropped, total, "{name}: ran + dropped, {m:?}");
+    assert_eq!(routed + dropped, total, "{name}: ran + dropped, {m:?}");
     assert_eq!(m.dropped, dropped, "{name}: per-call drops vs metrics");
-    assert_eq!(m.processed + m.failed, ran_total, "{name}: {m:?}");
-    assert_eq!(m.failed, expected_failed, "{name}: {m:?}");
-    assert_eq!(m.handler_errors, expected_failed, "{name}: {m:?}");
+    assert_eq!(m.processed + m.failed, routed, "{name}: {m:?}");
+    assert_eq!(
+        m.failed,
+        expected_failed + projection_panics,
+        "{name}: {m:?}"
+    );
+    assert_eq!(
+        m.handler_errors,
+        expected_failed + projection_panics,
+        "{name}: {m:?}"
+    );
+    assert_eq!(
+        m.panics,
+        expected_panics + projection_panics,
+        "{name}: {m:?}"
+    );
+    assert_eq!(
+        m.drop_panics, bombs,
+        "{name}: every hostile Drop, once: {m:?}"
+    );
+    assert_eq!(hooked.drop_panics.load(Ordering::Relaxed), bombs, "{name}");
     assert_eq!(m.rejected, refused, "{name}: refusals vs metrics");
     assert_eq!((m.pending, m.in_flight), (0, 0), "{name}: {m:?}");
-    assert_eq!(m.unrouted + m.panics, 0, "{name}: {m:?}");
+    assert_eq!(m.unrouted, 0, "{name}: {m:?}");
     assert!(m.is_balanced(), "{name}: {m:?}");
     if policy != OverrunPolicy::DropOldest {
-        assert_eq!((dropped, ran_total), (0, total), "{name}: {m:?}");
+        assert_eq!((dropped, routed), (0, total), "{name}: {m:?}");
     }
     if policy != OverrunPolicy::ReturnError {
         assert_eq!(refused, 0, "{name}");
@@ -468,7 +563,7 @@ fn oversubscribed(
 fn oversub(policy: OverrunPolicy, capacity: usize, scheduling: Scheduling) {
     let name = format!("oversub {policy:?} capacity {capacity} {scheduling:?}");
     let run = watchdog(&name, WATCHDOG, move |abort| {
-        oversubscribed(policy, capacity, scheduling, abort)
+        quiet_panics(|| oversubscribed(policy, capacity, scheduling, abort))
     });
     let m = run.metrics;
     println!(
