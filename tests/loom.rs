@@ -432,3 +432,95 @@ fn a_batch_is_never_half_visible() {
         check(&seen, &[outcome], store.metrics(), 3);
     });
 }
+
+/// A producer's batch of `len` events, as an `Outcome` (one `accepted` entry per event).
+fn produce_batch(store: &EventStore<Ev>, producer: u32, len: u32) -> Outcome {
+    let mut batch: Vec<Ev> = (0..len).map(|index| Ev { producer, index }).collect();
+    let mut out = Outcome::default();
+    match store.enqueue_batch(&mut batch) {
+        Ok(e) => {
+            out.dropped = e.dropped;
+            out.accepted = (0..len)
+                .map(|i| (e.sequence + u64::from(i), Ev { producer, index: i }))
+                .collect();
+        }
+        Err(err) => {
+            assert_eq!(
+                batch.len(),
+                len as usize,
+                "{err:?}: the batch must come back whole"
+            );
+            out.refused = batch.into_iter().map(EnqueueError::Closed).collect();
+        }
+    }
+    out
+}
+
+/// The gate: a batch of 2 that finds a full ring of 2 raises it; a single enqueue racing it
+/// must wait behind it (never take the slot the batch waits for), and a publisher drains
+/// everything. Under `Block` nothing is lost; under `DropOldest` the batch and the single
+/// evict exactly what they need.
+fn gated_batch_races_a_single(policy: OverrunPolicy) {
+    model(1, move || {
+        let (store, seen) = store(2, policy);
+        let prefill = produce(&store, 0, 2);
+        let batcher = {
+            let store = store.clone();
+            thread::spawn(move || produce_batch(&store, 1, 2))
+        };
+        let single = {
+            let store = store.clone();
+            thread::spawn(move || produce(&store, 2, 1))
+        };
+        let total = 5;
+        if policy == OverrunPolicy::Block {
+            let mut dispatched = store.publish().dispatched;
+            while dispatched < total {
+                thread::yield_now();
+                dispatched += store.publish().dispatched;
+            }
+        } else {
+            store.publish();
+        }
+        let outcomes = vec![prefill, batcher.join().unwrap(), single.join().unwrap()];
+        store.publish();
+        let seen = seen.lock().unwrap().clone();
+        if policy == OverrunPolicy::Block {
+            assert_eq!(seen.len() as u64, total, "Block loses nothing");
+        }
+        // The batch is contiguous.
+        let batch: Vec<u64> = outcomes[1].accepted.iter().map(|&(s, _)| s).collect();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[1], batch[0] + 1);
+        check(&seen, &outcomes, store.metrics(), total);
+    });
+}
+
+#[test]
+fn gated_batch_races_a_single_under_block() {
+    gated_batch_races_a_single(OverrunPolicy::Block);
+}
+
+#[test]
+fn gated_batch_races_a_single_under_drop_oldest() {
+    gated_batch_races_a_single(OverrunPolicy::DropOldest);
+}
+
+/// `close` racing a batch that holds the gate under `Block` (no publisher makes room): the
+/// batch comes back `Closed`, whole, and the gate does not keep `close` or anyone waiting.
+#[test]
+fn close_releases_a_gated_batch() {
+    model(2, || {
+        let (store, seen) = store(2, OverrunPolicy::Block);
+        let prefill = produce(&store, 0, 2);
+        let batcher = {
+            let store = store.clone();
+            thread::spawn(move || produce_batch(&store, 1, 2))
+        };
+        store.close(FOREVER).unwrap();
+        let outcome = batcher.join().unwrap();
+        assert_eq!(outcome.refused.len(), 2, "{outcome:?}");
+        let seen = seen.lock().unwrap().clone();
+        check(&seen, &[prefill, outcome], store.metrics(), 4);
+    });
+}
