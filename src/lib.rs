@@ -51,18 +51,28 @@
 //!   claim while waiting for another (the chains of waits across laps that used to collapse
 //!   throughput under oversubscription cannot form). If the oldest event is still being
 //!   written, the producer retries (spinning, then yielding) until that write lands.
-//! - **Batches** ([`enqueue_batch`](EventStore::enqueue_batch), transaction commits) that find
-//!   no room for all their events under `Block` or `DropOldest` raise the ring's *gate*: until
-//!   the batch has claimed its slots, other enqueues wait for it (`Block`: parked like any
-//!   blocked producer; `DropOldest`: spinning, then yielding), so a stream of single enqueues
-//!   cannot starve a batch. The batch itself waits only for publishers (`Block`) or for the
-//!   oldest events to be written (`DropOldest`). One batch holds the gate at a time.
+//! - **A `DropOldest` batch** ([`enqueue_batch`](EventStore::enqueue_batch), transaction
+//!   commits) that finds no room raises the ring's *gate*: until the batch has evicted what it
+//!   needs and claimed its slots, other enqueues wait for it (spinning, then yielding), so a
+//!   stream of single enqueues cannot keep it evicting forever. The gate holder waits only for
+//!   events already claimed to be written (never for a publisher or user code: the events it
+//!   evicts are dropped after the gate is down), so waiting on it never waits on a publisher.
+//!   One batch holds the gate at a time; a batch thread descheduled while holding it delays
+//!   the others for as long.
+//! - **A `Block` batch** waits for room for all its events, like a single `Block` enqueue for
+//!   one. It is not starvation-free: single enqueues may take freed slots first, so a stream
+//!   of them that keeps the ring nearly full can hold a batch back for as long as it lasts;
+//!   [`enqueue_batch_timeout`](EventStore::enqueue_batch_timeout) bounds the wait. (Holding
+//!   singles back for the batch would make them wait for publishers with room in the ring,
+//!   which deadlocks a thread, or a handler, that both enqueues and publishes.)
 //! - **`Block` on a full ring** parks until a publisher makes room (or the deadline, or
 //!   `close`).
 //! - **`close`, a transaction's `commit`** wait for enqueues already in progress ahead of them
 //!   (nanoseconds, unless that producer is descheduled), and `close` / `drain` for in-flight
-//!   handlers. On a thread of the store's dispatch pool, `drain` and `close` run the pool's
-//!   pending jobs while they wait, so they never wait for work queued behind themselves.
+//!   handlers. On a thread of the store's dispatch pool ([`Builder::thread_pool`]), `drain`
+//!   and `close` run the pool's pending jobs while they wait, so they never wait for work
+//!   queued behind themselves; without a pool of its own (rayon's global pool), they run the
+//!   jobs queued on their own thread, never a job of an unrelated pool.
 //!
 //! # Routing
 //! When the store is built, the dispatcher's routes are frozen into a small open-addressed table
@@ -133,7 +143,10 @@
 //! finished. A `publish` at that bound hands out only what fits and leaves the rest in the
 //! ring, so the ring fills and producers meet the overrun policy: `Block` waits, `ReturnError`
 //! refuses, `DropOldest` evicts. Handlers run by `close` see its deadline
-//! ([`Context::deadline`]) in every mode.
+//! ([`Context::deadline`]) in every mode. A handler that `Block`-enqueues follow-ups into its
+//! own store can then deadlock: once the ring is full and the bound is held by handlers waiting
+//! for room, no publish hands out the events that would make it. As in every mode, a handler
+//! should not block on its own store (use `enqueue_timeout`, `DropOldest` or `ReturnError`).
 //!
 //! # Accounting
 //! Each event accepted by the store ends up in exactly one of: processed, failed, dropped,

@@ -42,11 +42,13 @@
 //! `close` are ordered by the one atomic variable: every claim that succeeded is below the
 //! sequence `close` read, and none succeeds after it.
 //!
-//! Bit 62 is the gate: a batch that found no room for all its events under `Block` or
-//! `DropOldest` sets it ([`Ring::try_gate`]), and while it is set every other claim fails with
+//! Bit 62 is the gate: a batch that found no room for all its events under `DropOldest` sets it
+//! ([`Ring::try_gate`]) while it evicts, and while it is set every other claim fails with
 //! [`ClaimError::Gated`]. Only the gate holder claims next ([`Ring::claim_gated`], which clears
-//! it), so single enqueues cannot keep taking the slots a batch waits for. The check costs the
-//! fast path nothing: the claim already tests the word for the closed mark.
+//! it), so single enqueues cannot keep taking the slots the batch frees. The holder waits for
+//! nothing but the writes of events already claimed (never for a publisher), so nothing waiting
+//! on the gate waits on a publisher either. The check costs the fast path nothing: the claim
+//! already tests the word for the closed mark.
 
 use std::mem::MaybeUninit;
 
@@ -208,7 +210,7 @@ impl<T> Ring<T> {
     }
 
     /// True while a batch holds the gate.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn is_gated(&self) -> bool {
         self.tail.load(Ordering::Acquire) & GATED != 0
     }
@@ -423,8 +425,8 @@ impl<T> Ring<T> {
     }
 
     /// The gate holder's claim of `n` sequences: succeeds, clearing the gate, once `n` slots
-    /// are free; [`ClaimError::Full`] until then (the caller keeps the gate and waits or
-    /// evicts); [`ClaimError::Closed`] once closed (the gate is cleared).
+    /// are free; [`ClaimError::Full`] until then (the caller keeps the gate and evicts);
+    /// [`ClaimError::Closed`] once closed (the gate is cleared).
     pub(crate) fn claim_gated(&self, n: u64) -> Result<u64, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
         loop {

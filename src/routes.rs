@@ -14,6 +14,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 
 use crate::dispatcher::{Dispatcher, Event, Handler};
+use crate::panics;
 
 /// One multiply per word: fast for the small keys projections are (integers, enums, short
 /// strings, type ids).
@@ -119,6 +120,18 @@ fn home<K: Hash>(key: &K, shift: u32) -> usize {
     let mut hasher = MulHasher::default();
     key.hash(&mut hasher);
     (hasher.finish() >> shift) as usize
+}
+
+impl<E: Event, Err> Drop for Routes<E, Err> {
+    /// Keys and handlers (with whatever the handlers captured) are user values: a panic in
+    /// their `Drop` is contained here, so that dropping a store never unwinds.
+    fn drop(&mut self) {
+        for slot in self.slots.iter_mut() {
+            if let Err(payload) = panics::catch(|| drop(slot.take())) {
+                panics::dispose(payload);
+            }
+        }
+    }
 }
 
 impl<E: Event, Err> fmt::Debug for Routes<E, Err> {

@@ -605,56 +605,58 @@ where
         deadline: Option<Instant>,
     ) -> Result<Enqueued, EnqueueError<E>> {
         let mut dropped = 0;
+        // The evicted event is dropped once our own is in: its `Drop` is user code, which
+        // may enqueue too, and must not take the slot we made room in.
+        let mut evicted = None;
         let backoff = Backoff::new();
-        loop {
+        let outcome = loop {
             match (refusal, self.policy) {
                 (ClaimError::Closed, _) => {
                     self.counters.add_rejected(1);
-                    return Err(EnqueueError::Closed(event));
+                    break Err(EnqueueError::Closed(event));
                 }
                 (ClaimError::Full | ClaimError::Gated, OverrunPolicy::ReturnError) => {
                     self.counters.add_rejected(1);
-                    return Err(EnqueueError::Full(event));
+                    break Err(EnqueueError::Full(event));
                 }
-                (ClaimError::Full, OverrunPolicy::DropOldest) => {
-                    self.evict_for(1, &mut dropped, &backoff);
-                }
+                (ClaimError::Full, OverrunPolicy::DropOldest) => match self.ring.evict_oldest(1) {
+                    Eviction::Evicted(sequence, old) => {
+                        self.counters.add_dropped(1);
+                        dropped += 1;
+                        // An earlier eviction of this call (another enqueue took its room).
+                        if let Some((seq, previous)) = evicted.replace((sequence, old)) {
+                            self.drop_event(Some(seq), previous);
+                        }
+                    }
+                    // Another producer's event at the head is being written: it will be
+                    // evictable in a moment. We hold no claim meanwhile.
+                    Eviction::Unwritten => backoff.snooze(),
+                    Eviction::NotNeeded => {}
+                },
                 // A batch holds the gate and makes room for itself; wait for it to claim.
                 (ClaimError::Gated, OverrunPolicy::DropOldest) => backoff.snooze(),
+                // (`Gated` only happens under `DropOldest`.)
                 (ClaimError::Full | ClaimError::Gated, OverrunPolicy::Block) => {
                     if !self.wait_for_room(1, deadline) {
                         self.counters.add_rejected(1);
-                        return Err(EnqueueError::Timeout(event));
+                        break Err(EnqueueError::Timeout(event));
                     }
                 }
             }
             match self.try_enqueue(event) {
                 Ok(enqueued) => {
-                    return Ok(Enqueued {
+                    break Ok(Enqueued {
                         dropped,
                         ..enqueued
                     });
                 }
                 Err((back, r)) => (event, refusal) = (back, r),
             }
+        };
+        if let Some((sequence, old)) = evicted {
+            self.drop_event(Some(sequence), old);
         }
-    }
-
-    /// One `DropOldest` step for an enqueue of `n` events that found the ring full: evicts the
-    /// oldest event if the ring is still full and that event is written (counting it, and
-    /// dropping it here, its `Drop` contained), or waits a moment if it is still being written.
-    fn evict_for(&self, n: u64, dropped: &mut u64, backoff: &Backoff) {
-        match self.ring.evict_oldest(n) {
-            Eviction::Evicted(sequence, old) => {
-                self.counters.add_dropped(1);
-                *dropped += 1;
-                self.drop_event(Some(sequence), old);
-            }
-            // Another producer's event at the head is being written: it will be evictable in
-            // a moment. We hold no claim meanwhile.
-            Eviction::Unwritten => backoff.snooze(),
-            Eviction::NotNeeded => {}
-        }
+        outcome
     }
 
     fn enqueue_batch(
@@ -695,44 +697,32 @@ where
                     self.counters.add_rejected(n);
                     Err(BatchError::Full { len })
                 }
-                OverrunPolicy::DropOldest | OverrunPolicy::Block => {
-                    self.enqueue_batch_gated(batch, deadline)
-                }
+                OverrunPolicy::DropOldest => self.enqueue_batch_evicting(batch),
+                OverrunPolicy::Block => self.enqueue_batch_waiting(batch, deadline),
             },
         }
     }
 
-    /// A batch that found no room under `Block` or `DropOldest`: takes the ring's gate, so
-    /// that no other enqueue can claim the slots it waits for, then makes or waits for room
-    /// and claims. Without the gate, a steady stream of single enqueues could take each freed
-    /// slot first and starve the batch (waiting, or evicting, forever).
+    /// A batch that found no room under `Block`: waits for room for all of it, then claims.
+    ///
+    /// Not starvation-free: a single enqueue may take a freed slot before the batch claims, so
+    /// a steady stream of single enqueues that keeps the ring nearly full can hold a batch back
+    /// for as long as it lasts. `enqueue_batch_timeout` bounds that. (A gate that held single
+    /// enqueues back for the batch would make them wait for publishers even with room in the
+    /// ring, which deadlocks a thread that both enqueues and publishes, or a handler that
+    /// enqueues, against another thread's batch.)
     #[cold]
     #[inline(never)]
-    fn enqueue_batch_gated(
+    fn enqueue_batch_waiting(
         &self,
         batch: &mut Vec<E>,
         deadline: Option<Instant>,
     ) -> Result<Enqueued, BatchError> {
         let (len, n) = (batch.len(), batch.len() as u64);
-        let backoff = Backoff::new();
-        let refuse = |error: BatchError| {
-            self.counters.add_rejected(n);
-            Err(error)
-        };
-        // Take the gate, or claim outright if room appeared meanwhile.
         loop {
-            match self.ring.try_gate() {
-                Ok(true) => break,
-                Err(_) => return refuse(BatchError::Closed),
-                // Another batch holds the gate: wait for it like any other enqueue.
-                Ok(false) => match self.policy {
-                    OverrunPolicy::Block => {
-                        if !self.wait_for_room(n, deadline) {
-                            return refuse(BatchError::Timeout { len });
-                        }
-                    }
-                    _ => backoff.snooze(),
-                },
+            if !self.wait_for_room(n, deadline) {
+                self.counters.add_rejected(n);
+                return Err(BatchError::Timeout { len });
             }
             match self.ring.claim(n) {
                 Ok(first) => {
@@ -743,13 +733,57 @@ where
                         dropped: 0,
                     });
                 }
-                Err(ClaimError::Closed) => return refuse(BatchError::Closed),
+                Err(ClaimError::Closed) => {
+                    self.counters.add_rejected(n);
+                    return Err(BatchError::Closed);
+                }
                 Err(ClaimError::Full | ClaimError::Gated) => {}
             }
         }
-        // We hold the gate: the tail stands still, and only publishers (and our evictions)
-        // move the head.
-        let mut dropped = 0;
+    }
+
+    /// A batch that found no room under `DropOldest`: takes the ring's gate, so that no other
+    /// enqueue can claim the slots it makes, evicts the oldest written events until the batch
+    /// fits, and claims. Without the gate, single enqueues could take each slot it freed and
+    /// keep it evicting forever. While it holds the gate, other enqueues wait for it; it waits
+    /// only for the events at the head to be written (no publisher, no user code): the evicted
+    /// events are dropped (their `Drop` and the `on_error` hook are user code, which may
+    /// enqueue) only once the gate is down.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_batch_evicting(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
+        let n = batch.len() as u64;
+        let backoff = Backoff::new();
+        // Take the gate, or claim outright if room appeared meanwhile.
+        loop {
+            match self.ring.try_gate() {
+                Ok(true) => break,
+                Err(_) => {
+                    self.counters.add_rejected(n);
+                    return Err(BatchError::Closed);
+                }
+                // Another batch holds the gate: wait for it like any other enqueue.
+                Ok(false) => backoff.snooze(),
+            }
+            match self.ring.claim(n) {
+                Ok(first) => {
+                    // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                    unsafe { self.ring.write_batch(first, batch) };
+                    return Ok(Enqueued {
+                        sequence: first,
+                        dropped: 0,
+                    });
+                }
+                Err(ClaimError::Closed) => {
+                    self.counters.add_rejected(n);
+                    return Err(BatchError::Closed);
+                }
+                Err(ClaimError::Full | ClaimError::Gated) => {}
+            }
+        }
+        // We hold the gate: the tail stands still, and only publishers and our evictions move
+        // the head. At most `n` evictions are needed, so `evicted` stays within `n`.
+        let mut evicted = Vec::new();
         let outcome = loop {
             match self.ring.claim_gated(n) {
                 Ok(first) => {
@@ -757,42 +791,37 @@ where
                     unsafe { self.ring.write_batch(first, batch) };
                     break Ok(Enqueued {
                         sequence: first,
-                        dropped,
+                        dropped: evicted.len() as u64,
                     });
                 }
-                Err(ClaimError::Full) => match self.policy {
-                    OverrunPolicy::DropOldest => self.evict_for(n, &mut dropped, &backoff),
-                    _ => {
-                        let ring = &self.ring;
-                        let room = || ring.is_closed() || ring.has_room(n);
-                        if !self.blocked.wait(deadline, room) {
-                            self.ring.ungate();
-                            self.counters.add_rejected(n);
-                            break Err(BatchError::Timeout { len });
-                        }
+                Err(ClaimError::Full) => match self.ring.evict_oldest(n) {
+                    Eviction::Evicted(sequence, old) => {
+                        self.counters.add_dropped(1);
+                        evicted.push((sequence, old));
                     }
+                    Eviction::Unwritten => backoff.snooze(),
+                    Eviction::NotNeeded => {}
                 },
-                // `claim_gated` lowered the gate.
+                // `claim_gated` lowered the gate. The events evicted stay dropped: they were
+                // discarded while the ring was full, before the close.
                 Err(_) => {
                     self.counters.add_rejected(n);
                     break Err(BatchError::Closed);
                 }
             }
         };
-        // The gate is down (claimed, closed or given up): wake the enqueues that waited on it.
-        if self.policy == OverrunPolicy::Block {
-            self.blocked.wake();
+        for (sequence, old) in evicted {
+            self.drop_event(Some(sequence), old);
         }
         outcome
     }
 
-    /// Blocks until `n` slots are free and no batch holds the gate, or the ring closes (true),
-    /// or `deadline` passes (false).
+    /// Blocks until `n` slots are free or the ring closes (true), or `deadline` passes
+    /// (false).
     fn wait_for_room(&self, n: u64, deadline: Option<Instant>) -> bool {
         let ring = &self.ring;
-        self.blocked.wait(deadline, || {
-            ring.is_closed() || (!ring.is_gated() && ring.has_room(n))
-        })
+        self.blocked
+            .wait(deadline, || ring.is_closed() || ring.has_room(n))
     }
 
     /// Takes a spare (empty) buffer.
@@ -885,11 +914,12 @@ where
     /// queued behind this very thread, which would otherwise never run it.
     fn help_or_snooze(&self, backoff: &Backoff) {
         let helped = match &self.pool {
+            // `None` unless this thread is one of the pool's.
             Some(pool) => pool.yield_now(),
-            // The global pool: `rayon::yield_now` runs a job of whichever pool this thread
-            // belongs to, if any. From a thread of another pool that job is not ours, but
-            // running it is harmless, and our own jobs run on the global pool's threads.
-            None => rayon::yield_now(),
+            // No pool of our own: jobs go wherever `rayon::spawn` puts them, the pool of the
+            // publishing thread. Only this thread's own queue is run (jobs it spawned itself,
+            // as this `close` does): a job of an unrelated pool could take any time.
+            None => rayon::yield_local(),
         };
         if helped != Some(rayon::Yield::Executed) {
             backoff.snooze();
@@ -1063,7 +1093,8 @@ impl<E: Event, Err> Drop for Shared<E, Err> {
             if self.on_error.is_some() {
                 match panics::catch(|| event.projection()) {
                     Ok(projection) => {
-                        self.report(Some(&projection), Some(sequence), ErrorKind::Discarded)
+                        self.report(Some(&projection), Some(sequence), ErrorKind::Discarded);
+                        self.drop_projection(Some(sequence), projection);
                     }
                     Err(payload) => {
                         let message = panics::panic_message(&*payload);
@@ -1077,6 +1108,10 @@ impl<E: Event, Err> Drop for Shared<E, Err> {
         }
         for event in self.timers.close() {
             self.drop_event(None, event);
+        }
+        // The hook's captured state is user code too (the routes contain their own).
+        if let Err(payload) = drop_caught(self.on_error.take()) {
+            dispose(payload);
         }
     }
 }
@@ -1156,6 +1191,15 @@ impl<E: Event, Err> Shared<E, Err> {
                 Ok(()) => break,
                 Err(payload) => self.drop_panicked(Some(next - 1), payload),
             }
+        }
+    }
+
+    /// Drops a projection computed for a report, containing a panic in its `Drop` (counted
+    /// and reported like an event's).
+    #[cold]
+    fn drop_projection(&self, sequence: Option<u64>, projection: E::Projection) {
+        if let Err(payload) = drop_caught(projection) {
+            self.drop_panicked(sequence, payload);
         }
     }
 

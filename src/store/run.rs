@@ -25,8 +25,9 @@ const PARALLEL_TASK_WORK: Duration = Duration::from_micros(10);
 struct Cursor {
     /// Index of the event being dispatched.
     event: usize,
-    /// Index of the handler of that event last started, or [`Cursor::ROUTING`] while the
-    /// event's projection is computed and looked up.
+    /// Index of the handler of that event last started, [`Cursor::ROUTING`] while the
+    /// event's projection is computed and looked up, or [`Cursor::DROPPING`] while the
+    /// projection is dropped after the event was tallied.
     handler: usize,
     /// Handlers of that event that failed so far.
     failures: u64,
@@ -35,6 +36,8 @@ struct Cursor {
 impl Cursor {
     /// `handler` before any handler of the event has started.
     const ROUTING: usize = usize::MAX;
+    /// `handler` while the event's projection is dropped, its outcome already tallied.
+    const DROPPING: usize = usize::MAX - 1;
 
     fn new() -> Self {
         Self {
@@ -219,6 +222,12 @@ where
             } else {
                 tally.unrouted += 1;
             }
+            // A projection's `Drop` is user code too; for keys without one (the usual enums,
+            // integers and `&str`) this compiles to nothing.
+            if std::mem::needs_drop::<E::Projection>() {
+                cursor.handler = Cursor::DROPPING;
+                drop(projection);
+            }
             cursor.next_event();
         }
     }
@@ -235,9 +244,14 @@ where
         tally: &mut Tally,
         on_failure: &mut impl FnMut(u64, Failure<Err>),
     ) {
+        let sequence = first + cursor.event as u64;
+        if cursor.handler == Cursor::DROPPING {
+            // The event's projection panicked in its `Drop`, after the event was tallied.
+            cursor.next_event();
+            return self.drop_panicked(Some(sequence), payload);
+        }
         tally.panics += 1;
         cursor.failures += 1;
-        let sequence = first + cursor.event as u64;
         if cursor.handler != Cursor::ROUTING {
             // A handler panicked: report it; the run resumes with the event's next handler.
             // The projection is computed again: it returned before the handler ran.
@@ -245,6 +259,7 @@ where
                 Ok(projection) => {
                     let message = panic_message(&*payload);
                     self.report(Some(&projection), Some(sequence), ErrorKind::Panic(message));
+                    self.drop_projection(Some(sequence), projection);
                 }
                 Err(again) => {
                     self.report(
