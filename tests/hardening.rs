@@ -554,3 +554,187 @@ fn a_timed_out_block_batch_hands_back_and_singles_go_on() {
         assert_eq!((m.published, m.rejected), (4, 2));
     });
 }
+
+// Found by a second reader (second round of issue 8).
+
+/// An event whose `Drop` enqueues into its own store (a "discarded" notice).
+struct Notice {
+    notify: bool,
+}
+
+impl Event for Notice {
+    type Projection = u8;
+    fn projection(&self) -> u8 {
+        0
+    }
+}
+
+static NOTICE_STORE: Mutex<Option<EventStore<Notice>>> = Mutex::new(None);
+
+impl Drop for Notice {
+    fn drop(&mut self) {
+        if self.notify {
+            let store = NOTICE_STORE.lock().unwrap().clone();
+            if let Some(store) = store {
+                let _ = store.enqueue(Notice { notify: false });
+            }
+        }
+    }
+}
+
+/// A `DropOldest` batch drops the events it evicted only once its gate is down: their `Drop`
+/// may enqueue into the same store, which would otherwise wait on the gate its own thread holds.
+#[test]
+fn evicted_events_dropped_by_a_batch_may_enqueue() {
+    watchdog("hardening", LIMIT, |_| {
+        let store =
+            EventStore::new(Dispatcher::<Notice>::new(), 4, OverrunPolicy::DropOldest).unwrap();
+        *NOTICE_STORE.lock().unwrap() = Some(store.clone());
+        for _ in 0..4 {
+            store.enqueue(Notice { notify: true }).unwrap();
+        }
+        let mut batch: Vec<Notice> = (0..2).map(|_| Notice { notify: false }).collect();
+        let e = store.enqueue_batch(&mut batch).unwrap();
+        // The single path too: its evicted event's notice must not take its room.
+        let single = store.enqueue(Notice { notify: false }).unwrap();
+        NOTICE_STORE.lock().unwrap().take();
+        assert_eq!(e.dropped, 2);
+        assert_eq!(single.dropped, 1);
+        let m = store.metrics();
+        assert_eq!((m.pending, m.dropped), (4, m.published - 4));
+    });
+}
+
+/// A projection key whose `Drop` panics: every event still runs its handlers once, the
+/// accounting balances, and the panic is counted and reported like an event's `Drop`.
+#[test]
+fn a_projection_whose_drop_panics_is_contained() {
+    quiet();
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Key(u8);
+    impl Drop for Key {
+        fn drop(&mut self) {
+            if self.0 == 1 && !thread::panicking() {
+                panic!("key drop exploded");
+            }
+        }
+    }
+    struct Keyed(u8);
+    impl Event for Keyed {
+        type Projection = Key;
+        fn projection(&self) -> Key {
+            Key(self.0)
+        }
+    }
+    watchdog("hardening", LIMIT, |_| {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let mut d = Dispatcher::<Keyed>::new();
+        for k in [0u8, 1, 2] {
+            let r = ran.clone();
+            d.on(Key(k), move |ctx, _| {
+                r.lock().unwrap().push(ctx.sequence());
+                Ok(())
+            });
+        }
+        let store = EventStore::new(d, 8, OverrunPolicy::ReturnError).unwrap();
+        for k in [0, 1, 2, 1] {
+            store.enqueue(Keyed(k)).unwrap();
+        }
+        let report = store.publish();
+        assert_eq!(report.processed, 4);
+        assert_eq!(*ran.lock().unwrap(), [0, 1, 2, 3]);
+        let m = store.metrics();
+        assert!(m.is_balanced(), "{m:?}");
+        assert_eq!((m.failed, m.panics), (0, 0));
+        assert!(m.drop_panics >= 2, "{m:?}");
+        drop(store); // the route keys' drops are contained too
+    });
+}
+
+/// `close` on a thread of an unrelated rayon pool (the store on rayon's global pool) does not
+/// run that pool's jobs while it waits, so it keeps to its timeout.
+#[test]
+fn close_on_a_foreign_pool_thread_keeps_its_timeout() {
+    watchdog("hardening", LIMIT, |_| {
+        let release = Arc::new(AtomicBool::new(false));
+        let r = release.clone();
+        let mut d = Dispatcher::<Num>::new();
+        d.on(0, move |_, _| {
+            while !r.load(Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        });
+        let store = EventStore::builder(d)
+            .capacity(8)
+            .mode(DispatchMode::Async)
+            .build()
+            .unwrap();
+        store.enqueue(Num(0)).unwrap();
+        assert_eq!(store.publish().dispatched, 1);
+        let other = one_thread_pool();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = store.clone();
+        other.spawn(move || {
+            let started = Instant::now();
+            let r = s.close(Duration::from_millis(100));
+            tx.send((r.is_err(), started.elapsed())).unwrap();
+        });
+        other.spawn(|| thread::sleep(Duration::from_secs(2)));
+        let (timed_out, took) = rx.recv().unwrap();
+        release.store(true, Ordering::Release);
+        assert!(timed_out);
+        assert!(took < Duration::from_secs(1), "close(100 ms) took {took:?}");
+    });
+}
+
+/// Under `Block`, a batch waiting for room holds nothing back: a handler enqueueing into a
+/// ring with room goes straight in, and its `publish` returns.
+#[test]
+fn a_waiting_block_batch_does_not_hold_back_enqueues_with_room() {
+    watchdog("hardening", LIMIT, |_| {
+        let slot: Arc<std::sync::OnceLock<EventStore<Num>>> = Arc::default();
+        let (go, batcher_go) = std::sync::mpsc::channel::<()>();
+        let go = Mutex::new(go);
+        let s = slot.clone();
+        let mut d = Dispatcher::<Num>::new();
+        d.on(0, move |_, ev| {
+            if ev.0 == 0 {
+                let store = s.get().unwrap();
+                for i in 1..=5 {
+                    store.enqueue(Num(i)).unwrap();
+                }
+                go.lock().unwrap().send(()).unwrap();
+                thread::sleep(Duration::from_millis(100));
+                // 3 slots free, a batch of 4 waiting: this must go in at once.
+                store
+                    .enqueue_timeout(Num(6), Duration::from_secs(5))
+                    .unwrap();
+            }
+            Ok(())
+        });
+        let store = EventStore::new(d, 8, OverrunPolicy::Block).unwrap();
+        let _ = slot.set(store.clone());
+        let batcher = {
+            let store = store.clone();
+            thread::spawn(move || {
+                batcher_go.recv().unwrap();
+                let mut batch: Vec<Num> = (100..104).map(Num).collect();
+                store
+                    .enqueue_batch_timeout(&mut batch, Duration::from_secs(10))
+                    .is_ok()
+            })
+        };
+        store.enqueue(Num(0)).unwrap();
+        assert_eq!(store.publish().dispatched, 1);
+        // Room for the batch comes from the next publish.
+        while !batcher.is_finished() {
+            store.publish();
+            thread::yield_now();
+        }
+        assert!(batcher.join().unwrap());
+        store.close(Duration::from_secs(5)).unwrap();
+        // (The handler's `OnceLock` keeps the store alive: the reference cycle issue 10 is about.)
+        assert_eq!(store.metrics().processed, 11);
+    });
+}
