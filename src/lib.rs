@@ -154,9 +154,10 @@
 //! `published == processed + failed + dropped + unrouted + pending + in_flight`
 //! ([`Metrics::is_balanced`]), and `in_flight == 0` after a successful [`drain`](EventStore::drain).
 //! Refused events (full, timed out, closed) are counted in [`Metrics::rejected`] and are not
-//! part of `published`. [`Metrics::drop_panics`] counts events whose `Drop` panicked; each is
-//! also in exactly one of the outcomes above, so it is outside the sum. Scheduled events join the sum when they fire (see [`Metrics`]). Counters are updated once per batch, so metrics cost the hot path
-//! nothing.
+//! part of `published`. [`Metrics::drop_panics`] counts panics in the `Drop` of events (or
+//! of their projections); each such event is also in exactly one of the outcomes above, so it
+//! is outside the sum. Scheduled events join the sum when they fire (see [`Metrics`]).
+//! Counters are updated once per batch, so metrics cost the hot path nothing.
 //!
 //! # Shutdown
 //! [`close`](EventStore::close) marks the store closed atomically with respect to every enqueue:

@@ -56,9 +56,10 @@ pub struct Metrics {
     pub scheduled: u64,
     /// Scheduled events cancelled before they fired: by their handle, or by `close`.
     pub cancelled: u64,
-    /// Events whose own `Drop`, or their projection's, panicked (caught and reported as
-    /// [`ErrorKind::DropPanic`](crate::ErrorKind::DropPanic)). Not part of the balance: such an
-    /// event was already counted once, as processed, failed, unrouted, dropped or cancelled.
+    /// Panics caught in the `Drop` of an event or of its projection (each reported as
+    /// [`ErrorKind::DropPanic`](crate::ErrorKind::DropPanic)); an event whose `Drop` and whose
+    /// projection's `Drop` both panic counts twice. Not part of the balance: such an event was
+    /// already counted once, as processed, failed, unrouted, dropped or cancelled.
     pub drop_panics: u64,
 }
 

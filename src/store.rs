@@ -896,23 +896,25 @@ where
     fn publish_all(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
         let limit = self.ring.tail();
         let mut report = PublishReport::default();
-        let backoff = Backoff::new();
+        let mut idle = IdleWait::new(deadline);
         while self.ring.head() < limit && !expired(deadline) {
             let r = self.publish(deadline);
             if r.dispatched == 0 {
                 // An enqueue is between its claim and its write (it finishes in nanoseconds
                 // unless its thread was preempted), or async work is at its bound.
-                self.help_or_snooze(&backoff);
+                if !self.help_pool() {
+                    idle.step();
+                }
             }
             report += r;
         }
         report
     }
 
-    /// One step of a wait for the pool or for a producer. On a thread of the store's own
-    /// pool, runs one of the pool's pending jobs instead of idling: the work waited for may be
+    /// Runs one pending job of the store's pool if this thread is one of its workers and a
+    /// job is there; returns whether it ran one. The work `drain` or `close` waits for may be
     /// queued behind this very thread, which would otherwise never run it.
-    fn help_or_snooze(&self, backoff: &Backoff) {
+    fn help_pool(&self) -> bool {
         let helped = match &self.pool {
             // `None` unless this thread is one of the pool's.
             Some(pool) => pool.yield_now(),
@@ -921,9 +923,7 @@ where
             // as this `close` does): a job of an unrelated pool could take any time.
             None => rayon::yield_local(),
         };
-        if helped != Some(rayon::Yield::Executed) {
-            backoff.snooze();
-        }
+        helped == Some(rayon::Yield::Executed)
     }
 
     /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
@@ -1045,26 +1045,14 @@ where
     /// would cost every publish a fence.
     fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
         let idle = || self.counters.in_flight.load(Ordering::SeqCst) == 0;
-        let backoff = Backoff::new();
-        let mut nap = Duration::from_micros(10);
-        let in_our_pool = self.pool.as_ref().map_or_else(
-            || rayon::current_thread_index().is_some(),
-            |pool| pool.current_thread_index().is_some(),
-        );
+        let mut wait = IdleWait::new(deadline);
         while !idle() {
             if expired(deadline) {
                 return Err(self.timeout_error());
             }
-            if in_our_pool {
-                // Our jobs may be queued behind this thread: run them rather than sleep.
-                self.help_or_snooze(&backoff);
-            } else if backoff.is_completed() {
-                sync::sleep(deadline.map_or(nap, |d| {
-                    nap.min(d.saturating_duration_since(Instant::now()))
-                }));
-                nap = (nap * 2).min(IDLE_POLL_MAX);
-            } else {
-                backoff.snooze();
+            // Our jobs may be queued behind this thread: run one rather than wait.
+            if !self.help_pool() {
+                wait.step();
             }
         }
         Ok(())
@@ -1076,6 +1064,36 @@ where
             pending: self.ring.tail().saturating_sub(head),
             in_flight: self.counters.in_flight.load(Ordering::SeqCst),
         }
+    }
+}
+
+/// The waiting of `drain` and `close`: spin, then yield, then sleep in naps growing to
+/// [`IDLE_POLL_MAX`], never past the deadline. Polling rather than being woken keeps the
+/// publish path free of a wake-up check.
+struct IdleWait {
+    backoff: Backoff,
+    nap: Duration,
+    deadline: Option<Instant>,
+}
+
+impl IdleWait {
+    fn new(deadline: Option<Instant>) -> Self {
+        Self {
+            backoff: Backoff::new(),
+            nap: Duration::from_micros(10),
+            deadline,
+        }
+    }
+
+    fn step(&mut self) {
+        if !self.backoff.is_completed() {
+            return self.backoff.snooze();
+        }
+        let left = self
+            .deadline
+            .map_or(self.nap, |d| d.saturating_duration_since(Instant::now()));
+        sync::sleep(self.nap.min(left));
+        self.nap = (self.nap * 2).min(IDLE_POLL_MAX);
     }
 }
 

@@ -738,3 +738,44 @@ fn a_waiting_block_batch_does_not_hold_back_enqueues_with_room() {
         assert_eq!(store.metrics().processed, 11);
     });
 }
+
+/// This thread's CPU time so far (user + system), from `/proc/thread-self/stat` in clock ticks
+/// of 10 ms.
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// `drain` on a thread of a rayon pool (not the store's) helps where it can, and otherwise
+/// sleeps between looks like anywhere else: waiting a second costs a small part of a second
+/// of CPU.
+#[test]
+fn drain_on_a_pool_thread_sleeps_while_it_waits() {
+    watchdog("hardening", LIMIT, |_| {
+        let mut d = Dispatcher::<Num>::new();
+        d.on(0, |_, _| {
+            thread::sleep(Duration::from_secs(1));
+            Ok(())
+        });
+        let store = EventStore::builder(d)
+            .mode(DispatchMode::Async)
+            .build()
+            .unwrap();
+        store.enqueue(Num(0)).unwrap();
+        assert_eq!(store.publish().dispatched, 1);
+        let (wall, cpu) = one_thread_pool().install(|| {
+            let (started, cpu) = (Instant::now(), thread_cpu());
+            store.drain(Duration::from_secs(10)).unwrap();
+            (started.elapsed(), thread_cpu() - cpu)
+        });
+        assert!(wall >= Duration::from_millis(500), "{wall:?}");
+        assert!(
+            cpu < wall / 4,
+            "drain waited {wall:?} and used {cpu:?} of CPU"
+        );
+    });
+}
