@@ -184,7 +184,7 @@ impl<E: Event, Err> Dispatcher<E, Err> {
         self.routes.keys()
     }
 
-    /// The routes, for [`Routes`](crate::routes::Routes) to freeze.
+    /// The routes, for the store to freeze.
     pub(crate) fn into_routes(self) -> AHashMap<E::Projection, Vec<Handler<E, Err>>> {
         self.routes
     }

@@ -1,9 +1,7 @@
-//! The errors ringbus returns. Every error that refuses an event hands it back.
+//! The errors ringbus returns, and [`HandlerFailure`]. Every error that refuses an event hands
+//! it back. (A transaction's [`CommitError`](crate::CommitError) lives with the transaction.)
 
 use std::fmt;
-
-use crate::dispatcher::{BoxError, Event};
-use crate::transaction::Transaction;
 
 /// Why a store could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,112 +108,9 @@ pub enum BatchError {
     },
 }
 
-/// Why a [`Transaction`] commit failed.
-///
-/// The refusals ([`Full`](Self::Full), [`Closed`](Self::Closed), [`Timeout`](Self::Timeout),
-/// [`TooLarge`](Self::TooLarge)) hand the whole transaction back, events untouched and in
-/// order, with nothing put in the ring: commit it again, or take the events out with
-/// [`Transaction::into_events`]. [`Handler`](Self::Handler) comes only from
-/// [`Transaction::commit`], after every event was put in the ring and dispatched: see there for
-/// what has run.
-#[derive(thiserror::Error)]
-#[non_exhaustive]
-pub enum CommitError<E: Event, Err = BoxError> {
-    /// Not enough room under [`OverrunPolicy::ReturnError`](crate::OverrunPolicy::ReturnError).
-    #[error("not enough room in the ring for the transaction's {} events", .0.len())]
-    Full(Transaction<E, Err>),
-    /// The store is closed.
-    #[error("store is closed")]
-    Closed(Transaction<E, Err>),
-    /// Under [`OverrunPolicy::Block`](crate::OverrunPolicy::Block), no room came before the
-    /// deadline.
-    #[error("timed out waiting for room for the transaction's {} events", .0.len())]
-    Timeout(Transaction<E, Err>),
-    /// The transaction has more events than the ring has slots, so it could never go in at
-    /// once (under every policy).
-    #[error("transaction of {} events exceeds the ring capacity of {capacity}", .transaction.len())]
-    TooLarge {
-        /// The transaction, handed back.
-        transaction: Transaction<E, Err>,
-        /// The ring's capacity.
-        capacity: usize,
-    },
-    /// Every event was committed and dispatched, and a handler of at least one of the
-    /// transaction's events failed. Nothing is rolled back: see [`Transaction::commit`].
-    #[error(
-        "event {index} of the transaction (sequence {sequence}) failed: {error} \
-         ({failed} of its events failed)"
-    )]
-    Handler {
-        /// Position in the transaction (0 for the first event pushed) of the first event
-        /// whose handler failed.
-        index: usize,
-        /// That event's sequence number.
-        sequence: u64,
-        /// Its first failing handler's error or panic (later failures went to the
-        /// [`on_error`](crate::Builder::on_error) hook and the metrics).
-        error: HandlerFailure<Err>,
-        /// How many of the transaction's events had a failing handler (at least 1).
-        failed: u64,
-    },
-}
-
-impl<E: Event, Err> CommitError<E, Err> {
-    /// The transaction a refusal hands back; `None` for [`Handler`](Self::Handler), whose
-    /// events are committed.
-    pub fn into_transaction(self) -> Option<Transaction<E, Err>> {
-        match self {
-            Self::Full(tx) | Self::Closed(tx) | Self::Timeout(tx) => Some(tx),
-            Self::TooLarge { transaction, .. } => Some(transaction),
-            Self::Handler { .. } => None,
-        }
-    }
-
-    /// Converts a refused batch, handing back `tx` (whose buffer the batch was).
-    pub(crate) fn refused(why: BatchError, tx: Transaction<E, Err>) -> Self {
-        match why {
-            BatchError::Full { .. } => Self::Full(tx),
-            BatchError::Closed => Self::Closed(tx),
-            BatchError::Timeout { .. } => Self::Timeout(tx),
-            BatchError::TooLarge { capacity, .. } => Self::TooLarge {
-                transaction: tx,
-                capacity,
-            },
-        }
-    }
-}
-
-impl<E: Event, Err: fmt::Debug> fmt::Debug for CommitError<E, Err> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Full(tx) => f.debug_tuple("Full").field(tx).finish(),
-            Self::Closed(tx) => f.debug_tuple("Closed").field(tx).finish(),
-            Self::Timeout(tx) => f.debug_tuple("Timeout").field(tx).finish(),
-            Self::TooLarge {
-                transaction,
-                capacity,
-            } => f
-                .debug_struct("TooLarge")
-                .field("transaction", transaction)
-                .field("capacity", capacity)
-                .finish(),
-            Self::Handler {
-                index,
-                sequence,
-                error,
-                failed,
-            } => f
-                .debug_struct("Handler")
-                .field("index", index)
-                .field("sequence", sequence)
-                .field("error", error)
-                .field("failed", failed)
-                .finish(),
-        }
-    }
-}
-
-/// What a failing handler did: returned an error, or panicked.
+/// What a failing handler did: returned an error, or panicked. The one failure type: a run of
+/// handlers hands it to its caller (a transaction's commit puts the first one in
+/// [`CommitError::Handler`](crate::CommitError::Handler)).
 #[derive(Debug, PartialEq, Eq)]
 pub enum HandlerFailure<Err> {
     /// The handler returned this error.

@@ -225,6 +225,48 @@
 //! [`ScheduleStatus::Cancelled`]), and stops the timer thread; dropping the store does the same
 //! (the timer holds only a weak reference, so it never keeps a store alive).
 //!
+//! # Architecture
+//! The core, then the layers built on it; the core never imports a layer.
+//!
+//! ```text
+//! lib.rs            this spec, and the re-exports
+//! sync.rs           std's or loom's atomics, cells, locks (loom models test the shipped code)
+//! ring.rs           the ring: slots, stamps, claims on head and tail, eviction, the gate
+//! wait.rs           waiting: producers blocked on a full ring, drain/close polling
+//! dispatcher.rs     Event, Context, TypeKey, and the Dispatcher that maps keys to handlers
+//! routes.rs         the route table a store reads on every dispatch (frozen routes today)
+//! metrics/          the Metrics snapshot; live counters; in-flight (the one counter that orders)
+//! panics.rs         containing panics from user code
+//! error.rs          the errors, and HandlerFailure
+//! store/            EventStore: options, enqueue, publish, run (handlers), shutdown,
+//!                   disposal (drops, the on_error hook), buffers, reports, layers (the seam)
+//! transaction.rs    layer: Transaction, CommitError (on enqueue_batch and publish_until)
+//! schedule/         layer: schedule_at / ScheduleHandle (mod.rs), the timer thread (timer.rs)
+//! ```
+//!
+//! **How an event flows.** [`EventStore::enqueue`] claims a sequence with one CAS on the
+//! ring's tail and writes the event into its slot (`store/enqueue.rs`, `ring.rs`); a full ring
+//! goes to the overrun policy, out of line. [`EventStore::publish`] counts a chunk in flight,
+//! claims the written events at the head with one CAS and copies them out (`store/publish.rs`);
+//! the run loop (`store/run.rs`) loads the route table once for the chunk, looks up each
+//! event's projection and calls its handlers in order, catching panics, and tallies the
+//! outcomes; the publisher then drops the events, adds the tally to the counters and releases
+//! the in-flight count.
+//!
+//! **Seams**, each small and used by today's code:
+//! - *The route table* (`routes.rs`, `RouteTable::load`): read once per run of events; the
+//!   subscription layer will swap it at run time. Today: the frozen dispatcher.
+//! - *The per-event outcome hook* (`store/run.rs`, `Outcomes`): told of every handler
+//!   failure with the event's sequence; retries and dead letters will hang here. Today: the
+//!   publish path (counts and reports only) and a transaction's commit (keeps the first
+//!   failure of its own events).
+//! - *Layers and their shutdown hook* (`store/layers.rs`, `Layer`): per-store state the store
+//!   holds without naming it, told when the store closes or is dropped, and filling in its own
+//!   metrics. Today: the timer.
+//! - *The bridge point*: a process bridge needs no hook of its own: outgoing events reach it as
+//!   a subscriber on the route table, incoming ones go in through `enqueue_batch`, and its
+//!   acknowledgements follow the outcome hook (which the bridge will extend to successes).
+//!
 //! # Limits
 //! Sequence numbers are 63-bit: at a billion events a second they last for centuries. The ring
 //! holds at most 2^32 slots.
@@ -245,13 +287,14 @@ mod schedule;
 mod store;
 mod sync;
 mod transaction;
+mod wait;
 
 pub use dispatcher::{BoxError, Context, Dispatcher, Event, TypeKey};
-pub use error::{BatchError, BuildError, CommitError, EnqueueError, HandlerFailure, TimeoutError};
+pub use error::{BatchError, BuildError, EnqueueError, HandlerFailure, TimeoutError};
 pub use metrics::Metrics;
 pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
     Builder, DispatchMode, Enqueued, ErrorKind, ErrorReport, EventStore, OverrunPolicy,
     PublishReport,
 };
-pub use transaction::{CommitReport, Transaction};
+pub use transaction::{CommitError, CommitReport, Transaction};

@@ -39,6 +39,23 @@ pub(crate) fn drop_caught<T>(value: T) -> Result<(), Payload> {
     }
 }
 
+/// Drops `value`, containing (and disposing of) a panic in its `Drop`: for values whose
+/// `Drop` panic is not counted anywhere (a hook, a handler's error, the route table).
+#[inline]
+pub(crate) fn drop_contained<T>(value: T) {
+    if let Err(payload) = drop_caught(value) {
+        dispose(payload);
+    }
+}
+
+/// The payload's message, owned, with the payload disposed of.
+#[cold]
+pub(crate) fn into_message(payload: Payload) -> String {
+    let message = panic_message(&*payload).to_owned();
+    dispose(payload);
+    message
+}
+
 /// The message of a panic payload, as `std` prints it.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {

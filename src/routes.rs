@@ -65,6 +65,37 @@ impl Hasher for MulHasher {
     }
 }
 
+/// The route table a store dispatches through: the seam where the subscription layer will
+/// swap in a new table at run time (an atomically replaced snapshot). Today it holds the
+/// dispatcher's routes, frozen when the store is built.
+///
+/// The run loop [`load`](Self::load)s the table once per run of events (a chunk of up to 256,
+/// or a parallel task), never per event: a swapped table is seen from the next run on.
+pub(crate) struct RouteTable<E: Event, Err> {
+    frozen: Routes<E, Err>,
+}
+
+impl<E: Event, Err> RouteTable<E, Err> {
+    /// The table of `dispatcher`'s routes.
+    pub(crate) fn new(dispatcher: Dispatcher<E, Err>) -> Self {
+        Self {
+            frozen: Routes::new(dispatcher),
+        }
+    }
+
+    /// The routes for one run of events.
+    #[inline(always)]
+    pub(crate) fn load(&self) -> &Routes<E, Err> {
+        &self.frozen
+    }
+}
+
+impl<E: Event, Err> fmt::Debug for RouteTable<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.frozen.fmt(f)
+    }
+}
+
 /// A dispatcher's routes, frozen.
 pub(crate) struct Routes<E: Event, Err> {
     /// `slots.len()` is a power of two; a key lives at the first free slot from its home slot.
@@ -127,9 +158,7 @@ impl<E: Event, Err> Drop for Routes<E, Err> {
     /// their `Drop` is contained here, so that dropping a store never unwinds.
     fn drop(&mut self) {
         for slot in self.slots.iter_mut() {
-            if let Err(payload) = panics::catch(|| drop(slot.take())) {
-                panics::dispose(payload);
-            }
+            panics::drop_contained(slot.take());
         }
     }
 }

@@ -8,12 +8,13 @@
 //! of publisher buffers, so a transaction per tick allocates nothing in steady state.
 
 use std::fmt;
+use std::ops::Range;
 use std::time::Duration;
 
 use crate::dispatcher::{BoxError, Event};
-use crate::error::{BatchError, CommitError, HandlerFailure};
-use crate::panics::{dispose, panic_message};
-use crate::store::{Enqueued, EventStore, Failure, PublishReport};
+use crate::error::{BatchError, HandlerFailure};
+use crate::panics;
+use crate::store::{Enqueued, EventStore, Outcomes, PublishReport};
 
 /// Events buffered for one atomic commit. From [`EventStore::begin_transaction`].
 ///
@@ -97,7 +98,7 @@ where
     pub fn begin_transaction(&self) -> Transaction<E, Err> {
         Transaction {
             store: self.clone(),
-            events: self.spare_buffer(),
+            events: self.buffers().get(),
         }
     }
 }
@@ -282,42 +283,159 @@ where
         if len == 0 {
             return Ok(report);
         }
-        let range = enqueued.sequence..enqueued.sequence + len;
-        let mut first: Option<(u64, HandlerFailure<Err>)> = None;
-        let (mut failed, mut last_failed) = (0, None);
+        let mut outcomes = FirstFailure {
+            range: enqueued.sequence..enqueued.sequence + len,
+            first: None,
+            failed: 0,
+            last_failed: None,
+        };
         let (publish, mine) = self
             .store
-            .dispatch_through(range.clone(), |sequence, failure| {
-                if !range.contains(&sequence) {
-                    return failure.discard();
-                }
-                if last_failed != Some(sequence) {
-                    last_failed = Some(sequence);
-                    failed += 1;
-                }
-                if first.is_some() {
-                    return failure.discard();
-                }
-                let failure = match failure {
-                    Failure::Error(e) => HandlerFailure::Error(e),
-                    Failure::Panic(payload) => {
-                        let message = panic_message(&*payload).to_owned();
-                        dispose(payload);
-                        HandlerFailure::Panic(message)
-                    }
-                };
-                first = Some((sequence, failure));
-            });
+            .publish_until(outcomes.range.clone(), &mut outcomes);
         report.publish = publish;
         report.elsewhere = len - mine;
-        match first {
+        match outcomes.first {
             None => Ok(report),
             Some((sequence, error)) => Err(CommitError::Handler {
                 index: (sequence - report.sequence) as usize,
                 sequence,
                 error,
-                failed,
+                failed: outcomes.failed,
             }),
+        }
+    }
+}
+
+/// A commit's [`Outcomes`]: the first failure among the transaction's own events, and how many
+/// of them failed. Failures of older events the commit ran first are only counted and reported
+/// (as by any publish).
+struct FirstFailure<Err> {
+    /// The transaction's sequences.
+    range: Range<u64>,
+    first: Option<(u64, HandlerFailure<Err>)>,
+    /// The transaction's events with at least one failure.
+    failed: u64,
+    /// The last of them seen, so an event with two failing handlers counts once.
+    last_failed: Option<u64>,
+}
+
+impl<Err> Outcomes<Err> for FirstFailure<Err> {
+    fn failed(&mut self, sequence: u64, failure: HandlerFailure<Err>) {
+        if !self.range.contains(&sequence) {
+            return panics::drop_contained(failure);
+        }
+        if self.last_failed != Some(sequence) {
+            self.last_failed = Some(sequence);
+            self.failed += 1;
+        }
+        match self.first {
+            Some(_) => panics::drop_contained(failure),
+            None => self.first = Some((sequence, failure)),
+        }
+    }
+}
+
+/// Why a [`Transaction`] commit failed.
+///
+/// The refusals ([`Full`](Self::Full), [`Closed`](Self::Closed), [`Timeout`](Self::Timeout),
+/// [`TooLarge`](Self::TooLarge)) hand the whole transaction back, events untouched and in
+/// order, with nothing put in the ring: commit it again, or take the events out with
+/// [`Transaction::into_events`]. [`Handler`](Self::Handler) comes only from
+/// [`Transaction::commit`], after every event was put in the ring and dispatched: see there for
+/// what has run.
+#[derive(thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError<E: Event, Err = BoxError> {
+    /// Not enough room under [`OverrunPolicy::ReturnError`](crate::OverrunPolicy::ReturnError).
+    #[error("not enough room in the ring for the transaction's {} events", .0.len())]
+    Full(Transaction<E, Err>),
+    /// The store is closed.
+    #[error("store is closed")]
+    Closed(Transaction<E, Err>),
+    /// Under [`OverrunPolicy::Block`](crate::OverrunPolicy::Block), no room came before the
+    /// deadline.
+    #[error("timed out waiting for room for the transaction's {} events", .0.len())]
+    Timeout(Transaction<E, Err>),
+    /// The transaction has more events than the ring has slots, so it could never go in at
+    /// once (under every policy).
+    #[error("transaction of {} events exceeds the ring capacity of {capacity}", .transaction.len())]
+    TooLarge {
+        /// The transaction, handed back.
+        transaction: Transaction<E, Err>,
+        /// The ring's capacity.
+        capacity: usize,
+    },
+    /// Every event was committed and dispatched, and a handler of at least one of the
+    /// transaction's events failed. Nothing is rolled back: see [`Transaction::commit`].
+    #[error(
+        "event {index} of the transaction (sequence {sequence}) failed: {error} \
+         ({failed} of its events failed)"
+    )]
+    Handler {
+        /// Position in the transaction (0 for the first event pushed) of the first event
+        /// whose handler failed.
+        index: usize,
+        /// That event's sequence number.
+        sequence: u64,
+        /// Its first failing handler's error or panic (later failures went to the
+        /// [`on_error`](crate::Builder::on_error) hook and the metrics).
+        error: HandlerFailure<Err>,
+        /// How many of the transaction's events had a failing handler (at least 1).
+        failed: u64,
+    },
+}
+
+impl<E: Event, Err> CommitError<E, Err> {
+    /// The transaction a refusal hands back; `None` for [`Handler`](Self::Handler), whose
+    /// events are committed.
+    pub fn into_transaction(self) -> Option<Transaction<E, Err>> {
+        match self {
+            Self::Full(tx) | Self::Closed(tx) | Self::Timeout(tx) => Some(tx),
+            Self::TooLarge { transaction, .. } => Some(transaction),
+            Self::Handler { .. } => None,
+        }
+    }
+
+    /// Converts a refused batch, handing back `tx` (whose buffer the batch was).
+    fn refused(why: BatchError, tx: Transaction<E, Err>) -> Self {
+        match why {
+            BatchError::Full { .. } => Self::Full(tx),
+            BatchError::Closed => Self::Closed(tx),
+            BatchError::Timeout { .. } => Self::Timeout(tx),
+            BatchError::TooLarge { capacity, .. } => Self::TooLarge {
+                transaction: tx,
+                capacity,
+            },
+        }
+    }
+}
+
+impl<E: Event, Err: fmt::Debug> fmt::Debug for CommitError<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(tx) => f.debug_tuple("Full").field(tx).finish(),
+            Self::Closed(tx) => f.debug_tuple("Closed").field(tx).finish(),
+            Self::Timeout(tx) => f.debug_tuple("Timeout").field(tx).finish(),
+            Self::TooLarge {
+                transaction,
+                capacity,
+            } => f
+                .debug_struct("TooLarge")
+                .field("transaction", transaction)
+                .field("capacity", capacity)
+                .finish(),
+            Self::Handler {
+                index,
+                sequence,
+                error,
+                failed,
+            } => f
+                .debug_struct("Handler")
+                .field("index", index)
+                .field("sequence", sequence)
+                .field("error", error)
+                .field("failed", failed)
+                .finish(),
         }
     }
 }
@@ -334,7 +452,7 @@ impl<E: Event, Err> Drop for Transaction<E, Err> {
         self.events.clear();
         let buf = std::mem::take(&mut self.events);
         if buf.capacity() > 0 {
-            self.store.recycle_buffer(buf);
+            self.store.buffers().put(buf);
         }
     }
 }

@@ -1,16 +1,18 @@
 //! Running handlers: the in-order loop with panic isolation, and the parallel fork.
 //!
-//! Everything here runs on events already taken out of the ring; `store.rs` decides what to
+//! Everything here runs on events already taken out of the ring; `publish.rs` decides what to
 //! take and when, this module decides how the handlers run and tallies what they did.
 
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::{ErrorKind, Failure, Shared};
+use super::{ErrorKind, Shared};
 use crate::dispatcher::{Context, Event};
+use crate::error::HandlerFailure;
 use crate::metrics::Tally;
 use crate::panics::{self, Payload, dispose, panic_message};
+use crate::routes::Routes;
 
 /// Events a parallel publish runs in the caller, timed, to estimate the batch's cost.
 const PROBE_EVENTS: usize = 16;
@@ -19,6 +21,26 @@ const PROBE_EVENTS: usize = 16;
 const PARALLEL_MIN_WORK: Duration = Duration::from_micros(50);
 /// Work per rayon task, so that splitting does not cost more than it saves.
 const PARALLEL_TASK_WORK: Duration = Duration::from_micros(10);
+
+/// The per-event outcome seam: what a run of handlers tells its caller about each handler
+/// failure, beyond the tally and the `on_error` hook (which see every failure anyway).
+///
+/// A publish discards them ([`Discard`]); a transaction's commit keeps the first failure of
+/// its own events. Retries and dead letters hang here: they see which event failed and how.
+pub(crate) trait Outcomes<Err> {
+    /// A handler of the event at `sequence` returned an error or panicked.
+    fn failed(&mut self, sequence: u64, failure: HandlerFailure<Err>);
+}
+
+/// The publish path's [`Outcomes`]: failures are counted and reported, nothing more.
+pub(crate) struct Discard;
+
+impl<Err> Outcomes<Err> for Discard {
+    #[inline(always)]
+    fn failed(&mut self, _: u64, failure: HandlerFailure<Err>) {
+        panics::drop_contained(failure);
+    }
+}
 
 /// Where [`Shared::run_events`] is: survives a caught panic so the run can resume after it.
 #[derive(Debug)]
@@ -69,7 +91,7 @@ where
         deadline: Option<Instant>,
     ) -> Tally {
         let mut tally = Tally::default();
-        self.run_events(first, buf, deadline, &mut tally);
+        self.run_events(first, buf, deadline, &mut tally, &mut Discard);
         self.drop_events(first, buf);
         tally
     }
@@ -101,14 +123,20 @@ where
         while probe < 2 * PROBE_EVENTS && self.worth_forking(per_event, buf.len() - probe) {
             let started = Instant::now();
             let run = &buf[probe..probe + PROBE_EVENTS];
-            self.run_events(first + probe as u64, run, deadline, &mut tally);
+            self.run_events(
+                first + probe as u64,
+                run,
+                deadline,
+                &mut tally,
+                &mut Discard,
+            );
             per_event = per_event.min(started.elapsed() / PROBE_EVENTS as u32);
             probe += PROBE_EVENTS;
         }
         let rest = &mut buf[probe..];
         let rest_first = first + probe as u64;
         if !self.worth_forking(per_event, rest.len()) {
-            self.run_events(rest_first, rest, deadline, &mut tally);
+            self.run_events(rest_first, rest, deadline, &mut tally, &mut Discard);
         } else {
             let per_task =
                 (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)).max(1) as usize;
@@ -118,7 +146,7 @@ where
                     .map(|(i, chunk)| {
                         let mut t = Tally::default();
                         let seq = rest_first + (i * per_task) as u64;
-                        self.run_events(seq, chunk, deadline, &mut t);
+                        self.run_events(seq, chunk, deadline, &mut t, &mut Discard);
                         t
                     })
                     .reduce(Tally::default, |a, b| a + b)
@@ -137,11 +165,14 @@ where
         per_event.as_nanos().saturating_mul(n as u128) >= PARALLEL_MIN_WORK.as_nanos()
     }
 
-    /// Runs every handler of every event in `events` (sequences from `first`), in order.
+    /// Runs every handler of every event in `events` (sequences from `first`), in order,
+    /// telling `outcomes` of each failure.
     ///
-    /// Panics are caught once around the whole run rather than around each handler call, which
-    /// keeps the per-event path free of unwinding trampolines: `cursor` records where the run
-    /// is, so after a panic the run resumes with the next handler of the same event.
+    /// The route table is read once per run: a swap (runtime subscriptions) takes effect at
+    /// the next run. Panics are caught once around the whole run rather than around each
+    /// handler call, which keeps the per-event path free of unwinding trampolines: `cursor`
+    /// records where the run is, so after a panic the run resumes with the next handler of
+    /// the same event.
     #[inline]
     pub(super) fn run_events(
         &self,
@@ -149,31 +180,24 @@ where
         events: &[E],
         deadline: Option<Instant>,
         tally: &mut Tally,
+        outcomes: &mut impl Outcomes<Err>,
     ) {
-        self.run_events_observed(first, events, deadline, tally, &mut |_, failure| {
-            failure.discard()
-        });
-    }
-
-    /// [`run_events`](Self::run_events), also handing each failure to `on_failure` with its
-    /// event's sequence (a transaction's commit uses it; on the publish path the no-op closure
-    /// inlines away).
-    #[inline]
-    pub(super) fn run_events_observed(
-        &self,
-        first: u64,
-        events: &[E],
-        deadline: Option<Instant>,
-        tally: &mut Tally,
-        on_failure: &mut impl FnMut(u64, Failure<Err>),
-    ) {
+        let routes = self.routes.load();
         let mut cursor = Cursor::new();
         while cursor.event < events.len() {
             let run = panics::catch(|| {
-                self.run_from(&mut cursor, first, events, deadline, tally, on_failure)
+                self.run_from(
+                    routes,
+                    &mut cursor,
+                    first,
+                    events,
+                    deadline,
+                    tally,
+                    outcomes,
+                )
             });
             if let Err(payload) = run {
-                self.handle_panic(&mut cursor, first, events, payload, tally, on_failure);
+                self.handle_panic(&mut cursor, first, events, payload, tally, outcomes);
             }
         }
     }
@@ -183,18 +207,20 @@ where
     /// `cursor` lives in memory so that it survives an unwind: per event the loop stores the
     /// event index and per handler the handler index, and nothing else on the success path.
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)] // the loop's whole state, passed down, not stored
     fn run_from(
         &self,
+        routes: &Routes<E, Err>,
         cursor: &mut Cursor,
         first: u64,
         events: &[E],
         deadline: Option<Instant>,
         tally: &mut Tally,
-        on_failure: &mut impl FnMut(u64, Failure<Err>),
+        outcomes: &mut impl Outcomes<Err>,
     ) {
         while let Some(event) = events.get(cursor.event) {
             let projection = event.projection();
-            if let Some(handlers) = self.routes.get(&projection) {
+            if let Some(handlers) = routes.get(&projection) {
                 let ctx = Context {
                     sequence: first + cursor.event as u64,
                     projection: &projection,
@@ -210,7 +236,7 @@ where
                             Some(ctx.sequence),
                             ErrorKind::Handler(&err),
                         );
-                        on_failure(ctx.sequence, Failure::Error(err));
+                        outcomes.failed(ctx.sequence, HandlerFailure::Error(err));
                     }
                 }
                 if cursor.failures == 0 {
@@ -242,7 +268,7 @@ where
         events: &[E],
         payload: Payload,
         tally: &mut Tally,
-        on_failure: &mut impl FnMut(u64, Failure<Err>),
+        outcomes: &mut impl Outcomes<Err>,
     ) {
         let sequence = first + cursor.event as u64;
         if cursor.handler == Cursor::DROPPING {
@@ -270,7 +296,10 @@ where
                     dispose(again);
                 }
             }
-            on_failure(sequence, Failure::Panic(payload));
+            outcomes.failed(
+                sequence,
+                HandlerFailure::Panic(panics::into_message(payload)),
+            );
         } else {
             // The event's own `projection()` (or its key's `Hash`/`Eq`) panicked: no handler
             // can run for it. It counts as failed, and is reported without a projection.
@@ -282,7 +311,10 @@ where
                 Some(sequence),
                 ErrorKind::Panic(panic_message(&*payload)),
             );
-            on_failure(sequence, Failure::Panic(payload));
+            outcomes.failed(
+                sequence,
+                HandlerFailure::Panic(panics::into_message(payload)),
+            );
         }
     }
 }

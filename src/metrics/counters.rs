@@ -1,0 +1,146 @@
+//! The store's live counters ([`Counters`]) and a publisher's local [`Tally`].
+
+use crossbeam_utils::CachePadded;
+
+use super::{InFlight, Metrics};
+use crate::sync::{AtomicU64, Ordering};
+
+/// What one publisher saw in a run of handlers; summed locally, added to [`Counters`] once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    pub(crate) processed: u64,
+    pub(crate) failed: u64,
+    pub(crate) unrouted: u64,
+    pub(crate) handler_errors: u64,
+    pub(crate) panics: u64,
+}
+
+impl std::ops::Add for Tally {
+    type Output = Tally;
+    fn add(self, o: Tally) -> Tally {
+        Tally {
+            processed: self.processed + o.processed,
+            failed: self.failed + o.failed,
+            unrouted: self.unrouted + o.unrouted,
+            handler_errors: self.handler_errors + o.handler_errors,
+            panics: self.panics + o.panics,
+        }
+    }
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, o: Tally) {
+        *self = *self + o;
+    }
+}
+
+/// The store's live counters. Producer-side and publisher-side counters sit on separate cache
+/// lines so that overrun accounting does not slow publishers down.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    outcomes: CachePadded<Outcomes>,
+    /// Events taken out of the ring whose handlers have not finished.
+    pub(crate) in_flight: CachePadded<InFlight>,
+    overrun: CachePadded<Overrun>,
+}
+
+#[derive(Debug, Default)]
+struct Outcomes {
+    processed: AtomicU64,
+    failed: AtomicU64,
+    unrouted: AtomicU64,
+    handler_errors: AtomicU64,
+    panics: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Overrun {
+    dropped: AtomicU64,
+    rejected: AtomicU64,
+    /// Rare (a panicking `Drop`), so it shares the producers' line rather than take its own.
+    drop_panics: AtomicU64,
+}
+
+/// Adds `n` unless it is 0, sparing the cache line a write in the common case.
+#[inline]
+fn bump(counter: &AtomicU64, n: u64) {
+    if n != 0 {
+        // Relaxed: counters order nothing; readers want totals, not happens-before.
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Counters {
+    /// Adds a publisher's tally.
+    #[inline]
+    pub(crate) fn record(&self, t: Tally) {
+        bump(&self.outcomes.processed, t.processed);
+        bump(&self.outcomes.failed, t.failed);
+        bump(&self.outcomes.unrouted, t.unrouted);
+        bump(&self.outcomes.handler_errors, t.handler_errors);
+        bump(&self.outcomes.panics, t.panics);
+    }
+
+    pub(crate) fn add_dropped(&self, n: u64) {
+        bump(&self.overrun.dropped, n);
+    }
+
+    pub(crate) fn add_rejected(&self, n: u64) {
+        bump(&self.overrun.rejected, n);
+    }
+
+    pub(crate) fn add_drop_panics(&self, n: u64) {
+        bump(&self.overrun.drop_panics, n);
+    }
+
+    /// Reads every counter. `published` and `pending` come from the ring: the caller passes
+    /// its head and tail, read head first so that `pending` cannot underflow.
+    pub(crate) fn snapshot(&self, head: u64, tail: u64) -> Metrics {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Metrics {
+            published: tail,
+            processed: load(&self.outcomes.processed),
+            failed: load(&self.outcomes.failed),
+            handler_errors: load(&self.outcomes.handler_errors),
+            panics: load(&self.outcomes.panics),
+            dropped: load(&self.overrun.dropped),
+            rejected: load(&self.overrun.rejected),
+            unrouted: load(&self.outcomes.unrouted),
+            pending: tail.saturating_sub(head),
+            in_flight: self.in_flight.get(),
+            // The timer's counters live with the timer; the store fills these in.
+            scheduled: 0,
+            cancelled: 0,
+            drop_panics: load(&self.overrun.drop_panics),
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_tallies_and_balances() {
+        let c = Counters::default();
+        c.record(Tally {
+            processed: 5,
+            failed: 2,
+            unrouted: 1,
+            handler_errors: 3,
+            panics: 1,
+        });
+        c.add_dropped(4);
+        c.add_rejected(9);
+        let m = c.snapshot(12, 15);
+        assert_eq!(m.published, 15);
+        assert_eq!(m.pending, 3);
+        assert_eq!((m.processed, m.failed, m.unrouted), (5, 2, 1));
+        assert_eq!(
+            (m.handler_errors, m.panics, m.dropped, m.rejected),
+            (3, 1, 4, 9)
+        );
+        assert!(m.is_balanced());
+        assert!(!Metrics { published: 1, ..m }.is_balanced());
+    }
+}

@@ -1,0 +1,81 @@
+//! Where the store lets go of events and reports failures: drops that contain a panicking
+//! `Drop` (counted in `Metrics::drop_panics`), and calls to the `on_error` hook that contain a
+//! panicking hook. Both run user code outside the handlers.
+
+use super::{ErrorKind, ErrorReport, Shared};
+use crate::dispatcher::Event;
+use crate::panics::{self, Payload, drop_caught};
+
+impl<E: Event, Err> Shared<E, Err> {
+    /// Reports a failure to the `on_error` hook, if any; a panic in the hook is contained.
+    #[cold]
+    pub(super) fn report(
+        &self,
+        projection: Option<&E::Projection>,
+        sequence: Option<u64>,
+        kind: ErrorKind<'_, Err>,
+    ) {
+        if let Some(hook) = &self.on_error {
+            let report = ErrorReport {
+                projection,
+                sequence,
+                kind,
+            };
+            if let Err(payload) = panics::catch(|| hook(&report)) {
+                panics::dispose(payload);
+            }
+        }
+    }
+
+    /// Drops an event the store is done with, containing a panic in its `Drop` (counted in
+    /// [`Metrics::drop_panics`] and reported).
+    #[inline]
+    pub(super) fn drop_event(&self, sequence: Option<u64>, event: E) {
+        if let Err(payload) = drop_caught(event) {
+            self.drop_panicked(sequence, payload);
+        }
+    }
+
+    /// Drops the events of `buf` (sequences from `first`), emptying it, as
+    /// [`drop_event`](Self::drop_event) does: one `catch_unwind` around the whole loop, which
+    /// resumes after a panicking `Drop`. Free for events without drop glue.
+    #[inline]
+    pub(super) fn drop_events(&self, first: u64, buf: &mut Vec<E>) {
+        if !std::mem::needs_drop::<E>() {
+            buf.clear();
+            return;
+        }
+        let mut events = buf.drain(..);
+        let mut next = first;
+        loop {
+            let run = panics::catch(|| {
+                for event in &mut events {
+                    next += 1;
+                    drop(event);
+                }
+            });
+            match run {
+                Ok(()) => break,
+                Err(payload) => self.drop_panicked(Some(next - 1), payload),
+            }
+        }
+    }
+
+    /// Drops a projection computed for a report, containing a panic in its `Drop` (counted
+    /// and reported like an event's).
+    #[cold]
+    pub(super) fn drop_projection(&self, sequence: Option<u64>, projection: E::Projection) {
+        if let Err(payload) = drop_caught(projection) {
+            self.drop_panicked(sequence, payload);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn drop_panicked(&self, sequence: Option<u64>, payload: Payload) {
+        self.counters.add_drop_panics(1);
+        let message = panics::panic_message(&*payload);
+        self.report(None, sequence, ErrorKind::DropPanic(message));
+        panics::dispose(payload);
+    }
+}

@@ -1,0 +1,346 @@
+//! Putting events in the ring: single enqueues (the lock-free fast path, then the overrun
+//! policies out of line) and all-or-nothing batches.
+
+use std::time::{Duration, Instant};
+
+use super::{Enqueued, EventStore, OverrunPolicy, Shared};
+use crate::dispatcher::Event;
+use crate::error::{BatchError, EnqueueError};
+use crate::ring::{ClaimError, Eviction};
+use crate::sync::Backoff;
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Puts an event in the ring for the next [`publish`](Self::publish) (GoEventBus's
+    /// `Subscribe`). Lock-free unless the ring is full under [`OverrunPolicy::Block`].
+    ///
+    /// # Errors
+    /// [`EnqueueError::Closed`] after [`close`](Self::close); [`EnqueueError::Full`] when the
+    /// ring is full under [`OverrunPolicy::ReturnError`]. The event comes back in the error.
+    #[inline]
+    pub fn enqueue(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
+        self.shared
+            .try_enqueue(event)
+            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, None))
+    }
+
+    /// Like [`enqueue`](Self::enqueue), but under [`OverrunPolicy::Block`] waits at most
+    /// `timeout` for room, then returns [`EnqueueError::Timeout`] with the event. Under the
+    /// other policies it is `enqueue`.
+    pub fn enqueue_timeout(
+        &self,
+        event: E,
+        timeout: Duration,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        // The deadline is only worked out if there is no room at once.
+        self.shared.try_enqueue(event).or_else(|(event, refusal)| {
+            let deadline = Instant::now().checked_add(timeout);
+            self.shared.enqueue_slow(event, refusal, deadline)
+        })
+    }
+
+    /// Enqueues a whole batch, all or nothing: the events take consecutive sequence numbers
+    /// with no other producer's event between them, and a publisher never sees part of the
+    /// batch without the rest becoming visible right behind it. One atomic claim for the whole
+    /// batch makes this the fastest way in.
+    ///
+    /// On success `batch` is left empty (its allocation kept, for reuse next tick). On error it
+    /// is left untouched: every event is handed back. A batch the ring can never hold fails
+    /// with [`BatchError::TooLarge`] under every policy. Full ring: `DropOldest` discards as
+    /// many old events as needed; `Block` waits for room for the whole batch; `ReturnError`
+    /// fails with [`BatchError::Full`].
+    ///
+    /// ```
+    /// # use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+    /// # struct Ev(u32);
+    /// # impl Event for Ev { type Projection = u8; fn projection(&self) -> u8 { 0 } }
+    /// let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::ReturnError)?;
+    /// let mut batch: Vec<Ev> = (0..6).map(Ev).collect();
+    /// let first = store.enqueue_batch(&mut batch)?;
+    /// assert_eq!((first.sequence, batch.len()), (0, 0));
+    ///
+    /// batch.extend((0..6).map(Ev));
+    /// assert!(store.enqueue_batch(&mut batch).is_err()); // only 2 free slots
+    /// assert_eq!(batch.len(), 6); // handed back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn enqueue_batch(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
+        self.shared.enqueue_batch(batch, None)
+    }
+
+    /// [`enqueue_batch`](Self::enqueue_batch) that waits at most `timeout` for room under
+    /// [`OverrunPolicy::Block`].
+    pub fn enqueue_batch_timeout(
+        &self,
+        batch: &mut Vec<E>,
+        timeout: Duration,
+    ) -> Result<Enqueued, BatchError> {
+        self.shared
+            .enqueue_batch(batch, Instant::now().checked_add(timeout))
+    }
+
+    /// The timer thread's enqueue (`schedule/timer.rs`): [`enqueue`](Self::enqueue), except that under
+    /// [`OverrunPolicy::Block`] it waits for room only until `deadline`, then hands the event
+    /// back as [`EnqueueError::Timeout`] *without* counting it as rejected, so that the timer
+    /// can drop its strong handle and try again.
+    pub(crate) fn enqueue_or_wait(
+        &self,
+        mut event: E,
+        deadline: Instant,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        let shared = &*self.shared;
+        if shared.policy == OverrunPolicy::Block {
+            loop {
+                match shared.try_enqueue(event) {
+                    Ok(enqueued) => return Ok(enqueued),
+                    // `enqueue` below counts the refusal and hands the event back.
+                    Err((back, ClaimError::Closed)) => {
+                        event = back;
+                        break;
+                    }
+                    Err((back, ClaimError::Full | ClaimError::Gated)) => {
+                        event = back;
+                        if !shared.wait_for_room(1, Some(deadline)) {
+                            return Err(EnqueueError::Timeout(event));
+                        }
+                    }
+                }
+            }
+        }
+        self.enqueue(event)
+    }
+}
+
+impl<E, Err> Shared<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// The fast path of every single enqueue: claim one slot and write it, or give the event
+    /// back with the reason.
+    #[inline(always)]
+    fn try_enqueue(&self, event: E) -> Result<Enqueued, (E, ClaimError)> {
+        match self.ring.claim(1) {
+            Ok(sequence) => {
+                // SAFETY: `sequence` was claimed just above, and is written once.
+                unsafe { self.ring.write(sequence, event) };
+                Ok(Enqueued {
+                    sequence,
+                    dropped: 0,
+                })
+            }
+            Err(refusal) => Err((event, refusal)),
+        }
+    }
+
+    /// The full-ring and closed paths of `enqueue`, out of line to keep the fast path small.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_slow(
+        &self,
+        mut event: E,
+        mut refusal: ClaimError,
+        deadline: Option<Instant>,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        let mut dropped = 0;
+        // The evicted event is dropped once our own is in: its `Drop` is user code, which
+        // may enqueue too, and must not take the slot we made room in.
+        let mut evicted = None;
+        let backoff = Backoff::new();
+        let outcome = loop {
+            match (refusal, self.policy) {
+                (ClaimError::Closed, _) => {
+                    self.counters.add_rejected(1);
+                    break Err(EnqueueError::Closed(event));
+                }
+                (ClaimError::Full | ClaimError::Gated, OverrunPolicy::ReturnError) => {
+                    self.counters.add_rejected(1);
+                    break Err(EnqueueError::Full(event));
+                }
+                (ClaimError::Full, OverrunPolicy::DropOldest) => match self.ring.evict_oldest(1) {
+                    Eviction::Evicted(sequence, old) => {
+                        self.counters.add_dropped(1);
+                        dropped += 1;
+                        // An earlier eviction of this call (another enqueue took its room).
+                        if let Some((seq, previous)) = evicted.replace((sequence, old)) {
+                            self.drop_event(Some(seq), previous);
+                        }
+                    }
+                    // Another producer's event at the head is being written: it will be
+                    // evictable in a moment. We hold no claim meanwhile.
+                    Eviction::Unwritten => backoff.snooze(),
+                    Eviction::NotNeeded => {}
+                },
+                // A batch holds the gate and makes room for itself; wait for it to claim.
+                (ClaimError::Gated, OverrunPolicy::DropOldest) => backoff.snooze(),
+                // (`Gated` only happens under `DropOldest`.)
+                (ClaimError::Full | ClaimError::Gated, OverrunPolicy::Block) => {
+                    if !self.wait_for_room(1, deadline) {
+                        self.counters.add_rejected(1);
+                        break Err(EnqueueError::Timeout(event));
+                    }
+                }
+            }
+            match self.try_enqueue(event) {
+                Ok(enqueued) => {
+                    break Ok(Enqueued {
+                        dropped,
+                        ..enqueued
+                    });
+                }
+                Err((back, r)) => (event, refusal) = (back, r),
+            }
+        };
+        if let Some((sequence, old)) = evicted {
+            self.drop_event(Some(sequence), old);
+        }
+        outcome
+    }
+
+    fn enqueue_batch(
+        &self,
+        batch: &mut Vec<E>,
+        deadline: Option<Instant>,
+    ) -> Result<Enqueued, BatchError> {
+        let len = batch.len();
+        if len == 0 {
+            return Ok(Enqueued {
+                sequence: self.ring.tail(),
+                dropped: 0,
+            });
+        }
+        let n = len as u64;
+        if n > self.ring.capacity() {
+            let capacity = self.ring.capacity() as usize;
+            return Err(self.refuse_batch(n, BatchError::TooLarge { len, capacity }));
+        }
+        match self.ring.claim(n) {
+            // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+            Ok(first) => Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
+            Err(ClaimError::Closed) => Err(self.refuse_batch(n, BatchError::Closed)),
+            Err(ClaimError::Full | ClaimError::Gated) => match self.policy {
+                OverrunPolicy::ReturnError => Err(self.refuse_batch(n, BatchError::Full { len })),
+                OverrunPolicy::DropOldest => self.enqueue_batch_evicting(batch),
+                OverrunPolicy::Block => self.enqueue_batch_waiting(batch, deadline),
+            },
+        }
+    }
+
+    /// A batch that found no room under `Block`: waits for room for all of it, then claims.
+    ///
+    /// Not starvation-free: a single enqueue may take a freed slot before the batch claims, so
+    /// a steady stream of single enqueues that keeps the ring nearly full can hold a batch back
+    /// for as long as it lasts. `enqueue_batch_timeout` bounds that. (A gate that held single
+    /// enqueues back for the batch would make them wait for publishers even with room in the
+    /// ring, which deadlocks a thread that both enqueues and publishes, or a handler that
+    /// enqueues, against another thread's batch.)
+    #[cold]
+    #[inline(never)]
+    fn enqueue_batch_waiting(
+        &self,
+        batch: &mut Vec<E>,
+        deadline: Option<Instant>,
+    ) -> Result<Enqueued, BatchError> {
+        let (len, n) = (batch.len(), batch.len() as u64);
+        loop {
+            if !self.wait_for_room(n, deadline) {
+                return Err(self.refuse_batch(n, BatchError::Timeout { len }));
+            }
+            match self.ring.claim(n) {
+                // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                Ok(first) => return Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
+                Err(ClaimError::Closed) => return Err(self.refuse_batch(n, BatchError::Closed)),
+                Err(ClaimError::Full | ClaimError::Gated) => {}
+            }
+        }
+    }
+
+    /// A batch that found no room under `DropOldest`: takes the ring's gate, so that no other
+    /// enqueue can claim the slots it makes, evicts the oldest written events until the batch
+    /// fits, and claims. Without the gate, single enqueues could take each slot it freed and
+    /// keep it evicting forever. While it holds the gate, other enqueues wait for it; it waits
+    /// only for the events at the head to be written (no publisher, no user code): the evicted
+    /// events are dropped (their `Drop` and the `on_error` hook are user code, which may
+    /// enqueue) only once the gate is down.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_batch_evicting(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
+        let n = batch.len() as u64;
+        let backoff = Backoff::new();
+        // Take the gate, or claim outright if room appeared meanwhile.
+        loop {
+            match self.ring.try_gate() {
+                Ok(true) => break,
+                Err(_) => return Err(self.refuse_batch(n, BatchError::Closed)),
+                // Another batch holds the gate: wait for it like any other enqueue.
+                Ok(false) => backoff.snooze(),
+            }
+            match self.ring.claim(n) {
+                // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                Ok(first) => return Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
+                Err(ClaimError::Closed) => return Err(self.refuse_batch(n, BatchError::Closed)),
+                Err(ClaimError::Full | ClaimError::Gated) => {}
+            }
+        }
+        // We hold the gate: the tail stands still, and only publishers and our evictions move
+        // the head. At most `n` evictions are needed, so `evicted` stays within `n`.
+        let mut evicted = Vec::new();
+        let outcome = loop {
+            match self.ring.claim_gated(n) {
+                // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                Ok(first) => {
+                    break Ok(unsafe {
+                        self.write_claimed_batch(first, batch, evicted.len() as u64)
+                    });
+                }
+                Err(ClaimError::Full) => match self.ring.evict_oldest(n) {
+                    Eviction::Evicted(sequence, old) => {
+                        self.counters.add_dropped(1);
+                        evicted.push((sequence, old));
+                    }
+                    Eviction::Unwritten => backoff.snooze(),
+                    Eviction::NotNeeded => {}
+                },
+                // `claim_gated` lowered the gate. The events evicted stay dropped: they were
+                // discarded while the ring was full, before the close.
+                Err(_) => break Err(self.refuse_batch(n, BatchError::Closed)),
+            }
+        };
+        for (sequence, old) in evicted {
+            self.drop_event(Some(sequence), old);
+        }
+        outcome
+    }
+
+    /// Blocks until `n` slots are free or the ring closes (true), or `deadline` passes
+    /// (false).
+    fn wait_for_room(&self, n: u64, deadline: Option<Instant>) -> bool {
+        let ring = &self.ring;
+        self.blocked
+            .wait(deadline, || ring.is_closed() || ring.has_room(n))
+    }
+
+    /// Writes `batch` into `[first, first + batch.len())`, emptying it.
+    ///
+    /// # Safety
+    /// The caller claimed that range, for this batch, and has not written it.
+    #[inline]
+    unsafe fn write_claimed_batch(&self, first: u64, batch: &mut Vec<E>, dropped: u64) -> Enqueued {
+        // SAFETY: per the contract.
+        unsafe { self.ring.write_batch(first, batch) };
+        Enqueued {
+            sequence: first,
+            dropped,
+        }
+    }
+
+    /// Counts a refused batch of `n` events and returns why.
+    #[cold]
+    fn refuse_batch(&self, n: u64, why: BatchError) -> BatchError {
+        self.counters.add_rejected(n);
+        why
+    }
+}

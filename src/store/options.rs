@@ -1,0 +1,196 @@
+//! How a store is configured and built: [`OverrunPolicy`], [`DispatchMode`] and the [`Builder`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::buffers::BufferPool;
+use super::layers::Layers;
+use super::reports::ErrorHook;
+use super::{ErrorReport, EventStore, Shared};
+use crate::dispatcher::{BoxError, Dispatcher, Event};
+use crate::error::BuildError;
+use crate::metrics::Counters;
+use crate::ring::{MAX_CAPACITY, Ring};
+use crate::routes::RouteTable;
+use crate::wait::BlockedProducers;
+
+/// What [`EventStore::enqueue`] does when the ring is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OverrunPolicy {
+    /// Discard the oldest pending event to make room (GoEventBus's default). The discarded
+    /// event is dropped on the enqueuing thread, counted in [`Metrics::dropped`](crate::Metrics::dropped), and the
+    /// count is returned in [`Enqueued::dropped`](crate::Enqueued::dropped).
+    ///
+    /// An event is evicted only when the ring is full at the moment of the eviction (fewer
+    /// free slots than the enqueue needs) and the event is already written: an event another
+    /// producer is still writing is never evicted; the evicting producer retries instead.
+    #[default]
+    DropOldest,
+    /// Wait for room: spin briefly, then yield, then park until a publisher takes events out.
+    /// [`EventStore::enqueue_timeout`] bounds the wait; closing the store wakes waiters, who get
+    /// [`EnqueueError::Closed`](crate::EnqueueError::Closed) with their event. In [`DispatchMode::Async`] the room also
+    /// waits for the pool (see [`Builder::max_in_flight`]).
+    Block,
+    /// Return [`EnqueueError::Full`](crate::EnqueueError::Full) at once, with the event.
+    ReturnError,
+}
+
+/// How [`EventStore::publish`] runs handlers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum DispatchMode {
+    /// In the calling thread, in FIFO order. `publish` returns when all handlers have run.
+    #[default]
+    Sync,
+    /// Fork-join on the rayon pool: `publish` returns when all handlers have run. A batch too
+    /// small to pay for the fork runs in the caller instead (see the crate docs).
+    Parallel,
+    /// Hand the batch to the rayon pool and return at once (GoEventBus's `Async = true`);
+    /// [`EventStore::drain`] waits for it.
+    Async,
+}
+
+/// Configures an [`EventStore`]; from [`EventStore::builder`].
+pub struct Builder<E: Event, Err = BoxError> {
+    dispatcher: Dispatcher<E, Err>,
+    capacity: usize,
+    policy: OverrunPolicy,
+    mode: DispatchMode,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    max_in_flight: Option<usize>,
+    on_error: Option<ErrorHook<E::Projection, Err>>,
+}
+
+impl<E, Err> Builder<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Ring capacity in events: a power of two, at least 1. Default 65,536.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// What enqueue does when the ring is full. Default [`OverrunPolicy::DropOldest`].
+    pub fn policy(mut self, policy: OverrunPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How `publish` runs handlers. Default [`DispatchMode::Sync`].
+    pub fn mode(mut self, mode: DispatchMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The rayon pool for [`DispatchMode::Parallel`] and [`DispatchMode::Async`]. Default:
+    /// rayon's global pool.
+    pub fn thread_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The most events [`DispatchMode::Async`] may have handed to the pool and not yet
+    /// finished: a `publish` hands out only what fits under it and leaves the rest in the
+    /// ring, so producers meet the overrun policy (`Block` waits, `ReturnError` refuses,
+    /// `DropOldest` evicts) instead of the pool's queue growing without bound. At least 1.
+    /// Default: the ring's capacity. The other modes finish their work inside `publish`.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = Some(max);
+        self
+    }
+
+    /// Called for every handler error and panic, for a panic in an event's `projection()` or
+    /// `Drop`, and for each event discarded when the store is dropped. Runs on the thread
+    /// where it happened; a panic in it is caught and ignored.
+    pub fn on_error<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&ErrorReport<'_, E::Projection, Err>) + Send + Sync + 'static,
+    {
+        self.on_error = Some(Box::new(hook));
+        self
+    }
+
+    /// Allocates the ring and builds the store.
+    pub fn build(self) -> Result<EventStore<E, Err>, BuildError> {
+        let capacity = self.capacity;
+        if capacity == 0 {
+            return Err(BuildError::ZeroCapacity);
+        }
+        if !capacity.is_power_of_two() {
+            return Err(BuildError::NotPowerOfTwo(capacity));
+        }
+        if capacity > MAX_CAPACITY {
+            return Err(BuildError::TooLarge {
+                capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let max_in_flight = self.max_in_flight.unwrap_or(capacity);
+        if max_in_flight == 0 {
+            return Err(BuildError::ZeroMaxInFlight);
+        }
+        let ring = Ring::try_new(capacity).ok_or(BuildError::AllocationFailed {
+            capacity,
+            bytes: capacity.saturating_mul(std::mem::size_of::<E>() + 8),
+        })?;
+        Ok(EventStore {
+            shared: Arc::new(Shared {
+                ring,
+                routes: RouteTable::new(self.dispatcher),
+                policy: self.policy,
+                mode: self.mode,
+                counters: Counters::default(),
+                on_error: self.on_error,
+                pool: self.pool,
+                max_in_flight: max_in_flight as u64,
+                buffers: BufferPool::new(capacity as u64),
+                blocked: BlockedProducers::new(),
+                layers: Layers::default(),
+            }),
+        })
+    }
+}
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// A store of `capacity` slots (a power of two) with the given overrun policy, dispatching
+    /// synchronously. GoEventBus's `NewEventStore`.
+    pub fn new(
+        dispatcher: Dispatcher<E, Err>,
+        capacity: usize,
+        policy: OverrunPolicy,
+    ) -> Result<Self, BuildError> {
+        Self::builder(dispatcher)
+            .capacity(capacity)
+            .policy(policy)
+            .build()
+    }
+
+    /// A [`Builder`] for a store with every option.
+    pub fn builder(dispatcher: Dispatcher<E, Err>) -> Builder<E, Err> {
+        Builder {
+            dispatcher,
+            capacity: 1 << 16,
+            policy: OverrunPolicy::default(),
+            mode: DispatchMode::default(),
+            pool: None,
+            max_in_flight: None,
+            on_error: None,
+        }
+    }
+}
+
+impl<E: Event, Err> fmt::Debug for Builder<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("capacity", &self.capacity)
+            .field("policy", &self.policy)
+            .field("mode", &self.mode)
+            .field("dispatcher", &self.dispatcher)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,245 @@
+//! Taking events out of the ring and handing them to the handlers: `publish` in its three
+//! modes, and a commit's in-caller dispatch up to its last event.
+//!
+//! Every path counts the events it takes in flight *before* it claims them (see
+//! [`InFlight`](crate::metrics::InFlight)), runs them (`run.rs`), records the outcome, then
+//! releases the count.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::run::{Discard, Outcomes};
+use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport, Shared};
+use crate::dispatcher::Event;
+use crate::metrics::Tally;
+use crate::sync::Backoff;
+use crate::wait::expired;
+
+/// Events a sync publisher takes out of the ring per claim: a few KiB, so the chunk stays in
+/// L1 between the copy-out and the handlers, and producers get the slots back early.
+pub(crate) const SYNC_CHUNK: u64 = 256;
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Dispatches the events enqueued before the call (GoEventBus's `Publish`), according to
+    /// the store's [`DispatchMode`]. Events enqueued while it runs, by handlers or other
+    /// threads, wait for the next call; so does an event another thread is still in the middle
+    /// of enqueueing, with those behind it (see the crate docs on ordering): `publish` never
+    /// waits for a producer.
+    ///
+    /// Safe to call from several threads at once: each event is dispatched by exactly one of
+    /// them.
+    pub fn publish(&self) -> PublishReport {
+        self.shared.publish(None)
+    }
+
+    /// A commit's dispatch: runs, in the caller and in sequence order, every event still
+    /// pending below `range.end` (a sync publish that stops there, whatever the store's
+    /// mode), and tells `outcomes` of each handler failure. Returns what it did and how many
+    /// of the events in `range` it ran itself: the others were taken out of the ring by
+    /// another thread first.
+    pub(crate) fn publish_until(
+        &self,
+        range: Range<u64>,
+        outcomes: &mut impl Outcomes<Err>,
+    ) -> (PublishReport, u64) {
+        let shared = &*self.shared;
+        let mut buf = shared.buffers.get();
+        let (mut dispatched, mut mine) = (0, 0);
+        let mut tally = Tally::default();
+        let backoff = Backoff::new();
+        // Until another thread's in-progress enqueue ahead of the transaction is written and
+        // taken, the take stops short of `range.end`: wait for it, as `close` does.
+        while shared.ring.head() < range.end {
+            let Some((first, n)) = shared.take_in_flight(range.end, SYNC_CHUNK, &mut buf) else {
+                backoff.snooze();
+                continue;
+            };
+            let mut t = Tally::default();
+            shared.run_events(first, &buf, None, &mut t, outcomes);
+            shared.drop_events(first, &mut buf);
+            shared.finished(n, t);
+            dispatched += n;
+            tally += t;
+            mine += (first + n)
+                .min(range.end)
+                .saturating_sub(first.max(range.start));
+        }
+        shared.buffers.put(buf);
+        (PublishReport::from_tally(dispatched, tally), mine)
+    }
+}
+
+impl<E, Err> Shared<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    #[inline]
+    pub(super) fn publish(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+        // Nothing pending: return before touching the buffer pool, so that a thread spinning
+        // on `publish` (the lowest-latency way to run a bus) costs two loads per spin.
+        if self.ring.head() >= self.ring.tail() {
+            return PublishReport::default();
+        }
+        match self.mode {
+            DispatchMode::Sync => self.publish_sync(deadline),
+            DispatchMode::Parallel => self.publish_parallel(deadline),
+            DispatchMode::Async => self.publish_async(deadline),
+        }
+    }
+
+    /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
+    fn publish_sync(&self, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        if limit.saturating_sub(self.ring.head()) == 1 {
+            return self.publish_one(limit, deadline);
+        }
+        let mut buf = self.buffers.get();
+        let mut dispatched = 0;
+        let mut tally = Tally::default();
+        while !expired(deadline) {
+            // Sized to what is pending, so that the in-flight count is usually exact.
+            let max = limit.saturating_sub(self.ring.head()).min(SYNC_CHUNK);
+            if max == 0 {
+                break;
+            }
+            let Some((first, n)) = self.take_in_flight(limit, max, &mut buf) else {
+                break;
+            };
+            let t = self.run_in_order(first, &mut buf, deadline);
+            self.finished(n, t);
+            dispatched += n;
+            tally += t;
+        }
+        self.buffers.put(buf);
+        PublishReport::from_tally(dispatched, tally)
+    }
+
+    /// Sync publish of the one pending event: straight from the ring to the stack, without a
+    /// pooled buffer. The common case for a thread spinning on `publish`.
+    fn publish_one(&self, limit: u64, deadline: Option<Instant>) -> PublishReport {
+        if expired(deadline) {
+            return PublishReport::default();
+        }
+        self.counters.in_flight.count(1);
+        let Some((sequence, event)) = self.ring.take_one(limit) else {
+            self.counters.in_flight.release(1);
+            return PublishReport::default();
+        };
+        self.made_room();
+        let mut tally = Tally::default();
+        let events = std::slice::from_ref(&event);
+        self.run_events(sequence, events, deadline, &mut tally, &mut Discard);
+        self.drop_event(Some(sequence), event);
+        self.finished(1, tally);
+        PublishReport::from_tally(1, tally)
+    }
+
+    /// Parallel publish: takes everything pending in one claim, then forks it out if it is
+    /// worth it (see [`Self::run_parallel`]).
+    fn publish_parallel(&self, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        let mut dispatched = 0;
+        let mut tally = Tally::default();
+        while !expired(deadline) {
+            let want = limit.saturating_sub(self.ring.head());
+            if want == 0 {
+                break;
+            }
+            let mut buf = self.buffers.get();
+            let Some((first, n)) = self.take_in_flight(limit, want, &mut buf) else {
+                self.buffers.put(buf);
+                break;
+            };
+            let t = self.run_parallel(first, &mut buf, deadline);
+            self.finished(n, t);
+            self.buffers.put(buf);
+            dispatched += n;
+            tally += t;
+        }
+        PublishReport::from_tally(dispatched, tally)
+    }
+
+    /// Async publish: hands what is pending to the pool, as far as
+    /// [`Builder::max_in_flight`](super::Builder::max_in_flight) allows; the rest stays in the
+    /// ring for a later publish.
+    fn publish_async(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        let mut dispatched = 0;
+        while !expired(deadline) {
+            let want = limit.saturating_sub(self.ring.head());
+            if want == 0 {
+                break;
+            }
+            // Reserved under the bound before the claim, so that concurrent publishers cannot
+            // overshoot the bound together.
+            let Some(room) = self.counters.in_flight.reserve(want, self.max_in_flight) else {
+                break;
+            };
+            let mut buf = self.buffers.get();
+            let Some((first, n)) = self.take_reserved(limit, room, &mut buf) else {
+                self.buffers.put(buf);
+                break;
+            };
+            dispatched += n;
+            let shared = Arc::clone(self);
+            let job = move || {
+                let t = shared.run_parallel(first, &mut buf, deadline);
+                shared.finished(n, t);
+                shared.buffers.put(buf);
+            };
+            match &self.pool {
+                Some(pool) => pool.spawn(job),
+                None => rayon::spawn(job),
+            }
+        }
+        PublishReport {
+            dispatched,
+            ..PublishReport::default()
+        }
+    }
+
+    /// Counts up to `max` events in flight, then takes them (those below `limit`, written)
+    /// out of the ring into `buf`: see [`take_reserved`](Self::take_reserved).
+    #[inline]
+    fn take_in_flight(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
+        self.counters.in_flight.count(max);
+        self.take_reserved(limit, max, buf)
+    }
+
+    /// Takes up to `max` events below `limit`, already counted in flight by the caller, out of
+    /// the ring into `buf`; releases the count of those it did not get, and makes the room
+    /// known to blocked producers.
+    #[inline]
+    fn take_reserved(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
+        let taken = self.ring.take_batch(limit, max, buf);
+        let n = taken.map_or(0, |(_, n)| n);
+        if n < max {
+            self.counters.in_flight.release(max - n);
+        }
+        if n > 0 {
+            self.made_room();
+        }
+        taken
+    }
+
+    /// Wakes producers blocked on a full ring, after a take made room (only `Block` has any).
+    #[inline]
+    fn made_room(&self) {
+        if self.policy == OverrunPolicy::Block {
+            self.blocked.wake();
+        }
+    }
+
+    /// Records the outcome of `n` in-flight events, then releases their count.
+    #[inline]
+    fn finished(&self, n: u64, tally: Tally) {
+        self.counters.record(tally);
+        self.counters.in_flight.release(n);
+    }
+}

@@ -1,0 +1,165 @@
+//! Shutting down and waiting: `drain`, `close`, and what dropping the last handle does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{ErrorKind, EventStore, PublishReport, Shared};
+use crate::dispatcher::Event;
+use crate::error::TimeoutError;
+use crate::panics;
+use crate::wait::{IdleWait, expired};
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Waits until no handler is running: every async batch handed out, and every concurrent
+    /// `publish`, has finished. Does not dispatch pending events (call [`publish`](Self::publish)
+    /// first for that). Do not call it from a handler: it would wait for itself.
+    ///
+    /// It polls (spinning briefly, then sleeping up to 1 ms between looks), so it may return up
+    /// to about a millisecond after the last handler finished; in exchange publishing never
+    /// pays for waking it.
+    ///
+    /// # Errors
+    /// [`TimeoutError`] if work is still running after `timeout` (a zero timeout fails at once
+    /// if anything is in flight). Nothing is lost.
+    pub fn drain(&self, timeout: Duration) -> Result<(), TimeoutError> {
+        self.shared.wait_idle(Instant::now().checked_add(timeout))
+    }
+
+    /// Shuts the store down (GoEventBus's `Close`): from now on every enqueue fails with the
+    /// event handed back (producers blocked in `Block` wake up with theirs), then every event
+    /// already accepted is dispatched in the store's mode and in-flight work is waited for,
+    /// all within `timeout`. Returns what the final dispatch did. Calling it again is harmless.
+    ///
+    /// Scheduled events still waiting in the timer are cancelled (counted in
+    /// [`Metrics::cancelled`](crate::Metrics::cancelled), their handles say so) and the timer thread is stopped; an event
+    /// the timer was already firing is accepted or refused like any concurrent enqueue.
+    ///
+    /// # Errors
+    /// [`TimeoutError`] when the deadline passes first; the events not yet dispatched stay in
+    /// the ring, and a later `publish` or `close` dispatches them. A zero timeout dispatches
+    /// nothing and fails if anything is pending or in flight.
+    pub fn close(&self, timeout: Duration) -> Result<PublishReport, TimeoutError> {
+        let deadline = Instant::now().checked_add(timeout);
+        self.shared.ring.close();
+        self.shared.blocked.wake_all();
+        self.shared.shut_down_layers();
+        let report = self.shared.publish_all(deadline);
+        self.shared.wait_idle(deadline)?;
+        if self.pending() > 0 {
+            return Err(self.shared.timeout_error());
+        }
+        Ok(report)
+    }
+}
+
+impl<E, Err> Shared<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Publishes until every event accepted so far is taken, or `deadline` passes: `publish`
+    /// leaves events behind an enqueue still being written, and `close` must not.
+    fn publish_all(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.ring.tail();
+        let mut report = PublishReport::default();
+        let mut idle = IdleWait::new(deadline);
+        while self.ring.head() < limit && !expired(deadline) {
+            let r = self.publish(deadline);
+            if r.dispatched == 0 {
+                // An enqueue is between its claim and its write (it finishes in nanoseconds
+                // unless its thread was preempted), or async work is at its bound.
+                if !self.help_pool() {
+                    idle.step();
+                }
+            }
+            report += r;
+        }
+        report
+    }
+
+    /// Runs one pending job of the store's pool if this thread is one of its workers and a
+    /// job is there; returns whether it ran one. The work `drain` or `close` waits for may be
+    /// queued behind this very thread, which would otherwise never run it.
+    fn help_pool(&self) -> bool {
+        let helped = match &self.pool {
+            // `None` unless this thread is one of the pool's.
+            Some(pool) => pool.yield_now(),
+            // No pool of our own: jobs go wherever `rayon::spawn` puts them, the pool of the
+            // publishing thread. Only this thread's own queue is run (jobs it spawned itself,
+            // as this `close` does): a job of an unrelated pool could take any time.
+            None => rayon::yield_local(),
+        };
+        helped == Some(rayon::Yield::Executed)
+    }
+
+    /// Tells every layer the store is closing (the ring is closed already) and drops what
+    /// they held back.
+    fn shut_down_layers(&self) {
+        for event in self.layers.shut_down() {
+            self.drop_event(None, event);
+        }
+    }
+
+    /// Waits until nothing is in flight, or `deadline`.
+    ///
+    /// Polls ([`IdleWait`]) rather than waiting to be
+    /// woken: `drain` and `close` are rare and may return a little late, while a wake-up check
+    /// would cost every publish a fence.
+    fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
+        let mut wait = IdleWait::new(deadline);
+        while !self.counters.in_flight.is_idle() {
+            if expired(deadline) {
+                return Err(self.timeout_error());
+            }
+            // Our jobs may be queued behind this thread: run one rather than wait.
+            if !self.help_pool() {
+                wait.step();
+            }
+        }
+        Ok(())
+    }
+
+    /// What is left, for a [`TimeoutError`].
+    fn timeout_error(&self) -> TimeoutError {
+        let head = self.ring.head();
+        TimeoutError {
+            pending: self.ring.tail().saturating_sub(head),
+            in_flight: self.counters.in_flight.get(),
+        }
+    }
+}
+
+impl<E: Event, Err> Drop for Shared<E, Err> {
+    /// The last handle is gone: report each pending event to the error hook as
+    /// [`ErrorKind::Discarded`], then drop it; likewise the events the layers still hold (scheduled ones).
+    /// No user code (`projection()`, the hook, an event's `Drop`) can unwind out of here.
+    fn drop(&mut self) {
+        // `&mut self`: no other thread is left, every claimed event is written.
+        while let Some((sequence, event)) = self.ring.take_one(self.ring.tail()) {
+            if self.on_error.is_some() {
+                match panics::catch(|| event.projection()) {
+                    Ok(projection) => {
+                        self.report(Some(&projection), Some(sequence), ErrorKind::Discarded);
+                        self.drop_projection(Some(sequence), projection);
+                    }
+                    Err(payload) => {
+                        let message = panics::panic_message(&*payload);
+                        self.report(None, Some(sequence), ErrorKind::Panic(message));
+                        self.report(None, Some(sequence), ErrorKind::Discarded);
+                        panics::dispose(payload);
+                    }
+                }
+            }
+            self.drop_event(Some(sequence), event);
+        }
+        for event in self.layers.shut_down() {
+            self.drop_event(None, event);
+        }
+        // The hook's captured state is user code too (the routes contain their own).
+        panics::drop_contained(self.on_error.take());
+    }
+}
