@@ -290,11 +290,10 @@ where
         let mut evicted = Vec::new();
         let outcome = loop {
             match self.ring.claim_gated(n) {
-                // SAFETY: `[first, first + n)` was claimed just above, for this batch.
                 Ok(first) => {
-                    break Ok(unsafe {
-                        self.write_claimed_batch(first, batch, evicted.len() as u64)
-                    });
+                    let dropped = evicted.len() as u64;
+                    // SAFETY: `[first, first + n)` was claimed just above, for this batch.
+                    break Ok(unsafe { self.write_claimed_batch(first, batch, dropped) });
                 }
                 Err(ClaimError::Full) => match self.ring.evict_oldest(n) {
                     Eviction::Evicted(sequence, old) => {
