@@ -271,3 +271,29 @@ impl ScheduleHandle {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::{Dispatcher, OverrunPolicy};
+
+    struct Ev;
+    impl Event for Ev {
+        type Projection = u8;
+        fn projection(&self) -> u8 {
+            0
+        }
+    }
+
+    /// The timer is registered on the first schedule; on a store closed before that, the new
+    /// timer starts shut down and the event is refused, not left waiting forever.
+    #[test]
+    fn scheduling_first_after_close_is_refused() {
+        let store = EventStore::new(Dispatcher::<Ev>::new(), 4, OverrunPolicy::Block).unwrap();
+        store.close(Duration::from_secs(1)).unwrap();
+        let refused = store.schedule_after(Duration::from_secs(60), Ev);
+        assert!(matches!(refused, Err(EnqueueError::Closed(_))));
+        let m = store.metrics();
+        assert_eq!((m.scheduled, m.rejected, m.published), (0, 1, 0));
+    }
+}

@@ -169,3 +169,53 @@ where
         self.shared.drop_event(None, event);
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// A layer holding events until it is shut down.
+    #[derive(Default)]
+    struct Holder {
+        held: Mutex<Vec<u32>>,
+        shut_downs: AtomicU64,
+    }
+
+    impl Layer<u32> for Holder {
+        fn shut_down(&self) -> Vec<u32> {
+            self.shut_downs.fetch_add(1, Ordering::Relaxed);
+            std::mem::take(&mut *self.held.lock().unwrap())
+        }
+
+        fn add_metrics(&self, metrics: &mut Metrics) {
+            metrics.scheduled = self.held.lock().unwrap().len() as u64;
+        }
+    }
+
+    #[test]
+    fn one_layer_per_type_and_shutdown_returns_what_it_held() {
+        let layers = Layers::<u32>::default();
+        let (a, held) = layers.get_or_register(Holder::default);
+        assert!(held.is_empty());
+        a.held.lock().unwrap().extend([1, 2, 3]);
+        let (again, _) = layers.get_or_register(|| -> Holder { panic!("made twice") });
+        assert!(Arc::ptr_eq(&a, &again));
+        let mut metrics = Metrics::default();
+        layers.add_metrics(&mut metrics);
+        assert_eq!(metrics.scheduled, 3);
+        assert_eq!(layers.shut_down(), [1, 2, 3]);
+        assert_eq!(layers.shut_down(), [] as [u32; 0]);
+        assert_eq!(a.shut_downs.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_layer_registered_after_shutdown_starts_shut_down() {
+        let layers = Layers::<u32>::default();
+        assert!(layers.shut_down().is_empty());
+        let (late, held) = layers.get_or_register(Holder::default);
+        assert!(held.is_empty());
+        assert_eq!(late.shut_downs.load(Ordering::Relaxed), 1);
+    }
+}
