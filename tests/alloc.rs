@@ -66,22 +66,22 @@ fn allocations_in(f: impl FnOnce()) -> u64 {
 
 /// The benchmarks' payload and handler: a key over 8 projections, a relaxed add per event.
 #[derive(Debug, Clone, Copy)]
-struct Ev {
+struct BenchEv {
     key: u8,
     a: u64,
     b: u64,
     c: u64,
 }
 
-impl Event for Ev {
+impl Event for BenchEv {
     type Projection = u8;
     fn projection(&self) -> u8 {
         self.key
     }
 }
 
-fn event(i: u64) -> Ev {
-    Ev {
+fn event(i: u64) -> BenchEv {
+    BenchEv {
         key: (i % 8) as u8,
         a: 1,
         b: i,
@@ -92,8 +92,8 @@ fn event(i: u64) -> Ev {
 const TICKS: u64 = 100;
 const TICK: u64 = 1024;
 
-fn counting_store(counter: &Arc<AtomicU64>) -> EventStore<Ev> {
-    let mut dispatcher = Dispatcher::<Ev>::new();
+fn counting_store(counter: &Arc<AtomicU64>) -> EventStore<BenchEv> {
+    let mut dispatcher = Dispatcher::<BenchEv>::new();
     for key in 0..8 {
         let counter = Arc::clone(counter);
         dispatcher.on(key, move |_, ev| {
@@ -111,7 +111,7 @@ fn enqueue_and_sync_publish_allocate_nothing_per_event() {
     let counter = Arc::new(AtomicU64::new(0));
     let store = counting_store(&counter);
     let mut next = 0;
-    let mut tick = |store: &EventStore<Ev>| {
+    let mut tick = |store: &EventStore<BenchEv>| {
         for i in next..next + TICK {
             store.enqueue(event(i)).unwrap();
         }
@@ -140,7 +140,7 @@ fn enqueue_batch_of_a_reused_vec_allocates_nothing_per_event() {
     let store = counting_store(&counter);
     let mut batch = Vec::with_capacity(TICK as usize);
     let mut next = 0;
-    let mut tick = |store: &EventStore<Ev>, batch: &mut Vec<Ev>| {
+    let mut tick = |store: &EventStore<BenchEv>, batch: &mut Vec<BenchEv>| {
         batch.extend((next..next + TICK).map(event));
         next += TICK;
         store.enqueue_batch(batch).unwrap();

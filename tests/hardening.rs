@@ -14,9 +14,12 @@ use ringbus::{
     ScheduleStatus,
 };
 
-#[path = "support/watchdog.rs"]
-mod support;
-use support::watchdog;
+mod support {
+    pub mod ev;
+    pub mod watchdog;
+}
+use support::ev::Ev;
+use support::watchdog::watchdog;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -152,7 +155,7 @@ fn one_thread_pool() -> Arc<rayon::ThreadPool> {
 fn async_in_flight_is_bounded_and_block_pushes_back() {
     watchdog("hardening", LIMIT, |_| {
         let pool = one_thread_pool();
-        let mut d = Dispatcher::<Num>::new();
+        let mut d = Dispatcher::<Ev>::new();
         let ran = Arc::new(AtomicU64::new(0));
         let r = ran.clone();
         d.on(0, move |_, _| {
@@ -173,7 +176,7 @@ fn async_in_flight_is_bounded_and_block_pushes_back() {
             let store = store.clone();
             thread::spawn(move || {
                 for i in 0..total {
-                    store.enqueue(Num(i)).unwrap();
+                    store.enqueue(Ev::new(0, i)).unwrap();
                 }
             })
         };
@@ -199,7 +202,7 @@ fn async_in_flight_is_bounded_and_block_pushes_back() {
 #[test]
 fn max_in_flight_is_configurable_and_zero_is_refused() {
     watchdog("hardening", LIMIT, |_| {
-        let err = EventStore::builder(Dispatcher::<Num>::new())
+        let err = EventStore::builder(Dispatcher::<Ev>::new())
             .max_in_flight(0)
             .build()
             .unwrap_err();
@@ -207,7 +210,7 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
 
         // A bound of 3: a publish hands out 3, leaves the rest in the ring until they finish.
         let gate = Arc::new(AtomicBool::new(false));
-        let mut d = Dispatcher::<Num>::new();
+        let mut d = Dispatcher::<Ev>::new();
         let g = gate.clone();
         d.on(0, move |_, _| {
             while !g.load(Ordering::Acquire) {
@@ -222,7 +225,7 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
             .build()
             .unwrap();
         for i in 0..10 {
-            store.enqueue(Num(i)).unwrap();
+            store.enqueue(Ev::new(0, i)).unwrap();
         }
         assert_eq!(store.publish().dispatched, 3);
         assert_eq!(store.publish().dispatched, 0, "at the bound");
@@ -232,15 +235,6 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
         assert_eq!(report.dispatched, 7);
         assert_eq!(store.metrics().processed, 10);
     });
-}
-
-/// A plain event carrying a number; every one routes to projection 0.
-struct Num(#[allow(dead_code)] u64);
-impl Event for Num {
-    type Projection = u8;
-    fn projection(&self) -> u8 {
-        0
-    }
 }
 
 // Defect 5: user-code panics are caught, counted and reported, and never escape.
@@ -412,7 +406,7 @@ fn drain_and_close_on_a_pool_thread_help_the_pool() {
     watchdog("hardening", LIMIT, |_| {
         let pool = one_thread_pool();
         let ran = Arc::new(AtomicUsize::new(0));
-        let mut d = Dispatcher::<Num>::new();
+        let mut d = Dispatcher::<Ev>::new();
         let r = ran.clone();
         d.on(0, move |_, _| {
             r.fetch_add(1, Ordering::Relaxed);
@@ -427,13 +421,13 @@ fn drain_and_close_on_a_pool_thread_help_the_pool() {
             .unwrap();
         pool.install(|| {
             for i in 0..500 {
-                store.enqueue(Num(i)).unwrap();
+                store.enqueue(Ev::new(0, i)).unwrap();
             }
             store.publish();
             store.drain(Duration::from_secs(5)).unwrap();
             // 500 pending against a bound of 64: close must keep helping to get through.
             for i in 0..500 {
-                store.enqueue(Num(i)).unwrap();
+                store.enqueue(Ev::new(0, i)).unwrap();
             }
             store.close(Duration::from_secs(5)).unwrap();
         });
@@ -447,7 +441,7 @@ fn drain_and_close_on_a_pool_thread_help_the_pool() {
 fn async_handlers_run_by_close_see_its_deadline() {
     watchdog("hardening", LIMIT, |_| {
         let deadlines = Arc::new(Mutex::new(Vec::new()));
-        let mut d = Dispatcher::<Num>::new();
+        let mut d = Dispatcher::<Ev>::new();
         let seen = deadlines.clone();
         d.on(0, move |ctx, _| {
             seen.lock().unwrap().push(ctx.deadline());
@@ -458,7 +452,7 @@ fn async_handlers_run_by_close_see_its_deadline() {
             .build()
             .unwrap();
         for i in 0..100 {
-            store.enqueue(Num(i)).unwrap();
+            store.enqueue(Ev::new(0, i)).unwrap();
         }
         let before = Instant::now();
         store.close(Duration::from_secs(20)).unwrap();
@@ -481,7 +475,7 @@ fn a_batch_is_not_starved_by_single_enqueues() {
     const CAP: usize = 64;
     watchdog("hardening", LIMIT, |_| {
         for policy in [OverrunPolicy::DropOldest] {
-            let mut d = Dispatcher::<Num>::new();
+            let mut d = Dispatcher::<Ev>::new();
             d.on(0, |_, _| Ok(()));
             let store = EventStore::builder(d)
                 .capacity(CAP)
@@ -494,7 +488,7 @@ fn a_batch_is_not_starved_by_single_enqueues() {
                     let (store, stop) = (store.clone(), stop.clone());
                     thread::spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
-                            let _ = store.enqueue_timeout(Num(0), Duration::from_millis(50));
+                            let _ = store.enqueue_timeout(Ev::new(0, 0), Duration::from_millis(50));
                         }
                     })
                 })
@@ -511,7 +505,7 @@ fn a_batch_is_not_starved_by_single_enqueues() {
             };
             thread::sleep(Duration::from_millis(20));
             for round in 0..10 {
-                let mut batch: Vec<Num> = (0..CAP as u64).map(Num).collect();
+                let mut batch: Vec<Ev> = (0..CAP as u64).map(|i| Ev::new(0, i)).collect();
                 match store.enqueue_batch_timeout(&mut batch, Duration::from_secs(2)) {
                     Ok(e) => assert!(e.dropped <= CAP as u64, "{policy:?}: evicted {}", e.dropped),
                     Err(BatchError::Timeout { .. }) => {
@@ -536,11 +530,11 @@ fn a_batch_is_not_starved_by_single_enqueues() {
 #[test]
 fn a_timed_out_block_batch_hands_back_and_singles_go_on() {
     watchdog("hardening", LIMIT, |_| {
-        let store = EventStore::new(Dispatcher::<Num>::new(), 4, OverrunPolicy::Block).unwrap();
+        let store = EventStore::new(Dispatcher::<Ev>::new(), 4, OverrunPolicy::Block).unwrap();
         for i in 0..3 {
-            store.enqueue(Num(i)).unwrap();
+            store.enqueue(Ev::new(0, i)).unwrap();
         }
-        let mut batch: Vec<Num> = (0..2).map(Num).collect();
+        let mut batch: Vec<Ev> = (0..2).map(|i| Ev::new(0, i)).collect();
         let err = store
             .enqueue_batch_timeout(&mut batch, Duration::from_millis(20))
             .unwrap_err();
@@ -548,7 +542,7 @@ fn a_timed_out_block_batch_hands_back_and_singles_go_on() {
         assert_eq!(batch.len(), 2);
         // The slot left is free for a single enqueue again.
         store
-            .enqueue_timeout(Num(9), Duration::from_millis(100))
+            .enqueue_timeout(Ev::new(0, 9), Duration::from_millis(100))
             .unwrap();
         let m = store.metrics();
         assert_eq!((m.published, m.rejected), (4, 2));
@@ -658,7 +652,7 @@ fn close_on_a_foreign_pool_thread_keeps_its_timeout() {
     watchdog("hardening", LIMIT, |_| {
         let release = Arc::new(AtomicBool::new(false));
         let r = release.clone();
-        let mut d = Dispatcher::<Num>::new();
+        let mut d = Dispatcher::<Ev>::new();
         d.on(0, move |_, _| {
             while !r.load(Ordering::Acquire) {
                 thread::sleep(Duration::from_millis(1));
@@ -670,7 +664,7 @@ fn close_on_a_foreign_pool_thread_keeps_its_timeout() {
             .mode(DispatchMode::Async)
             .build()
             .unwrap();
-        store.enqueue(Num(0)).unwrap();
+        store.enqueue(Ev::new(0, 0)).unwrap();
         assert_eq!(store.publish().dispatched, 1);
         let other = one_thread_pool();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -693,22 +687,22 @@ fn close_on_a_foreign_pool_thread_keeps_its_timeout() {
 #[test]
 fn a_waiting_block_batch_does_not_hold_back_enqueues_with_room() {
     watchdog("hardening", LIMIT, |_| {
-        let slot: Arc<std::sync::OnceLock<EventStore<Num>>> = Arc::default();
+        let slot: Arc<std::sync::OnceLock<EventStore<Ev>>> = Arc::default();
         let (go, batcher_go) = std::sync::mpsc::channel::<()>();
         let go = Mutex::new(go);
         let s = slot.clone();
-        let mut d = Dispatcher::<Num>::new();
+        let mut d = Dispatcher::<Ev>::new();
         d.on(0, move |_, ev| {
-            if ev.0 == 0 {
+            if ev.index == 0 {
                 let store = s.get().unwrap();
                 for i in 1..=5 {
-                    store.enqueue(Num(i)).unwrap();
+                    store.enqueue(Ev::new(0, i)).unwrap();
                 }
                 go.lock().unwrap().send(()).unwrap();
                 thread::sleep(Duration::from_millis(100));
                 // 3 slots free, a batch of 4 waiting: this must go in at once.
                 store
-                    .enqueue_timeout(Num(6), Duration::from_secs(5))
+                    .enqueue_timeout(Ev::new(0, 6), Duration::from_secs(5))
                     .unwrap();
             }
             Ok(())
@@ -719,13 +713,13 @@ fn a_waiting_block_batch_does_not_hold_back_enqueues_with_room() {
             let store = store.clone();
             thread::spawn(move || {
                 batcher_go.recv().unwrap();
-                let mut batch: Vec<Num> = (100..104).map(Num).collect();
+                let mut batch: Vec<Ev> = (100..104).map(|i| Ev::new(0, i)).collect();
                 store
                     .enqueue_batch_timeout(&mut batch, Duration::from_secs(10))
                     .is_ok()
             })
         };
-        store.enqueue(Num(0)).unwrap();
+        store.enqueue(Ev::new(0, 0)).unwrap();
         assert_eq!(store.publish().dispatched, 1);
         // Room for the batch comes from the next publish.
         while !batcher.is_finished() {
@@ -756,7 +750,7 @@ fn thread_cpu() -> Duration {
 #[test]
 fn drain_on_a_pool_thread_sleeps_while_it_waits() {
     watchdog("hardening", LIMIT, |_| {
-        let mut d = Dispatcher::<Num>::new();
+        let mut d = Dispatcher::<Ev>::new();
         d.on(0, |_, _| {
             thread::sleep(Duration::from_secs(1));
             Ok(())
@@ -765,7 +759,7 @@ fn drain_on_a_pool_thread_sleeps_while_it_waits() {
             .mode(DispatchMode::Async)
             .build()
             .unwrap();
-        store.enqueue(Num(0)).unwrap();
+        store.enqueue(Ev::new(0, 0)).unwrap();
         assert_eq!(store.publish().dispatched, 1);
         let (wall, cpu) = one_thread_pool().install(|| {
             let (started, cpu) = (Instant::now(), thread_cpu());

@@ -17,19 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use loom::thread;
-use ringbus::{Dispatcher, EnqueueError, Event, EventStore, Metrics, OverrunPolicy};
+use ringbus::{Dispatcher, EnqueueError, EventStore, Metrics, OverrunPolicy};
 
-/// An event named by its producer and its index in that producer's program order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Ev {
-    producer: u32,
-    index: u32,
+mod support {
+    pub mod ev;
 }
-
-impl Event for Ev {
-    type Projection = ();
-    fn projection(&self) {}
-}
+// Each event is named by its producer and its index in that producer's program order; all of
+// them route to key 0.
+use support::ev::Ev;
 
 /// `(sequence, event)` in the order the handler saw them. A std mutex is fine here: its
 /// critical section has no loom operation in it, so loom never switches threads inside it.
@@ -39,7 +34,7 @@ fn store(capacity: usize, policy: OverrunPolicy) -> (EventStore<Ev>, Seen) {
     let seen: Seen = Arc::default();
     let mut dispatcher = Dispatcher::<Ev>::new();
     let log = seen.clone();
-    dispatcher.on((), move |ctx, ev| {
+    dispatcher.on(0, move |ctx, ev| {
         log.lock().unwrap().push((ctx.sequence(), *ev));
         Ok(())
     });
@@ -72,10 +67,10 @@ struct Outcome {
     dropped: u64,
 }
 
-fn produce(store: &EventStore<Ev>, producer: u32, count: u32) -> Outcome {
+fn produce(store: &EventStore<Ev>, producer: u64, count: u64) -> Outcome {
     let mut out = Outcome::default();
     for index in 0..count {
-        let ev = Ev { producer, index };
+        let ev = Ev::new(producer, index);
         match store.enqueue(ev) {
             Ok(e) => {
                 out.accepted.push((e.sequence, ev));
@@ -128,8 +123,8 @@ fn check(seen: &[(u64, Ev)], outcomes: &[Outcome], m: Metrics, total: u64) {
     // One publisher at a time here, so sequences run in order and each producer's events
     // in its program order.
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
-    for p in 0..outcomes.len() as u32 {
-        let mine: Vec<u32> = seen
+    for p in 0..outcomes.len() as u64 {
+        let mine: Vec<u64> = seen
             .iter()
             .filter(|(_, e)| e.producer == p)
             .map(|(_, e)| e.index)
@@ -144,14 +139,14 @@ fn check(seen: &[(u64, Ev)], outcomes: &[Outcome], m: Metrics, total: u64) {
 /// ring's wrap-around cheaply); then each producer enqueues `per_producer` events.
 fn two_producers_one_publisher(
     capacity: usize,
-    prefill: u32,
-    per_producer: u32,
+    prefill: u64,
+    per_producer: u64,
     preemptions: usize,
     policy: OverrunPolicy,
 ) {
     model(preemptions, move || {
         let (store, seen) = store(capacity, policy);
-        let total = u64::from(prefill + 2 * per_producer);
+        let total = prefill + 2 * per_producer;
         let prefilled = produce(&store, 0, prefill);
         let producers: Vec<_> = (1..=2)
             .map(|p| {
@@ -229,10 +224,7 @@ fn return_error_ring_of_4() {
 fn drop_oldest_eviction_races_publisher_on_the_same_slot() {
     model(3, || {
         let (store, seen) = store(1, OverrunPolicy::DropOldest);
-        let first = Ev {
-            producer: 0,
-            index: 0,
-        };
+        let first = Ev::new(0, 0);
         let mut prefill = Outcome::default();
         prefill
             .accepted
@@ -399,21 +391,12 @@ fn a_batch_is_never_half_visible() {
         let producer = {
             let store = store.clone();
             thread::spawn(move || {
-                let mut batch: Vec<Ev> = (0..3).map(|index| Ev { producer: 1, index }).collect();
+                let mut batch: Vec<Ev> = (0..3).map(|index| Ev::new(1, index)).collect();
                 let first = store.enqueue_batch(&mut batch).unwrap().sequence;
-                let mut out = Outcome::default();
-                out.accepted = (0..3)
-                    .map(|i| {
-                        (
-                            first + u64::from(i),
-                            Ev {
-                                producer: 1,
-                                index: i,
-                            },
-                        )
-                    })
-                    .collect();
-                out
+                Outcome {
+                    accepted: (0..3).map(|i| (first + i, Ev::new(1, i))).collect(),
+                    ..Outcome::default()
+                }
             })
         };
         let publisher = {
@@ -434,14 +417,14 @@ fn a_batch_is_never_half_visible() {
 }
 
 /// A producer's batch of `len` events, as an `Outcome` (one `accepted` entry per event).
-fn produce_batch(store: &EventStore<Ev>, producer: u32, len: u32) -> Outcome {
-    let mut batch: Vec<Ev> = (0..len).map(|index| Ev { producer, index }).collect();
+fn produce_batch(store: &EventStore<Ev>, producer: u64, len: u64) -> Outcome {
+    let mut batch: Vec<Ev> = (0..len).map(|index| Ev::new(producer, index)).collect();
     let mut out = Outcome::default();
     match store.enqueue_batch(&mut batch) {
         Ok(e) => {
             out.dropped = e.dropped;
             out.accepted = (0..len)
-                .map(|i| (e.sequence + u64::from(i), Ev { producer, index: i }))
+                .map(|i| (e.sequence + i, Ev::new(producer, i)))
                 .collect();
         }
         Err(err) => {

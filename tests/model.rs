@@ -11,11 +11,13 @@ use ringbus::{
     Metrics, OverrunPolicy, PublishReport,
 };
 
+/// An event whose id scripts its fate (routed or not, failing or not), so the model can
+/// predict every handler's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ev(u32);
+struct ScriptedEv(u32);
 
 /// Ids `7k + 6` have no handler (unrouted); ids `5k` make the handler fail.
-impl Event for Ev {
+impl Event for ScriptedEv {
     type Projection = bool;
     fn projection(&self) -> bool {
         self.0 % 7 != 6
@@ -55,7 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     capacity: usize,
     policy: OverrunPolicy,
-    pending: VecDeque<(u64, Ev)>,
+    pending: VecDeque<(u64, ScriptedEv)>,
     next_seq: u64,
     closed: bool,
     processed: u64,
@@ -84,14 +86,14 @@ impl Model {
         }
     }
 
-    fn accept(&mut self, ev: Ev) -> u64 {
+    fn accept(&mut self, ev: ScriptedEv) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push_back((seq, ev));
         seq
     }
 
-    fn enqueue(&mut self, ev: Ev) -> Result<Enqueued, EnqueueError<Ev>> {
+    fn enqueue(&mut self, ev: ScriptedEv) -> Result<Enqueued, EnqueueError<ScriptedEv>> {
         if self.closed {
             self.rejected += 1;
             return Err(EnqueueError::Closed(ev));
@@ -111,7 +113,7 @@ impl Model {
         }
     }
 
-    fn batch(&mut self, evs: &[Ev]) -> Result<Enqueued, BatchError> {
+    fn batch(&mut self, evs: &[ScriptedEv]) -> Result<Enqueued, BatchError> {
         let len = evs.len();
         if len == 0 {
             return Ok(Enqueued {
@@ -154,7 +156,7 @@ impl Model {
     }
 
     /// Dispatches everything pending; returns what ran, for the handler log.
-    fn publish(&mut self) -> (Vec<(u64, Ev)>, [u64; 4]) {
+    fn publish(&mut self) -> (Vec<(u64, ScriptedEv)>, [u64; 4]) {
         let mut ran = Vec::new();
         let mut report = [0; 4]; // dispatched, processed, failed, unrouted
         for (seq, ev) in self.pending.drain(..) {
@@ -192,17 +194,17 @@ impl Model {
 }
 
 /// The handler fails for ids `5k`.
-fn fails(ev: Ev) -> bool {
+fn fails(ev: ScriptedEv) -> bool {
     ev.0 % 5 == 0
 }
 
 /// Ids `7k + 6` have no handler.
-fn routed(ev: Ev) -> bool {
+fn routed(ev: ScriptedEv) -> bool {
     ev.0 % 7 != 6
 }
 
 /// A refused commit matches the model's refusal and hands every event back, in order.
-fn assert_refusal(got: CommitError<Ev, String>, want: &BatchError, evs: &[Ev]) {
+fn assert_refusal(got: CommitError<ScriptedEv, String>, want: &BatchError, evs: &[ScriptedEv]) {
     let same = matches!(
         (&got, want),
         (CommitError::Full(_), BatchError::Full { .. })
@@ -223,7 +225,7 @@ fn report_fields(r: &PublishReport) -> [u64; 4] {
 
 fn run(capacity: usize, policy: OverrunPolicy, ops: &[Op]) {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let mut d = Dispatcher::<Ev, String>::new();
+    let mut d = Dispatcher::<ScriptedEv, String>::new();
     let l = log.clone();
     d.on(true, move |ctx, ev| {
         l.lock().unwrap().push((ctx.sequence(), *ev));
@@ -242,7 +244,7 @@ fn run(capacity: usize, policy: OverrunPolicy, ops: &[Op]) {
     let mut next_id = 0u32;
     let mut fresh = || {
         next_id += 1;
-        Ev(next_id)
+        ScriptedEv(next_id)
     };
     for op in ops {
         match *op {
@@ -264,7 +266,7 @@ fn run(capacity: usize, policy: OverrunPolicy, ops: &[Op]) {
                 }
             }
             Op::Batch(n) => {
-                let evs: Vec<Ev> = (0..n).map(|_| fresh()).collect();
+                let evs: Vec<ScriptedEv> = (0..n).map(|_| fresh()).collect();
                 let mut batch = evs.clone();
                 let got = store.enqueue_batch_timeout(&mut batch, Duration::ZERO);
                 let want = model.batch(&evs);
@@ -276,7 +278,7 @@ fn run(capacity: usize, policy: OverrunPolicy, ops: &[Op]) {
                 }
             }
             Op::TxDeferred(n) => {
-                let evs: Vec<Ev> = (0..n).map(|_| fresh()).collect();
+                let evs: Vec<ScriptedEv> = (0..n).map(|_| fresh()).collect();
                 let mut tx = store.begin_transaction();
                 tx.extend(evs.iter().copied());
                 let got = tx.commit_deferred_timeout(Duration::ZERO);
@@ -293,7 +295,7 @@ fn run(capacity: usize, policy: OverrunPolicy, ops: &[Op]) {
                 tx.rollback();
             }
             Op::TxCommit(n) => {
-                let evs: Vec<Ev> = (0..n).map(|_| fresh()).collect();
+                let evs: Vec<ScriptedEv> = (0..n).map(|_| fresh()).collect();
                 let mut tx = store.begin_transaction();
                 tx.extend(evs.iter().copied());
                 let got = tx.commit_timeout(Duration::ZERO);

@@ -18,13 +18,13 @@ const fn scaled(n: u64) -> u64 {
 /// A heap payload, so that a read of a slot before its write is a use of uninitialised memory
 /// or a bad pointer, not a quietly wrong integer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Ev {
+struct HeapEv {
     producer: u64,
     index: u64,
     check: String,
 }
 
-impl Ev {
+impl HeapEv {
     fn new(producer: u64, index: u64) -> Self {
         Self {
             producer,
@@ -34,7 +34,7 @@ impl Ev {
     }
 }
 
-impl Event for Ev {
+impl Event for HeapEv {
     type Projection = u8;
     fn projection(&self) -> u8 {
         0
@@ -55,7 +55,7 @@ impl Runs {
         })
     }
 
-    fn record(&self, seq: u64, ev: &Ev) {
+    fn record(&self, seq: u64, ev: &HeapEv) {
         assert_eq!(
             ev.check,
             format!("{}:{}", ev.producer, ev.index),
@@ -70,8 +70,8 @@ impl Runs {
     }
 }
 
-fn recording_store(capacity: usize, policy: OverrunPolicy, runs: &Arc<Runs>) -> EventStore<Ev> {
-    let mut d = Dispatcher::<Ev>::new();
+fn recording_store(capacity: usize, policy: OverrunPolicy, runs: &Arc<Runs>) -> EventStore<HeapEv> {
+    let mut d = Dispatcher::<HeapEv>::new();
     let r = runs.clone();
     d.on(0, move |ctx, ev| {
         r.record(ctx.sequence(), ev);
@@ -84,7 +84,7 @@ fn recording_store(capacity: usize, policy: OverrunPolicy, runs: &Arc<Runs>) -> 
 #[derive(Default)]
 struct Produced {
     accepted: Vec<(u64, u64, u64)>,
-    refused: Vec<EnqueueError<Ev>>,
+    refused: Vec<EnqueueError<HeapEv>>,
     dropped: u64,
 }
 
@@ -105,7 +105,12 @@ fn check_exactly_once(runs: &Runs, produced: &Produced, dropped: u64) {
 
 /// Runs `producers` threads enqueueing `per_producer` events each and `publishers` threads
 /// publishing until the producers are done, then a final publish.
-fn run(store: &EventStore<Ev>, producers: u64, per_producer: u64, publishers: usize) -> Produced {
+fn run(
+    store: &EventStore<HeapEv>,
+    producers: u64,
+    per_producer: u64,
+    publishers: usize,
+) -> Produced {
     let done = Arc::new(AtomicBool::new(false));
     let pubs: Vec<_> = (0..publishers)
         .map(|_| {
@@ -123,7 +128,7 @@ fn run(store: &EventStore<Ev>, producers: u64, per_producer: u64, publishers: us
             thread::spawn(move || {
                 let mut out = Produced::default();
                 for i in 0..per_producer {
-                    match store.enqueue_timeout(Ev::new(p, i), Duration::from_secs(10)) {
+                    match store.enqueue_timeout(HeapEv::new(p, i), Duration::from_secs(10)) {
                         Ok(e) => {
                             out.accepted.push((e.sequence, p, i));
                             out.dropped += e.dropped;
@@ -172,14 +177,14 @@ fn producers_racing_for_the_last_free_slot_never_overfill() {
         let barrier = Arc::new(Barrier::new(threads));
         for _ in 0..scaled(300) {
             let store = EventStore::new(
-                Dispatcher::<Ev>::new(),
+                Dispatcher::<HeapEv>::new(),
                 capacity,
                 OverrunPolicy::ReturnError,
             )
             .unwrap();
             // All but one slot taken; then every thread tries for the rest at once.
             for i in 0..capacity as u64 - 1 {
-                store.enqueue(Ev::new(99, i)).unwrap();
+                store.enqueue(HeapEv::new(99, i)).unwrap();
             }
             let accepted: u64 = (0..threads as u64)
                 .map(|p| {
@@ -187,7 +192,7 @@ fn producers_racing_for_the_last_free_slot_never_overfill() {
                     thread::spawn(move || {
                         barrier.wait();
                         (0..2)
-                            .filter(|&i| store.enqueue(Ev::new(p, i)).is_ok())
+                            .filter(|&i| store.enqueue(HeapEv::new(p, i)).is_ok())
                             .count() as u64
                     })
                 })
@@ -225,7 +230,7 @@ fn two_publishers_at_once_run_each_event_once_and_chunks_in_order() {
     let n = scaled(50_000);
     let runs = Runs::new(2 * n);
     let order = Arc::new(Mutex::new(Vec::new()));
-    let mut d = Dispatcher::<Ev>::new();
+    let mut d = Dispatcher::<HeapEv>::new();
     let (r, o) = (runs.clone(), order.clone());
     d.on(0, move |ctx, ev| {
         r.record(ctx.sequence(), ev);
@@ -264,13 +269,14 @@ fn enqueue_and_publish_racing_close_lose_nothing() {
                     thread::spawn(move || {
                         let mut out = Produced::default();
                         for i in 0.. {
-                            match store.enqueue_timeout(Ev::new(p, i), Duration::from_secs(10)) {
+                            match store.enqueue_timeout(HeapEv::new(p, i), Duration::from_secs(10))
+                            {
                                 Ok(e) => {
                                     out.accepted.push((e.sequence, p, i));
                                     out.dropped += e.dropped;
                                 }
                                 Err(EnqueueError::Closed(ev)) => {
-                                    assert_eq!(ev, Ev::new(p, i), "the event comes back");
+                                    assert_eq!(ev, HeapEv::new(p, i), "the event comes back");
                                     break;
                                 }
                                 Err(e) => {
@@ -323,7 +329,7 @@ fn a_handler_panicking_mid_batch_reruns_nothing() {
     let n = scaled(5_000);
     let first = Arc::new(Vec::from_iter((0..n).map(|_| AtomicU8::new(0))));
     let second = Arc::new(Vec::from_iter((0..n).map(|_| AtomicU8::new(0))));
-    let mut d = Dispatcher::<Ev>::new();
+    let mut d = Dispatcher::<HeapEv>::new();
     let f = first.clone();
     d.on(0, move |ctx, _| {
         f[ctx.sequence() as usize].fetch_add(1, Ordering::SeqCst);
@@ -375,12 +381,12 @@ fn a_handler_panicking_mid_batch_reruns_nothing() {
 }
 
 /// One producer thread, the caller publishing meanwhile; returns events dispatched.
-fn run_plain(store: &EventStore<Ev>, n: u64) -> u64 {
+fn run_plain(store: &EventStore<HeapEv>, n: u64) -> u64 {
     let producer = {
         let store = store.clone();
         thread::spawn(move || {
             for i in 0..n {
-                store.enqueue(Ev::new(0, i)).unwrap();
+                store.enqueue(HeapEv::new(0, i)).unwrap();
             }
         })
     };

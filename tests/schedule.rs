@@ -14,20 +14,22 @@ use ringbus::{
 
 const LATE: Duration = Duration::from_millis(200);
 
+/// A scheduled event: its id, and an optional token that lets a test count the live ones
+/// (so it is neither `Copy` nor the shared `support::ev::Ev`).
 #[derive(Debug)]
-struct Ev {
+struct TokenEv {
     id: u64,
     /// Dropped with the event: lets a test count live events.
     _token: Option<Arc<()>>,
 }
 
-impl Ev {
+impl TokenEv {
     fn new(id: u64) -> Self {
         Self { id, _token: None }
     }
 }
 
-impl Event for Ev {
+impl Event for TokenEv {
     type Projection = u8;
     fn projection(&self) -> u8 {
         0
@@ -49,7 +51,7 @@ fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
 #[test]
 fn events_fire_in_time_order_never_early_and_within_the_tolerance() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut d = Dispatcher::<Ev>::new();
+    let mut d = Dispatcher::<TokenEv>::new();
     let log = seen.clone();
     d.on(0, move |_, ev| {
         log.lock().unwrap().push((ev.id, Instant::now()));
@@ -76,7 +78,7 @@ fn events_fire_in_time_order_never_early_and_within_the_tolerance() {
     let handles: Vec<ScheduleHandle> = deadlines
         .iter()
         .enumerate()
-        .map(|(id, &at)| store.schedule_at(at, Ev::new(id as u64)).unwrap())
+        .map(|(id, &at)| store.schedule_at(at, TokenEv::new(id as u64)).unwrap())
         .collect();
     assert_eq!(store.metrics().scheduled, 8);
     assert!(wait_for(Duration::from_secs(5), || seen
@@ -111,12 +113,13 @@ fn events_fire_in_time_order_never_early_and_within_the_tolerance() {
 
 #[test]
 fn cancel_stops_an_event_before_it_fires_and_reports_false_after() {
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::ReturnError).unwrap();
+    let store =
+        EventStore::new(Dispatcher::<TokenEv>::new(), 8, OverrunPolicy::ReturnError).unwrap();
     let early = store
-        .schedule_after(Duration::from_millis(40), Ev::new(1))
+        .schedule_after(Duration::from_millis(40), TokenEv::new(1))
         .unwrap();
     let late = store
-        .schedule_after(Duration::from_millis(80), Ev::new(2))
+        .schedule_after(Duration::from_millis(80), TokenEv::new(2))
         .unwrap();
     assert_eq!(store.metrics().scheduled, 2);
     assert!(early.cancel(), "cancelled before firing");
@@ -141,17 +144,20 @@ fn cancel_stops_an_event_before_it_fires_and_reports_false_after() {
 
 #[test]
 fn past_deadlines_and_zero_delays_enqueue_in_the_call() {
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::ReturnError).unwrap();
+    let store =
+        EventStore::new(Dispatcher::<TokenEv>::new(), 2, OverrunPolicy::ReturnError).unwrap();
     let past = Instant::now() - Duration::from_millis(5);
-    let a = store.schedule_at(past, Ev::new(1)).unwrap();
-    let b = store.schedule_after(Duration::ZERO, Ev::new(2)).unwrap();
+    let a = store.schedule_at(past, TokenEv::new(1)).unwrap();
+    let b = store
+        .schedule_after(Duration::ZERO, TokenEv::new(2))
+        .unwrap();
     assert_eq!(store.pending(), 2);
     for h in [&a, &b] {
         assert_eq!(h.status(), ScheduleStatus::Fired);
         assert!(!h.cancel());
     }
     // The ring is full: the immediate enqueue's refusal comes back to the caller.
-    match store.schedule_after(Duration::ZERO, Ev::new(3)) {
+    match store.schedule_after(Duration::ZERO, TokenEv::new(3)) {
         Err(EnqueueError::Full(ev)) => assert_eq!(ev.id, 3),
         other => panic!("expected Full, got {other:?}"),
     }
@@ -164,8 +170,11 @@ fn past_deadlines_and_zero_delays_enqueue_in_the_call() {
 
 #[test]
 fn a_delay_too_long_for_instant_is_clamped_not_fired_at_once() {
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::ReturnError).unwrap();
-    let h = store.schedule_after(Duration::MAX, Ev::new(1)).unwrap();
+    let store =
+        EventStore::new(Dispatcher::<TokenEv>::new(), 2, OverrunPolicy::ReturnError).unwrap();
+    let h = store
+        .schedule_after(Duration::MAX, TokenEv::new(1))
+        .unwrap();
     assert_eq!(h.status(), ScheduleStatus::Pending);
     assert!(h.deadline() > Instant::now() + Duration::from_secs(365 * 24 * 3600));
     assert!(h.cancel());
@@ -174,10 +183,11 @@ fn a_delay_too_long_for_instant_is_clamped_not_fired_at_once() {
 
 #[test]
 fn an_event_refused_when_it_fires_is_counted_as_rejected() {
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 1, OverrunPolicy::ReturnError).unwrap();
-    store.enqueue(Ev::new(0)).unwrap();
+    let store =
+        EventStore::new(Dispatcher::<TokenEv>::new(), 1, OverrunPolicy::ReturnError).unwrap();
+    store.enqueue(TokenEv::new(0)).unwrap();
     let h = store
-        .schedule_after(Duration::from_millis(10), Ev::new(1))
+        .schedule_after(Duration::from_millis(10), TokenEv::new(1))
         .unwrap();
     assert!(wait_for(Duration::from_secs(5), || h.status()
         == ScheduleStatus::Rejected));
@@ -187,13 +197,13 @@ fn an_event_refused_when_it_fires_is_counted_as_rejected() {
 
 #[test]
 fn under_block_the_timer_waits_for_room_and_close_releases_it() {
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 1, OverrunPolicy::Block).unwrap();
-    store.enqueue(Ev::new(0)).unwrap();
+    let store = EventStore::new(Dispatcher::<TokenEv>::new(), 1, OverrunPolicy::Block).unwrap();
+    store.enqueue(TokenEv::new(0)).unwrap();
     let first = store
-        .schedule_after(Duration::from_millis(5), Ev::new(1))
+        .schedule_after(Duration::from_millis(5), TokenEv::new(1))
         .unwrap();
     let second = store
-        .schedule_after(Duration::from_millis(10), Ev::new(2))
+        .schedule_after(Duration::from_millis(10), TokenEv::new(2))
         .unwrap();
     assert!(wait_for(Duration::from_secs(5), || first.status()
         == ScheduleStatus::Firing));
@@ -230,11 +240,16 @@ fn under_block_the_timer_waits_for_room_and_close_releases_it() {
 fn close_cancels_100k_pending_events_promptly_and_counts_them() {
     const N: u64 = if cfg!(miri) { 100 } else { 100_000 };
     let token = Arc::new(());
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 1024, OverrunPolicy::ReturnError).unwrap();
+    let store = EventStore::new(
+        Dispatcher::<TokenEv>::new(),
+        1024,
+        OverrunPolicy::ReturnError,
+    )
+    .unwrap();
     let handles: Vec<ScheduleHandle> = (0..N)
         .map(|id| {
             let at = Duration::from_secs(3600) + Duration::from_micros(id);
-            let ev = Ev {
+            let ev = TokenEv {
                 id,
                 _token: Some(token.clone()),
             };
@@ -261,7 +276,7 @@ fn close_cancels_100k_pending_events_promptly_and_counts_them() {
     assert!(m.is_balanced());
 
     // After close, scheduling is refused with the event.
-    match store.schedule_after(Duration::from_secs(1), Ev::new(7)) {
+    match store.schedule_after(Duration::from_secs(1), TokenEv::new(7)) {
         Err(EnqueueError::Closed(ev)) => assert_eq!(ev.id, 7),
         other => panic!("expected Closed, got {other:?}"),
     }
@@ -271,9 +286,10 @@ fn close_cancels_100k_pending_events_promptly_and_counts_them() {
 #[test]
 fn cancelled_events_do_not_pile_up() {
     let token = Arc::new(());
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::ReturnError).unwrap();
+    let store =
+        EventStore::new(Dispatcher::<TokenEv>::new(), 8, OverrunPolicy::ReturnError).unwrap();
     for id in 0..1_000 {
-        let ev = Ev {
+        let ev = TokenEv {
             id,
             _token: Some(token.clone()),
         };
@@ -296,7 +312,7 @@ fn dropping_the_store_stops_the_timer_and_drops_pending_events() {
     let hook_token = Arc::new(());
     let store = {
         let hook_token = hook_token.clone();
-        EventStore::builder(Dispatcher::<Ev>::new())
+        EventStore::builder(Dispatcher::<TokenEv>::new())
             .capacity(8)
             .on_error(move |_| {
                 let _ = &hook_token;
@@ -307,14 +323,14 @@ fn dropping_the_store_stops_the_timer_and_drops_pending_events() {
     let h = store
         .schedule_after(
             Duration::from_secs(3600),
-            Ev {
+            TokenEv {
                 id: 1,
                 _token: Some(token.clone()),
             },
         )
         .unwrap();
     let soon = store
-        .schedule_after(Duration::from_millis(1), Ev::new(2))
+        .schedule_after(Duration::from_millis(1), TokenEv::new(2))
         .unwrap();
     assert!(wait_for(Duration::from_secs(5), || soon.status()
         == ScheduleStatus::Fired));

@@ -11,20 +11,10 @@ use ringbus::{
     OverrunPolicy,
 };
 
-/// An event tagged with its producer and that producer's running number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ev {
-    key: u8,
-    producer: u32,
-    n: u64,
+mod support {
+    pub mod ev;
 }
-
-impl Event for Ev {
-    type Projection = u8;
-    fn projection(&self) -> u8 {
-        self.key
-    }
-}
+use support::ev::Ev;
 
 const PRODUCERS: u32 = 4;
 const PER_PRODUCER: u64 = if cfg!(miri) { 50 } else { 50_000 };
@@ -33,7 +23,7 @@ const PER_PRODUCER: u64 = if cfg!(miri) { 50 } else { 50_000 };
 fn recording_dispatcher(seen: Arc<Mutex<Vec<Vec<u64>>>>) -> Dispatcher<Ev> {
     let mut d = Dispatcher::new();
     d.on(0, move |_, ev: &Ev| {
-        seen.lock().unwrap()[ev.producer as usize].push(ev.n);
+        seen.lock().unwrap()[ev.producer as usize].push(ev.index);
         Ok(())
     });
     d
@@ -62,11 +52,7 @@ fn run_mp(
             thread::spawn(move || {
                 let mut rejected = Vec::new();
                 for n in 0..PER_PRODUCER {
-                    let ev = Ev {
-                        key: 0,
-                        producer: p,
-                        n,
-                    };
+                    let ev = Ev::new(u64::from(p), n);
                     match store.enqueue(ev) {
                         Ok(_) => {}
                         Err(EnqueueError::Full(back)) => {
@@ -147,7 +133,7 @@ fn concurrent_publishers_dispatch_each_event_once() {
     let (c, s) = (count.clone(), sum.clone());
     d.on(0, move |_, ev| {
         c.fetch_add(1, Ordering::Relaxed);
-        s.fetch_add(ev.n, Ordering::Relaxed);
+        s.fetch_add(ev.index, Ordering::Relaxed);
         Ok(())
     });
     let store = EventStore::new(d, 256, OverrunPolicy::Block).unwrap();
@@ -164,13 +150,7 @@ fn concurrent_publishers_dispatch_each_event_once() {
         })
         .collect();
     for n in 0..total {
-        store
-            .enqueue(Ev {
-                key: 0,
-                producer: 0,
-                n,
-            })
-            .unwrap();
+        store.enqueue(Ev::new(0, n)).unwrap();
     }
     done.store(1, Ordering::Release);
     for p in publishers {
@@ -213,14 +193,14 @@ fn panicking_handler_is_caught_counted_and_reported() {
     let reports = Arc::new(Mutex::new(Vec::new()));
     let mut d = Dispatcher::<Ev>::new();
     d.on(0, |_, ev| {
-        if ev.n % 3 == 0 {
-            panic!("boom {}", ev.n);
+        if ev.index % 3 == 0 {
+            panic!("boom {}", ev.index);
         }
         Ok(())
     });
     d.on(0, |_, ev| {
-        if ev.n % 5 == 0 {
-            return Err(format!("bad {}", ev.n).into());
+        if ev.index % 5 == 0 {
+            return Err(format!("bad {}", ev.index).into());
         }
         Ok(())
     });
@@ -238,13 +218,7 @@ fn panicking_handler_is_caught_counted_and_reported() {
         .build()
         .unwrap();
     for n in 0..30 {
-        store
-            .enqueue(Ev {
-                key: 0,
-                producer: 0,
-                n,
-            })
-            .unwrap();
+        store.enqueue(Ev::new(0, n)).unwrap();
     }
     let report = store.publish();
     // Panics at 0,3,...,27 (10), errors at 0,5,...,25 (6); both at 0 and 15.
@@ -259,13 +233,7 @@ fn panicking_handler_is_caught_counted_and_reported() {
     assert!(reports.contains(&(3, "panic:boom 3".into())));
     assert!(reports.contains(&(5, "error:bad 5".into())));
     // The store keeps working.
-    store
-        .enqueue(Ev {
-            key: 0,
-            producer: 0,
-            n: 31,
-        })
-        .unwrap();
+    store.enqueue(Ev::new(0, 31)).unwrap();
     assert_eq!(store.publish().processed, 1);
 }
 
@@ -281,8 +249,7 @@ fn unrouted_events_are_counted() {
         store
             .enqueue(Ev {
                 key,
-                producer: 0,
-                n: 0,
+                ..Ev::new(0, 0)
             })
             .unwrap();
     }
@@ -295,11 +262,7 @@ fn unrouted_events_are_counted() {
 #[test]
 fn close_wakes_blocked_producers_and_hands_events_back() {
     let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::Block).unwrap();
-    let ev = |n| Ev {
-        key: 0,
-        producer: 0,
-        n,
-    };
+    let ev = |n| Ev::new(0, n);
     store.enqueue(ev(0)).unwrap();
     store.enqueue(ev(1)).unwrap();
     let barrier = Arc::new(Barrier::new(4));
@@ -322,7 +285,7 @@ fn close_wakes_blocked_producers_and_hands_events_back() {
             other => panic!("expected Closed, got {other:?}"),
         }
     }
-    assert!(matches!(store.enqueue(ev(99)), Err(EnqueueError::Closed(e)) if e.n == 99));
+    assert!(matches!(store.enqueue(ev(99)), Err(EnqueueError::Closed(e)) if e.index == 99));
     let m = store.metrics();
     assert_eq!(
         (m.published, m.unrouted, m.rejected, m.pending),
@@ -333,11 +296,7 @@ fn close_wakes_blocked_producers_and_hands_events_back() {
 #[test]
 fn block_timeout_hands_the_event_back() {
     let store = EventStore::new(Dispatcher::<Ev>::new(), 1, OverrunPolicy::Block).unwrap();
-    let ev = Ev {
-        key: 0,
-        producer: 0,
-        n: 0,
-    };
+    let ev = Ev::new(0, 0);
     store.enqueue(ev).unwrap();
     let start = Instant::now();
     let err = store
@@ -352,13 +311,7 @@ fn block_timeout_hands_the_event_back() {
 fn zero_timeout_close_loses_nothing() {
     let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::Block).unwrap();
     for n in 0..5 {
-        store
-            .enqueue(Ev {
-                key: 0,
-                producer: 0,
-                n,
-            })
-            .unwrap();
+        store.enqueue(Ev::new(0, n)).unwrap();
     }
     let err = store.close(Duration::ZERO).unwrap_err();
     assert_eq!(err.pending, 5);
@@ -377,15 +330,7 @@ fn batch_is_all_or_nothing_and_contiguous() {
         OverrunPolicy::ReturnError,
     )
     .unwrap();
-    let mk = |p, range: std::ops::Range<u64>| -> Vec<Ev> {
-        range
-            .map(|n| Ev {
-                key: 0,
-                producer: p,
-                n,
-            })
-            .collect()
-    };
+    let mk = |p, range: std::ops::Range<u64>| -> Vec<Ev> { range.map(|n| Ev::new(p, n)).collect() };
     let mut a = mk(0, 0..5);
     assert_eq!(store.enqueue_batch(&mut a).unwrap().sequence, 0);
     assert!(a.is_empty());
@@ -415,13 +360,7 @@ fn batch_is_all_or_nothing_and_contiguous() {
 #[test]
 fn batch_drop_oldest_evicts_just_enough() {
     let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::DropOldest).unwrap();
-    let mut batch: Vec<Ev> = (0..6)
-        .map(|n| Ev {
-            key: 0,
-            producer: 0,
-            n,
-        })
-        .collect();
+    let mut batch: Vec<Ev> = (0..6).map(|n| Ev::new(0, n)).collect();
     store.enqueue_batch(&mut batch.clone()).unwrap();
     let r = store.enqueue_batch(&mut batch).unwrap();
     assert_eq!((r.sequence, r.dropped), (6, 4));
@@ -432,11 +371,7 @@ fn batch_drop_oldest_evicts_just_enough() {
 #[test]
 fn drop_oldest_reports_the_eviction_at_the_call_site() {
     let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::DropOldest).unwrap();
-    let ev = |n| Ev {
-        key: 0,
-        producer: 0,
-        n,
-    };
+    let ev = |n| Ev::new(0, n);
     assert_eq!(store.enqueue(ev(0)).unwrap().dropped, 0);
     assert_eq!(store.enqueue(ev(1)).unwrap().dropped, 0);
     let r = store.enqueue(ev(2)).unwrap();
@@ -469,8 +404,7 @@ fn parallel_publish_runs_everything_before_returning() {
             store
                 .enqueue(Ev {
                     key: (n % 2) as u8,
-                    producer: 0,
-                    n,
+                    ..Ev::new(0, n)
                 })
                 .unwrap();
         }
@@ -506,11 +440,7 @@ fn parallel_small_batches_run_in_the_caller_and_large_slow_ones_fork() {
         .thread_pool(pool)
         .build()
         .unwrap();
-    let ev = |n| Ev {
-        key: 0,
-        producer: 0,
-        n,
-    };
+    let ev = |n| Ev::new(0, n);
     for n in 0..32 {
         store.enqueue(ev(n)).unwrap();
     }
@@ -534,13 +464,7 @@ fn parallel_small_batches_run_in_the_caller_and_large_slow_ones_fork() {
 fn async_publish_returns_at_once_and_drain_waits() {
     let (store, count) = counting_store(DispatchMode::Async, Duration::from_micros(20));
     for n in 0..500 {
-        store
-            .enqueue(Ev {
-                key: 0,
-                producer: 0,
-                n,
-            })
-            .unwrap();
+        store.enqueue(Ev::new(0, n)).unwrap();
     }
     let report = store.publish();
     assert_eq!(report.dispatched, 500);
@@ -588,21 +512,20 @@ fn handlers_may_enqueue_and_it_waits_for_the_next_publish() {
     let s = store_slot.clone();
     let mut d = Dispatcher::<Ev>::new();
     d.on(0, move |_, ev| {
-        if ev.n < 100 {
+        if ev.index < 100 {
             let store = s.lock().unwrap().clone().unwrap();
-            store.enqueue(Ev { n: ev.n + 1, ..*ev }).unwrap();
+            store
+                .enqueue(Ev {
+                    index: ev.index + 1,
+                    ..*ev
+                })
+                .unwrap();
         }
         Ok(())
     });
     let store = EventStore::new(d, 1, OverrunPolicy::DropOldest).unwrap();
     *store_slot.lock().unwrap() = Some(store.clone());
-    store
-        .enqueue(Ev {
-            key: 0,
-            producer: 0,
-            n: 0,
-        })
-        .unwrap();
+    store.enqueue(Ev::new(0, 0)).unwrap();
     let mut publishes = 0;
     while store.publish().dispatched > 0 {
         publishes += 1;

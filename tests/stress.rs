@@ -16,22 +16,16 @@ use ringbus::{
     BatchError, DispatchMode, Dispatcher, EnqueueError, ErrorKind, Event, EventStore, OverrunPolicy,
 };
 
+mod support {
+    pub mod ev;
+    pub mod watchdog;
+}
+use support::ev::Ev;
+use support::watchdog::watchdog;
+
 const PRODUCERS: u64 = 3;
 /// Per run; 9 runs in all, so the file stays well under 30 s.
 const RUN_TIME: Duration = Duration::from_millis(if cfg!(miri) { 20 } else { 700 });
-
-#[derive(Debug)]
-struct Ev {
-    producer: u64,
-    index: u64,
-}
-
-impl Event for Ev {
-    type Projection = u8;
-    fn projection(&self) -> u8 {
-        0
-    }
-}
 
 /// xorshift64*: a handler's fate is a function of the event's sequence number, so the expected
 /// failures can be recomputed afterwards.
@@ -101,10 +95,7 @@ fn stress(capacity: usize, policy: OverrunPolicy, publishers: usize) {
                     let n = rng.next() % 4;
                     if n == 0 {
                         let mut batch: Vec<Ev> = (0..1 + rng.next() % capacity.min(8) as u64)
-                            .map(|i| Ev {
-                                producer: p,
-                                index: index + i,
-                            })
+                            .map(|i| Ev::new(p, index + i))
                             .collect();
                         let len = batch.len() as u64;
                         if let Ok(e) = store.enqueue_batch_timeout(&mut batch, wait) {
@@ -113,7 +104,7 @@ fn stress(capacity: usize, policy: OverrunPolicy, publishers: usize) {
                         }
                         index += len;
                     } else {
-                        let ev = Ev { producer: p, index };
+                        let ev = Ev::new(p, index);
                         if let Ok(e) = store.enqueue_timeout(ev, wait) {
                             accepted.push(index);
                             dropped += e.dropped;
@@ -213,10 +204,6 @@ fn all_sizes(policy: OverrunPolicy) {
 /// Generous bound on one whole run (a healthy one takes well under a second): past it, the
 /// run is declared hung.
 const WATCHDOG: Duration = Duration::from_secs(if cfg!(miri) { 600 } else { 60 });
-
-#[path = "support/watchdog.rs"]
-mod support;
-use support::watchdog;
 
 #[test]
 fn stress_block() {

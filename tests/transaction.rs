@@ -12,14 +12,14 @@ use ringbus::{
 
 /// An event of transaction `tx` of `producer`: the `idx`-th of `len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ev {
+struct TxPart {
     producer: u32,
     tx: u32,
     idx: u32,
     len: u32,
 }
 
-impl Event for Ev {
+impl Event for TxPart {
     type Projection = u8;
     fn projection(&self) -> u8 {
         0
@@ -31,9 +31,9 @@ const TXS: u32 = if cfg!(miri) { 10 } else { 2_000 };
 
 /// A transaction's events: `1 + (3 tx + producer) % 7` of them, so that commits straddle the
 /// ring's wrap.
-fn events(producer: u32, tx: u32) -> impl Iterator<Item = Ev> {
+fn events(producer: u32, tx: u32) -> impl Iterator<Item = TxPart> {
     let len = 1 + (tx * 3 + producer) % 7;
-    (0..len).map(move |idx| Ev {
+    (0..len).map(move |idx| TxPart {
         producer,
         tx,
         idx,
@@ -43,7 +43,7 @@ fn events(producer: u32, tx: u32) -> impl Iterator<Item = Ev> {
 
 /// Checks that `seen` (in dispatch order) is whole transactions, each contiguous and in order,
 /// each producer's transactions in order, and all of them there.
-fn assert_whole_transactions(seen: &[Ev]) {
+fn assert_whole_transactions(seen: &[TxPart]) {
     let mut next_tx = vec![0; COMMITTERS as usize];
     let mut i = 0;
     while i < seen.len() {
@@ -51,7 +51,7 @@ fn assert_whole_transactions(seen: &[Ev]) {
         assert_eq!(head.idx, 0, "event {i} starts no transaction: {head:?}");
         assert_eq!(head.tx, next_tx[head.producer as usize], "producer order");
         next_tx[head.producer as usize] += 1;
-        let expected: Vec<Ev> = events(head.producer, head.tx).collect();
+        let expected: Vec<TxPart> = events(head.producer, head.tx).collect();
         let got = &seen[i..(i + head.len as usize).min(seen.len())];
         assert_eq!(got, expected, "transaction interleaved at event {i}");
         i += head.len as usize;
@@ -62,7 +62,7 @@ fn assert_whole_transactions(seen: &[Ev]) {
 #[test]
 fn deferred_commits_from_many_threads_never_interleave() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut d = Dispatcher::<Ev>::new();
+    let mut d = Dispatcher::<TxPart>::new();
     let log = seen.clone();
     d.on(0, move |_, ev| {
         log.lock().unwrap().push(*ev);
@@ -108,7 +108,7 @@ fn dispatching_commits_from_many_threads_take_consecutive_sequences() {
     // Committers dispatch on their own threads, concurrently, so dispatch order means little;
     // the sequence numbers are the store's total order.
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut d = Dispatcher::<Ev>::new();
+    let mut d = Dispatcher::<TxPart>::new();
     let log = seen.clone();
     d.on(0, move |ctx, ev| {
         log.lock().unwrap().push((ctx.sequence(), *ev));
@@ -136,7 +136,7 @@ fn dispatching_commits_from_many_threads_take_consecutive_sequences() {
     let mut seen = std::mem::take(&mut *seen.lock().unwrap());
     seen.sort_by_key(|&(seq, _)| seq);
     assert!(seen.iter().enumerate().all(|(i, &(s, _))| s == i as u64));
-    let ordered: Vec<Ev> = seen.into_iter().map(|(_, ev)| ev).collect();
+    let ordered: Vec<TxPart> = seen.into_iter().map(|(_, ev)| ev).collect();
     assert_whole_transactions(&ordered);
     let m = store.metrics();
     assert_eq!((m.processed, m.pending), (m.published, 0));
@@ -151,7 +151,7 @@ fn commit_larger_than_the_ring_is_refused_under_every_policy() {
         OverrunPolicy::Block,
         OverrunPolicy::ReturnError,
     ] {
-        let store = EventStore::new(Dispatcher::<Ev>::new(), 4, policy).unwrap();
+        let store = EventStore::new(Dispatcher::<TxPart>::new(), 4, policy).unwrap();
         let mut tx = store.begin_transaction();
         tx.extend(events(0, 5).chain(events(1, 5)));
         let len = tx.len();
@@ -341,7 +341,8 @@ fn commit_stops_after_the_transaction() {
 #[test]
 fn refusals_hand_the_transaction_back_under_each_policy() {
     // ReturnError: no room for all of it, nothing goes in.
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 4, OverrunPolicy::ReturnError).unwrap();
+    let store =
+        EventStore::new(Dispatcher::<TxPart>::new(), 4, OverrunPolicy::ReturnError).unwrap();
     store.enqueue(events(9, 0).next().unwrap()).unwrap();
     let mut tx = store.begin_transaction();
     tx.extend(events(0, 1)); // 4 events, 3 free slots
@@ -354,7 +355,7 @@ fn refusals_hand_the_transaction_back_under_each_policy() {
     assert_eq!(tx.commit_deferred().unwrap().sequence, 1, "retry succeeds");
 
     // DropOldest: old pending events make room, counted.
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 4, OverrunPolicy::DropOldest).unwrap();
+    let store = EventStore::new(Dispatcher::<TxPart>::new(), 4, OverrunPolicy::DropOldest).unwrap();
     store.enqueue_batch(&mut events(2, 0).collect()).unwrap(); // 3 events
     let mut tx = store.begin_transaction();
     tx.extend(events(1, 0)); // 2 events, 1 free slot
@@ -364,7 +365,7 @@ fn refusals_hand_the_transaction_back_under_each_policy() {
     assert_eq!(store.metrics().dropped, 1);
 
     // Block: waits for room, within the deadline or until a publisher makes it.
-    let store = EventStore::new(Dispatcher::<Ev>::new(), 4, OverrunPolicy::Block).unwrap();
+    let store = EventStore::new(Dispatcher::<TxPart>::new(), 4, OverrunPolicy::Block).unwrap();
     store.enqueue_batch(&mut events(2, 0).collect()).unwrap();
     let mut tx = store.begin_transaction();
     tx.extend(events(1, 0));
@@ -391,7 +392,7 @@ fn refusals_hand_the_transaction_back_under_each_policy() {
 
 #[test]
 fn a_transaction_built_on_one_thread_commits_on_another() {
-    let mut d = Dispatcher::<Ev>::new();
+    let mut d = Dispatcher::<TxPart>::new();
     d.on(0, |_, _| Ok(()));
     let store = EventStore::new(d, 8, OverrunPolicy::ReturnError).unwrap();
     let mut tx = store.begin_transaction();

@@ -1,5 +1,5 @@
 //! The watchdog every concurrent test runs under: a hang fails the test instead of stalling CI.
-//! Included by `#[path]` from the test files that use it.
+//! Included as `mod support { pub mod watchdog; }` by the test files that use it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
