@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use common::{
-    LATENCY_SYSTEMS, PEERS, Runner, System, Workload, calibrate_spin, latency_run, quantile,
-};
+use common::calibrate::Calibration;
+use common::peer::Peer;
+use common::registry::{LATENCY, THROUGHPUT, Workload, peers};
+use common::runner::Runner;
 
 /// How long and how often to measure.
 struct Plan {
@@ -43,6 +44,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[mid - 1] + v[mid]) / 2.0
     }
+}
+
+/// The `q`-quantile (0..=1) of sorted samples.
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
 }
 
 fn ns_per_event(elapsed: Duration, events: u64) -> f64 {
@@ -83,17 +90,27 @@ fn main() {
     };
 
     let started = Instant::now();
-    let spin_1us = calibrate_spin(Duration::from_micros(1));
-    eprintln!("calibrated: {spin_1us} loop iterations ~ 1 us of handler work");
+    let calibration = Calibration::measure();
+    eprintln!(
+        "calibrated: {} loop iterations ~ 1 us of handler work",
+        calibration.spin_1us
+    );
     let mut results = Results::new();
-    let wanted = |workload: &str, system: System| {
+    let wanted = |workload: &str, system: &str| {
         only.as_deref().is_none_or(|o| {
-            let (w, s) = o.split_once('/').unwrap_or((o, system.name()));
-            workload.starts_with(w) && s == system.name()
+            let (w, s) = o.split_once('/').unwrap_or((o, system));
+            workload.starts_with(w) && s == system
         })
     };
-    for workload in Workload::ALL {
-        measure_throughput(workload, &plan, spin_1us, &mut results, started, &wanted);
+    for workload in &THROUGHPUT {
+        measure_throughput(
+            workload,
+            &plan,
+            &calibration,
+            &mut results,
+            started,
+            &wanted,
+        );
     }
     measure_latency(&plan, &mut results, started, &wanted);
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
@@ -111,35 +128,33 @@ fn progress(started: Instant, what: &str) {
 
 /// One system's runner on the workload being measured, and its samples so far.
 struct Measured {
-    system: System,
+    system: &'static str,
     runner: Box<dyn Runner>,
     iters: u64,
     samples: Vec<f64>,
 }
 
 fn measure_throughput(
-    workload: Workload,
+    workload: &Workload,
     plan: &Plan,
-    spin_1us: u64,
+    calibration: &Calibration,
     results: &mut Results,
     started: Instant,
-    wanted: &dyn Fn(&str, System) -> bool,
+    wanted: &dyn Fn(&str, &str) -> bool,
 ) {
     let mut runs = Vec::new();
-    for &system in workload.systems() {
-        if !wanted(workload.name(), system) {
+    for cell in (workload.cells)() {
+        let system = cell.system;
+        if !wanted(workload.name, system) {
             continue;
         }
-        let mut runner = workload.runner(system, spin_1us);
-        let iters = if workload == Workload::Mp {
-            // One W-mp iteration is a whole 2,000,000-event run with fresh threads and store:
-            // nothing to warm up, and long enough on its own.
+        let mut runner = (cell.make)(calibration);
+        let iters = if workload.whole_run {
+            // One iteration is a whole run with fresh threads and queue (W-mp: 2,000,000
+            // events): nothing to warm up, and long enough on its own.
             1
         } else {
-            progress(
-                started,
-                &format!("{} {}: warm-up", workload.name(), system.name()),
-            );
+            progress(started, &format!("{} {system}: warm-up", workload.name));
             let one = runner.run(1).max(Duration::from_nanos(1));
             let iters = (plan.target.as_nanos() / one.as_nanos()).clamp(1, 1 << 20) as u64;
             runner.run(iters.div_ceil(4));
@@ -158,8 +173,8 @@ fn measure_throughput(
                 started,
                 &format!(
                     "{} {} rep {}/{}",
-                    workload.name(),
-                    m.system.name(),
+                    workload.name,
+                    m.system,
                     rep + 1,
                     plan.reps
                 ),
@@ -172,9 +187,9 @@ fn measure_throughput(
     if runs.is_empty() {
         return;
     }
-    let row = results.entry(workload.name().to_string()).or_default();
+    let row = results.entry(workload.name.to_string()).or_default();
     for m in runs {
-        row.insert(m.system.name(), median(m.samples));
+        row.insert(m.system, median(m.samples));
     }
 }
 
@@ -184,20 +199,26 @@ fn measure_latency(
     plan: &Plan,
     results: &mut Results,
     started: Instant,
-    wanted: &dyn Fn(&str, System) -> bool,
+    wanted: &dyn Fn(&str, &str) -> bool,
 ) {
     let mut per: BTreeMap<&'static str, [Vec<f64>; 3]> = BTreeMap::new();
     for rep in 0..plan.reps {
-        for system in LATENCY_SYSTEMS {
-            if !wanted("W-latency", system) {
+        for cell in (LATENCY.cells)() {
+            if !wanted(LATENCY.name, cell.system) {
                 continue;
             }
             progress(
                 started,
-                &format!("W-latency {} rep {}/{}", system.name(), rep + 1, plan.reps),
+                &format!(
+                    "{} {} rep {}/{}",
+                    LATENCY.name,
+                    cell.system,
+                    rep + 1,
+                    plan.reps
+                ),
             );
-            let samples = latency_run(system, plan.latency_events);
-            let slot = per.entry(system.name()).or_default();
+            let samples = (cell.make)(plan.latency_events);
+            let slot = per.entry(cell.system).or_default();
             for (k, (_, q)) in QUANTILES.iter().enumerate() {
                 slot[k].push(quantile(&samples, *q) as f64);
             }
@@ -206,25 +227,41 @@ fn measure_latency(
     for (name, qs) in per {
         for (k, (label, _)) in QUANTILES.iter().enumerate() {
             results
-                .entry(format!("W-latency-{label}"))
+                .entry(format!("{}-{label}", LATENCY.name))
                 .or_default()
                 .insert(name, median(qs[k].clone()));
         }
     }
 }
 
+/// The fastest of the peers ringbus is compared against, where the row has any.
 fn best_peer(row: &BTreeMap<&'static str, f64>) -> Option<(&'static str, f64)> {
-    PEERS
-        .iter()
-        .filter_map(|p| row.get(p.name()).map(|v| (p.name(), *v)))
+    fn name<P: Peer>() -> &'static str {
+        P::NAME
+    }
+    peers!(name)
+        .into_iter()
+        .filter_map(|p| row.get(p).map(|v| (p, *v)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-/// The workloads in report order (the map's own order is alphabetical).
-fn order() -> Vec<String> {
-    let mut names: Vec<String> = Workload::ALL.iter().map(|w| w.name().to_string()).collect();
-    names.extend(QUANTILES.iter().map(|(l, _)| format!("W-latency-{l}")));
-    names
+/// The rows in report order, each with its systems in table order (the maps' own order is
+/// alphabetical).
+fn order() -> Vec<(String, Vec<&'static str>)> {
+    let mut rows: Vec<(String, Vec<&'static str>)> = THROUGHPUT
+        .iter()
+        .map(|w| {
+            let systems = (w.cells)().iter().map(|c| c.system).collect();
+            (w.name.to_string(), systems)
+        })
+        .collect();
+    let latency: Vec<&'static str> = (LATENCY.cells)().iter().map(|c| c.system).collect();
+    rows.extend(
+        QUANTILES
+            .iter()
+            .map(|(l, _)| (format!("{}-{l}", LATENCY.name), latency.clone())),
+    );
+    rows
 }
 
 fn table(results: &Results) -> String {
@@ -235,16 +272,17 @@ fn table(results: &Results) -> String {
         "workload", "system", "ns/event", "/ best peer", "/ direct"
     );
     let _ = writeln!(out, "{}", "-".repeat(76));
-    for name in order() {
+    for (name, systems) in order() {
         let Some(row) = results.get(&name) else {
             continue;
         };
         let best = best_peer(row);
         let direct = row.get("direct").copied();
-        // Rows in the systems' declaration order, not alphabetical.
-        let mut rows: Vec<(&'static str, f64)> = row.iter().map(|(k, v)| (*k, *v)).collect();
-        rows.sort_by_key(|(k, _)| system_rank(k));
-        for (system, ns) in rows {
+        // Rows in the workload's table order, not alphabetical.
+        for system in systems {
+            let Some(&ns) = row.get(system) else {
+                continue;
+            };
             let vs_peer = best.map_or("-".into(), |(_, b)| format!("{:.2}x", ns / b));
             let vs_direct = direct.map_or("-".into(), |d| format!("{:.2}x", ns / d));
             let _ = writeln!(
@@ -257,23 +295,6 @@ fn table(results: &Results) -> String {
         }
     }
     out
-}
-
-fn system_rank(name: &str) -> usize {
-    [
-        "base",
-        "direct",
-        "ringbus",
-        "ringbus-batch",
-        "ringbus-parallel",
-        "arrayqueue",
-        "crossbeam-channel",
-        "std-mpsc",
-        "disruptor",
-    ]
-    .iter()
-    .position(|n| *n == name)
-    .unwrap_or(usize::MAX)
 }
 
 /// The goals, each with the figures it was judged on.
@@ -368,16 +389,16 @@ fn goals(results: &Results) -> String {
 /// identifiers, so no escaping is needed.
 fn to_json(results: &Results) -> String {
     let mut out = String::from("{");
-    for (i, name) in order()
+    for (i, (name, _)) in order()
         .iter()
-        .filter(|n| results.contains_key(*n))
+        .filter(|(n, _)| results.contains_key(n))
         .enumerate()
     {
         if i > 0 {
             out.push_str(", ");
         }
         let _ = write!(out, "\"{name}\": {{");
-        for (j, (system, ns)) in results[name].iter().enumerate() {
+        for (j, (system, ns)) in results[name.as_str()].iter().enumerate() {
             if j > 0 {
                 out.push_str(", ");
             }

@@ -1,0 +1,166 @@
+//! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; plus
+//! ringbus-batch, its `enqueue_batch` variant in W-tick.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use crossbeam_utils::Backoff;
+use ringbus::{DispatchMode, EnqueueError, EventStore, Metrics, OverrunPolicy};
+
+use crate::common::handlers::{Sink, Work, dispatcher};
+use crate::common::payload::{Ev, event};
+use crate::common::peer::{CAPACITY, Consumer, Peer, Producer};
+use crate::common::runner::Tick;
+
+fn store(
+    work: Work,
+    sink: &Arc<Sink>,
+    policy: OverrunPolicy,
+    mode: DispatchMode,
+) -> EventStore<Ev> {
+    EventStore::builder(dispatcher(work, sink))
+        .capacity(CAPACITY)
+        .policy(policy)
+        .mode(mode)
+        .build()
+        .expect("a power-of-two capacity")
+}
+
+/// A `DropOldest` store on one thread: per-event `enqueue`, then `publish`.
+#[derive(Debug)]
+pub struct Ringbus {
+    store: EventStore<Ev>,
+}
+
+impl Ringbus {
+    /// The store dispatching in `mode` (W-parallel compares `Parallel` with `Sync`).
+    pub fn with_mode(work: Work, sink: &Arc<Sink>, mode: DispatchMode) -> Self {
+        Self {
+            store: store(work, sink, OverrunPolicy::DropOldest, mode),
+        }
+    }
+}
+
+impl Peer for Ringbus {
+    const NAME: &'static str = "ringbus";
+
+    fn new(work: Work, sink: &Arc<Sink>) -> Self {
+        Self::with_mode(work, sink, DispatchMode::Sync)
+    }
+
+    #[inline(always)]
+    fn tick(&mut self, first: u64, n: u64) {
+        for i in first..first + n {
+            self.store.enqueue(event(i)).expect("room for a tick");
+        }
+        self.store.publish();
+    }
+
+    /// `begin_transaction`, `push` each, `commit` (one claim for all, then the dispatch).
+    #[inline(always)]
+    fn commit(&mut self, first: u64, n: u64) {
+        let mut tx = self.store.begin_transaction();
+        for i in first..first + n {
+            tx.push(event(i));
+        }
+        tx.commit().expect("room and no failing handler");
+    }
+
+    #[inline(always)]
+    fn push_drop_oldest(&mut self, ev: Ev) {
+        black_box(self.store.enqueue(ev).expect("DropOldest always accepts"));
+    }
+
+    fn metrics(&self) -> Option<Metrics> {
+        Some(self.store.metrics())
+    }
+
+    /// `Block`: the store itself makes a producer wait for room.
+    fn mp(sink: &Arc<Sink>) -> (impl Producer + Clone, impl Consumer) {
+        Shared::ends(Work::Tiny, sink, OverrunPolicy::Block)
+    }
+
+    /// `ReturnError` and retry, like the ArrayQueue peer's push loop: a consumer preempted for
+    /// a whole lap must not lose samples (`DropOldest` would, and the run would never end), and
+    /// no producer ever parks, so publishing skips `Block`'s wake-up check.
+    fn latency(sink: &Arc<Sink>) -> (impl Producer, impl Consumer) {
+        Shared::ends(Work::Latency, sink, OverrunPolicy::ReturnError)
+    }
+}
+
+/// Either end of a store shared between threads: producers `enqueue`, the consumer loops on
+/// `publish`.
+#[derive(Debug, Clone)]
+struct Shared(Arc<EventStore<Ev>>);
+
+impl Shared {
+    /// A producer and a consumer of one sync store.
+    fn ends(work: Work, sink: &Arc<Sink>, policy: OverrunPolicy) -> (Self, Self) {
+        let shared = Self(Arc::new(store(work, sink, policy, DispatchMode::Sync)));
+        (shared.clone(), shared)
+    }
+}
+
+impl Producer for Shared {
+    #[inline(always)]
+    fn put_waiting(&mut self, ev: Ev, _: &Backoff) {
+        self.0.enqueue(ev).expect("Block waits, the store is open");
+    }
+
+    #[inline(always)]
+    fn put_spinning(&mut self, mut ev: Ev) {
+        while let Err(EnqueueError::Full(back)) = self.0.enqueue(ev) {
+            ev = back;
+        }
+    }
+}
+
+impl Consumer for Shared {
+    #[inline(always)]
+    fn poll(&mut self) -> u64 {
+        self.0.publish().dispatched
+    }
+
+    fn metrics(&self) -> Option<Metrics> {
+        Some(self.0.metrics())
+    }
+}
+
+/// ringbus-batch: `enqueue_batch` of a reused `Vec`, then `publish` (sync).
+#[derive(Debug)]
+pub struct RingbusBatch {
+    store: EventStore<Ev>,
+    batch: Vec<Ev>,
+    sink: Arc<Sink>,
+}
+
+impl RingbusBatch {
+    /// The system's name in criterion, the table and the JSON.
+    pub const NAME: &'static str = "ringbus-batch";
+
+    /// A sync `DropOldest` store, as [`Ringbus`]'s.
+    pub fn new(work: Work) -> Self {
+        let sink = Sink::new(0);
+        Self {
+            store: store(work, &sink, OverrunPolicy::DropOldest, DispatchMode::Sync),
+            batch: Vec::new(),
+            sink,
+        }
+    }
+}
+
+impl Tick for RingbusBatch {
+    #[inline(always)]
+    fn tick(&mut self, first: u64, n: u64) {
+        self.batch.extend((first..first + n).map(event));
+        self.store
+            .enqueue_batch(&mut self.batch)
+            .expect("room for a tick");
+        self.store.publish();
+    }
+
+    fn check(&self, made: u64) {
+        self.sink.expect_total(made, Self::NAME);
+        assert_eq!(self.store.metrics().dropped, 0);
+    }
+}

@@ -1,0 +1,40 @@
+//! W-tick: 1,024 events per tick into a 65,536-slot ring, then a synchronous drain, all on one
+//! thread; with `base` (the harness alone) and `direct` (no queue) below the systems.
+
+use crate::common::baselines::{Base, Direct};
+use crate::common::handlers::Work;
+use crate::common::peer::Peer;
+use crate::common::peers::ringbus::{Ringbus, RingbusBatch};
+use crate::common::registry::{Throughput, Workload, peers};
+use crate::common::runner::{PeerTick, TickRunner};
+
+/// Events per tick (W-tick, W-parallel; W-enqueue counts its iterations in ticks too).
+pub const TICK: usize = 1024;
+
+/// W-tick.
+pub const WORKLOAD: Workload = Workload {
+    name: "W-tick",
+    whole_run: false,
+    cells,
+};
+
+fn cells() -> Vec<Throughput> {
+    let mut cells = vec![
+        Throughput::new(Base::NAME, |_| TickRunner::boxed(Base, TICK)),
+        Throughput::new(Direct::NAME, |_| {
+            TickRunner::boxed(Direct::new(Work::Tiny, TICK), TICK)
+        }),
+        cell::<Ringbus>(),
+        Throughput::new(RingbusBatch::NAME, |_| {
+            TickRunner::boxed(RingbusBatch::new(Work::Tiny), TICK)
+        }),
+    ];
+    cells.extend(peers!(cell));
+    cells
+}
+
+fn cell<P: Peer>() -> Throughput {
+    Throughput::new(P::NAME, |_| {
+        TickRunner::boxed(PeerTick::<P>::new(Work::Tiny), TICK)
+    })
+}
