@@ -277,24 +277,24 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-mod dispatcher;
 mod error;
+mod event;
+mod event_enum;
 mod metrics;
 mod panics;
 mod ring;
-mod routes;
 mod schedule;
 mod store;
 mod sync;
 mod transaction;
 mod wait;
 
-pub use dispatcher::{BoxError, Context, Dispatcher, Event, TypeKey};
 pub use error::{BatchError, BuildError, EnqueueError, HandlerFailure, TimeoutError};
+pub use event::{BoxError, Event, TypeKey};
 pub use metrics::Metrics;
 pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
-    Builder, DispatchMode, Enqueued, ErrorKind, ErrorReport, EventStore, OverrunPolicy,
-    PublishReport,
+    Builder, Context, DispatchMode, Dispatcher, Enqueued, ErrorKind, ErrorReport, EventStore,
+    OverrunPolicy, PublishReport, Variant,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

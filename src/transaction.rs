@@ -11,8 +11,8 @@ use std::fmt;
 use std::ops::Range;
 use std::time::Duration;
 
-use crate::dispatcher::{BoxError, Event};
 use crate::error::{BatchError, HandlerFailure};
+use crate::event::{BoxError, Event};
 use crate::panics;
 use crate::store::{Enqueued, EventStore, Outcomes, PublishReport};
 

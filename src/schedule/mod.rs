@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::dispatcher::Event;
 use crate::error::EnqueueError;
+use crate::event::Event;
 use crate::store::EventStore;
 use timer::{Counts, Timers};
 

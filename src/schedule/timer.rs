@@ -10,8 +10,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::{CANCELLED, FIRED, FIRING, PENDING, REJECTED, ScheduleHandle, SharedStatus};
-use crate::dispatcher::Event;
 use crate::error::EnqueueError;
+use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::panics;
 use crate::store::{EventStore, Layer, WeakStore};

@@ -4,7 +4,7 @@
 use crossbeam_queue::ArrayQueue;
 
 use super::EventStore;
-use crate::dispatcher::Event;
+use crate::event::Event;
 
 /// Spare buffers kept.
 const SPARE_BUFFERS: usize = 8;

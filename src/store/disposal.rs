@@ -3,7 +3,7 @@
 //! panicking hook. Both run user code outside the handlers.
 
 use super::{ErrorKind, ErrorReport, Shared};
-use crate::dispatcher::Event;
+use crate::event::Event;
 use crate::panics::{self, Payload, drop_caught};
 
 impl<E: Event, Err> Shared<E, Err> {

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::{Enqueued, EventStore, OverrunPolicy, Shared};
-use crate::dispatcher::Event;
 use crate::error::{BatchError, EnqueueError};
+use crate::event::Event;
 use crate::ring::{ClaimError, Eviction};
 use crate::sync::Backoff;
 

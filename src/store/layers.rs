@@ -11,7 +11,7 @@ use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use super::{EventStore, Shared};
-use crate::dispatcher::Event;
+use crate::event::Event;
 use crate::metrics::Metrics;
 
 /// A part of the store built on top of the core, registered with [`EventStore::layer`].

@@ -8,19 +8,22 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::dispatcher::{BoxError, Event};
+use crate::event::{BoxError, Event};
 use crate::metrics::{Counters, Metrics};
 use crate::ring::Ring;
-use crate::routes::RouteTable;
 use crate::wait::BlockedProducers;
+use routes::RouteTable;
 
 mod buffers;
+mod context;
+mod dispatcher;
 mod disposal;
 mod enqueue;
 mod layers;
 mod options;
 mod publish;
 mod reports;
+mod routes;
 mod run;
 mod shutdown;
 
@@ -28,6 +31,8 @@ use layers::Layers;
 use reports::ErrorHook;
 
 pub(crate) use buffers::BufferPool;
+pub use context::Context;
+pub use dispatcher::{Dispatcher, Variant};
 pub(crate) use layers::{Layer, WeakStore};
 pub use options::{Builder, DispatchMode, OverrunPolicy};
 pub use reports::{Enqueued, ErrorKind, ErrorReport, PublishReport};

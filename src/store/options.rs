@@ -3,15 +3,16 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::Dispatcher;
 use super::buffers::BufferPool;
 use super::layers::Layers;
 use super::reports::ErrorHook;
+use super::routes::RouteTable;
 use super::{ErrorReport, EventStore, Shared};
-use crate::dispatcher::{BoxError, Dispatcher, Event};
 use crate::error::BuildError;
+use crate::event::{BoxError, Event};
 use crate::metrics::Counters;
 use crate::ring::{MAX_CAPACITY, Ring};
-use crate::routes::RouteTable;
 use crate::wait::BlockedProducers;
 
 /// What [`EventStore::enqueue`] does when the ring is full.

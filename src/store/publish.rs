@@ -6,12 +6,11 @@
 //! releases the count.
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::run::{Discard, Outcomes};
-use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport, Shared};
-use crate::dispatcher::Event;
+use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport};
+use crate::event::Event;
 use crate::metrics::Tally;
 use crate::sync::Backoff;
 use crate::wait::expired;
@@ -34,7 +33,7 @@ where
     /// Safe to call from several threads at once: each event is dispatched by exactly one of
     /// them.
     pub fn publish(&self) -> PublishReport {
-        self.shared.publish(None)
+        self.publish_by_mode(None)
     }
 
     /// A commit's dispatch: runs, in the caller and in sequence order, every event still
@@ -47,46 +46,45 @@ where
         range: Range<u64>,
         outcomes: &mut impl Outcomes<Err>,
     ) -> (PublishReport, u64) {
-        let shared = &*self.shared;
-        let mut buf = shared.buffers.get();
+        let mut buf = self.shared.buffers.get();
         let (mut dispatched, mut mine) = (0, 0);
         let mut tally = Tally::default();
         let backoff = Backoff::new();
         // Until another thread's in-progress enqueue ahead of the transaction is written and
         // taken, the take stops short of `range.end`: wait for it, as `close` does.
-        while shared.ring.head() < range.end {
-            let Some((first, n)) = shared.take_in_flight(range.end, SYNC_CHUNK, &mut buf) else {
+        while self.shared.ring.head() < range.end {
+            let Some((first, n)) = self.take_in_flight(range.end, SYNC_CHUNK, &mut buf) else {
                 backoff.snooze();
                 continue;
             };
             let mut t = Tally::default();
-            shared.run_events(first, &buf, None, &mut t, outcomes);
-            shared.drop_events(first, &mut buf);
-            shared.finished(n, t);
+            self.run_events(first, &buf, None, &mut t, outcomes);
+            self.shared.drop_events(first, &mut buf);
+            self.finished(n, t);
             dispatched += n;
             tally += t;
             mine += (first + n)
                 .min(range.end)
                 .saturating_sub(first.max(range.start));
         }
-        shared.buffers.put(buf);
+        self.shared.buffers.put(buf);
         (PublishReport::from_tally(dispatched, tally), mine)
     }
 }
 
-impl<E, Err> Shared<E, Err>
+impl<E, Err> EventStore<E, Err>
 where
     E: Event + Send + 'static,
     Err: 'static,
 {
     #[inline]
-    pub(super) fn publish(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
+    pub(super) fn publish_by_mode(&self, deadline: Option<Instant>) -> PublishReport {
         // Nothing pending: return before touching the buffer pool, so that a thread spinning
         // on `publish` (the lowest-latency way to run a bus) costs two loads per spin.
-        if self.ring.head() >= self.ring.tail() {
+        if self.shared.ring.head() >= self.shared.ring.tail() {
             return PublishReport::default();
         }
-        match self.mode {
+        match self.shared.mode {
             DispatchMode::Sync => self.publish_sync(deadline),
             DispatchMode::Parallel => self.publish_parallel(deadline),
             DispatchMode::Async => self.publish_async(deadline),
@@ -95,16 +93,18 @@ where
 
     /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
     fn publish_sync(&self, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.ring.tail();
-        if limit.saturating_sub(self.ring.head()) == 1 {
+        let limit = self.shared.ring.tail();
+        if limit.saturating_sub(self.shared.ring.head()) == 1 {
             return self.publish_one(limit, deadline);
         }
-        let mut buf = self.buffers.get();
+        let mut buf = self.shared.buffers.get();
         let mut dispatched = 0;
         let mut tally = Tally::default();
         while !expired(deadline) {
             // Sized to what is pending, so that the in-flight count is usually exact.
-            let max = limit.saturating_sub(self.ring.head()).min(SYNC_CHUNK);
+            let max = limit
+                .saturating_sub(self.shared.ring.head())
+                .min(SYNC_CHUNK);
             if max == 0 {
                 break;
             }
@@ -116,7 +116,7 @@ where
             dispatched += n;
             tally += t;
         }
-        self.buffers.put(buf);
+        self.shared.buffers.put(buf);
         PublishReport::from_tally(dispatched, tally)
     }
 
@@ -126,16 +126,16 @@ where
         if expired(deadline) {
             return PublishReport::default();
         }
-        self.counters.in_flight.count(1);
-        let Some((sequence, event)) = self.ring.take_one(limit) else {
-            self.counters.in_flight.release(1);
+        self.shared.counters.in_flight.count(1);
+        let Some((sequence, event)) = self.shared.ring.take_one(limit) else {
+            self.shared.counters.in_flight.release(1);
             return PublishReport::default();
         };
         self.made_room();
         let mut tally = Tally::default();
         let events = std::slice::from_ref(&event);
         self.run_events(sequence, events, deadline, &mut tally, &mut Discard);
-        self.drop_event(Some(sequence), event);
+        self.shared.drop_event(Some(sequence), event);
         self.finished(1, tally);
         PublishReport::from_tally(1, tally)
     }
@@ -143,22 +143,22 @@ where
     /// Parallel publish: takes everything pending in one claim, then forks it out if it is
     /// worth it (see [`Self::run_parallel`]).
     fn publish_parallel(&self, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.ring.tail();
+        let limit = self.shared.ring.tail();
         let mut dispatched = 0;
         let mut tally = Tally::default();
         while !expired(deadline) {
-            let want = limit.saturating_sub(self.ring.head());
+            let want = limit.saturating_sub(self.shared.ring.head());
             if want == 0 {
                 break;
             }
-            let mut buf = self.buffers.get();
+            let mut buf = self.shared.buffers.get();
             let Some((first, n)) = self.take_in_flight(limit, want, &mut buf) else {
-                self.buffers.put(buf);
+                self.shared.buffers.put(buf);
                 break;
             };
             let t = self.run_parallel(first, &mut buf, deadline);
             self.finished(n, t);
-            self.buffers.put(buf);
+            self.shared.buffers.put(buf);
             dispatched += n;
             tally += t;
         }
@@ -168,32 +168,37 @@ where
     /// Async publish: hands what is pending to the pool, as far as
     /// [`Builder::max_in_flight`](super::Builder::max_in_flight) allows; the rest stays in the
     /// ring for a later publish.
-    fn publish_async(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.ring.tail();
+    fn publish_async(&self, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.shared.ring.tail();
         let mut dispatched = 0;
         while !expired(deadline) {
-            let want = limit.saturating_sub(self.ring.head());
+            let want = limit.saturating_sub(self.shared.ring.head());
             if want == 0 {
                 break;
             }
             // Reserved under the bound before the claim, so that concurrent publishers cannot
             // overshoot the bound together.
-            let Some(room) = self.counters.in_flight.reserve(want, self.max_in_flight) else {
+            let Some(room) = self
+                .shared
+                .counters
+                .in_flight
+                .reserve(want, self.shared.max_in_flight)
+            else {
                 break;
             };
-            let mut buf = self.buffers.get();
+            let mut buf = self.shared.buffers.get();
             let Some((first, n)) = self.take_reserved(limit, room, &mut buf) else {
-                self.buffers.put(buf);
+                self.shared.buffers.put(buf);
                 break;
             };
             dispatched += n;
-            let shared = Arc::clone(self);
+            let store = self.clone();
             let job = move || {
-                let t = shared.run_parallel(first, &mut buf, deadline);
-                shared.finished(n, t);
-                shared.buffers.put(buf);
+                let t = store.run_parallel(first, &mut buf, deadline);
+                store.finished(n, t);
+                store.shared.buffers.put(buf);
             };
-            match &self.pool {
+            match &self.shared.pool {
                 Some(pool) => pool.spawn(job),
                 None => rayon::spawn(job),
             }
@@ -208,7 +213,7 @@ where
     /// out of the ring into `buf`: see [`take_reserved`](Self::take_reserved).
     #[inline]
     fn take_in_flight(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
-        self.counters.in_flight.count(max);
+        self.shared.counters.in_flight.count(max);
         self.take_reserved(limit, max, buf)
     }
 
@@ -217,10 +222,10 @@ where
     /// known to blocked producers.
     #[inline]
     fn take_reserved(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
-        let taken = self.ring.take_batch(limit, max, buf);
+        let taken = self.shared.ring.take_batch(limit, max, buf);
         let n = taken.map_or(0, |(_, n)| n);
         if n < max {
-            self.counters.in_flight.release(max - n);
+            self.shared.counters.in_flight.release(max - n);
         }
         if n > 0 {
             self.made_room();
@@ -231,15 +236,15 @@ where
     /// Wakes producers blocked on a full ring, after a take made room (only `Block` has any).
     #[inline]
     fn made_room(&self) {
-        if self.policy == OverrunPolicy::Block {
-            self.blocked.wake();
+        if self.shared.policy == OverrunPolicy::Block {
+            self.shared.blocked.wake();
         }
     }
 
     /// Records the outcome of `n` in-flight events, then releases their count.
     #[inline]
     fn finished(&self, n: u64, tally: Tally) {
-        self.counters.record(tally);
-        self.counters.in_flight.release(n);
+        self.shared.counters.record(tally);
+        self.shared.counters.in_flight.release(n);
     }
 }

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use super::{ErrorKind, Shared};
-use crate::dispatcher::{Context, Event};
+use super::Context;
+use super::dispatcher::Handler;
+use super::routes::Routes;
+use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
+use crate::event::Event;
 use crate::metrics::Tally;
 use crate::panics::{self, Payload, dispose, panic_message};
-use crate::routes::Routes;
 
 /// Events a parallel publish runs in the caller, timed, to estimate the batch's cost.
 const PROBE_EVENTS: usize = 16;
@@ -42,7 +44,7 @@ impl<Err> Outcomes<Err> for Discard {
     }
 }
 
-/// Where [`Shared::run_events`] is: survives a caught panic so the run can resume after it.
+/// Where [`EventStore::run_events`] is: survives a caught panic so the run can resume after it.
 #[derive(Debug)]
 struct Cursor {
     /// Index of the event being dispatched.
@@ -77,7 +79,7 @@ impl Cursor {
     }
 }
 
-impl<E, Err> Shared<E, Err>
+impl<E, Err> EventStore<E, Err>
 where
     E: Event + Send + 'static,
     Err: 'static,
@@ -92,7 +94,7 @@ where
     ) -> Tally {
         let mut tally = Tally::default();
         self.run_events(first, buf, deadline, &mut tally, &mut Discard);
-        self.drop_events(first, buf);
+        self.shared.drop_events(first, buf);
         tally
     }
 
@@ -109,6 +111,7 @@ where
         deadline: Option<Instant>,
     ) -> Tally {
         let threads = self
+            .shared
             .pool
             .as_ref()
             .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
@@ -151,12 +154,12 @@ where
                     })
                     .reduce(Tally::default, |a, b| a + b)
             };
-            tally += match &self.pool {
+            tally += match &self.shared.pool {
                 Some(pool) => pool.install(fork),
                 None => fork(),
             };
         }
-        self.drop_events(first, buf);
+        self.shared.drop_events(first, buf);
         tally
     }
 
@@ -182,7 +185,7 @@ where
         tally: &mut Tally,
         outcomes: &mut impl Outcomes<Err>,
     ) {
-        let routes = self.routes.load();
+        let routes = self.shared.routes.load();
         let mut cursor = Cursor::new();
         while cursor.event < events.len() {
             let run = panics::catch(|| {
@@ -210,7 +213,7 @@ where
     #[allow(clippy::too_many_arguments)] // the loop's whole state, passed down, not stored
     fn run_from(
         &self,
-        routes: &Routes<E, Err>,
+        routes: &Routes<E::Projection, Handler<E, Err>>,
         cursor: &mut Cursor,
         first: u64,
         events: &[E],
@@ -222,6 +225,7 @@ where
             let projection = event.projection();
             if let Some(handlers) = routes.get(&projection) {
                 let ctx = Context {
+                    store: self,
                     sequence: first + cursor.event as u64,
                     projection: &projection,
                     deadline,
@@ -231,7 +235,7 @@ where
                     cursor.handler = index;
                     if let Err(err) = handler(&ctx, event) {
                         cursor.failures += 1;
-                        self.report(
+                        self.shared.report(
                             Some(&projection),
                             Some(ctx.sequence),
                             ErrorKind::Handler(&err),
@@ -274,7 +278,7 @@ where
         if cursor.handler == Cursor::DROPPING {
             // The event's projection panicked in its `Drop`, after the event was tallied.
             cursor.next_event();
-            return self.drop_panicked(Some(sequence), payload);
+            return self.shared.drop_panicked(Some(sequence), payload);
         }
         tally.panics += 1;
         cursor.failures += 1;
@@ -284,11 +288,15 @@ where
             match panics::catch(|| events[cursor.event].projection()) {
                 Ok(projection) => {
                     let message = panic_message(&*payload);
-                    self.report(Some(&projection), Some(sequence), ErrorKind::Panic(message));
-                    self.drop_projection(Some(sequence), projection);
+                    self.shared.report(
+                        Some(&projection),
+                        Some(sequence),
+                        ErrorKind::Panic(message),
+                    );
+                    self.shared.drop_projection(Some(sequence), projection);
                 }
                 Err(again) => {
-                    self.report(
+                    self.shared.report(
                         None,
                         Some(sequence),
                         ErrorKind::Panic(panic_message(&*payload)),
@@ -306,7 +314,7 @@ where
             tally.failed += 1;
             tally.handler_errors += 1;
             cursor.next_event();
-            self.report(
+            self.shared.report(
                 None,
                 Some(sequence),
                 ErrorKind::Panic(panic_message(&*payload)),

@@ -1,11 +1,10 @@
 //! Shutting down and waiting: `drain`, `close`, and what dropping the last handle does.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ErrorKind, EventStore, PublishReport, Shared};
-use crate::dispatcher::Event;
 use crate::error::TimeoutError;
+use crate::event::Event;
 use crate::panics;
 use crate::wait::{IdleWait, expired};
 
@@ -26,7 +25,7 @@ where
     /// [`TimeoutError`] if work is still running after `timeout` (a zero timeout fails at once
     /// if anything is in flight). Nothing is lost.
     pub fn drain(&self, timeout: Duration) -> Result<(), TimeoutError> {
-        self.shared.wait_idle(Instant::now().checked_add(timeout))
+        self.wait_idle(Instant::now().checked_add(timeout))
     }
 
     /// Shuts the store down (GoEventBus's `Close`): from now on every enqueue fails with the
@@ -46,29 +45,29 @@ where
         let deadline = Instant::now().checked_add(timeout);
         self.shared.ring.close();
         self.shared.blocked.wake_all();
-        self.shared.shut_down_layers();
-        let report = self.shared.publish_all(deadline);
-        self.shared.wait_idle(deadline)?;
+        self.shut_down_layers();
+        let report = self.publish_all(deadline);
+        self.wait_idle(deadline)?;
         if self.pending() > 0 {
-            return Err(self.shared.timeout_error());
+            return Err(self.timeout_error());
         }
         Ok(report)
     }
 }
 
-impl<E, Err> Shared<E, Err>
+impl<E, Err> EventStore<E, Err>
 where
     E: Event + Send + 'static,
     Err: 'static,
 {
     /// Publishes until every event accepted so far is taken, or `deadline` passes: `publish`
     /// leaves events behind an enqueue still being written, and `close` must not.
-    fn publish_all(self: &Arc<Self>, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.ring.tail();
+    fn publish_all(&self, deadline: Option<Instant>) -> PublishReport {
+        let limit = self.shared.ring.tail();
         let mut report = PublishReport::default();
         let mut idle = IdleWait::new(deadline);
-        while self.ring.head() < limit && !expired(deadline) {
-            let r = self.publish(deadline);
+        while self.shared.ring.head() < limit && !expired(deadline) {
+            let r = self.publish_by_mode(deadline);
             if r.dispatched == 0 {
                 // An enqueue is between its claim and its write (it finishes in nanoseconds
                 // unless its thread was preempted), or async work is at its bound.
@@ -85,7 +84,7 @@ where
     /// job is there; returns whether it ran one. The work `drain` or `close` waits for may be
     /// queued behind this very thread, which would otherwise never run it.
     fn help_pool(&self) -> bool {
-        let helped = match &self.pool {
+        let helped = match &self.shared.pool {
             // `None` unless this thread is one of the pool's.
             Some(pool) => pool.yield_now(),
             // No pool of our own: jobs go wherever `rayon::spawn` puts them, the pool of the
@@ -99,8 +98,8 @@ where
     /// Tells every layer the store is closing (the ring is closed already) and drops what
     /// they held back.
     fn shut_down_layers(&self) {
-        for event in self.layers.shut_down() {
-            self.drop_event(None, event);
+        for event in self.shared.layers.shut_down() {
+            self.shared.drop_event(None, event);
         }
     }
 
@@ -111,7 +110,7 @@ where
     /// would cost every publish a fence.
     fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
         let mut wait = IdleWait::new(deadline);
-        while !self.counters.in_flight.is_idle() {
+        while !self.shared.counters.in_flight.is_idle() {
             if expired(deadline) {
                 return Err(self.timeout_error());
             }
@@ -125,10 +124,10 @@ where
 
     /// What is left, for a [`TimeoutError`].
     fn timeout_error(&self) -> TimeoutError {
-        let head = self.ring.head();
+        let head = self.shared.ring.head();
         TimeoutError {
-            pending: self.ring.tail().saturating_sub(head),
-            in_flight: self.counters.in_flight.get(),
+            pending: self.shared.ring.tail().saturating_sub(head),
+            in_flight: self.shared.counters.in_flight.get(),
         }
     }
 }

@@ -1,4 +1,6 @@
 //! The route table a store dispatches through: a [`Dispatcher`] frozen for fast lookups.
+//! Catch-all handlers are appended to every route when frozen, and are the table's fallback
+//! for projections without routes, so they cost a lookup nothing.
 //!
 //! A dispatcher's projections are fixed once the store is built, and there are few of them (a
 //! handful to a few hundred), so the store resolves each event's projection with a small
@@ -13,7 +15,8 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
-use crate::dispatcher::{Dispatcher, Event, Handler};
+use super::dispatcher::{Dispatcher, Handler};
+use crate::event::Event;
 use crate::panics;
 
 /// One multiply per word: fast for the small keys projections are (integers, enums, short
@@ -72,20 +75,21 @@ impl Hasher for MulHasher {
 /// The run loop [`load`](Self::load)s the table once per run of events (a chunk of up to 256,
 /// or a parallel task), never per event: a swapped table is seen from the next run on.
 pub(crate) struct RouteTable<E: Event, Err> {
-    frozen: Routes<E, Err>,
+    frozen: Routes<E::Projection, Handler<E, Err>>,
 }
 
 impl<E: Event, Err> RouteTable<E, Err> {
     /// The table of `dispatcher`'s routes.
     pub(crate) fn new(dispatcher: Dispatcher<E, Err>) -> Self {
+        let (routes, catch_all) = dispatcher.into_routes();
         Self {
-            frozen: Routes::new(dispatcher),
+            frozen: Routes::new(routes.collect(), catch_all),
         }
     }
 
     /// The routes for one run of events.
     #[inline(always)]
-    pub(crate) fn load(&self) -> &Routes<E, Err> {
+    pub(crate) fn load(&self) -> &Routes<E::Projection, Handler<E, Err>> {
         &self.frozen
     }
 }
@@ -96,25 +100,26 @@ impl<E: Event, Err> fmt::Debug for RouteTable<E, Err> {
     }
 }
 
-/// A dispatcher's routes, frozen.
-pub(crate) struct Routes<E: Event, Err> {
+/// Handlers of type `H` by key `K`, frozen.
+pub(crate) struct Routes<K, H> {
     /// `slots.len()` is a power of two; a key lives at the first free slot from its home slot.
-    slots: Box<[Option<Route<E, Err>>]>,
+    slots: Box<[Option<Route<K, H>>]>,
     /// `64 - log2(slots.len())`: the home slot is the hash's top bits, the best-mixed ones.
     shift: u32,
+    /// The handlers of a key without a route (catch-all handlers); a miss when empty.
+    fallback: Box<[H]>,
 }
 
-struct Route<E: Event, Err> {
-    projection: E::Projection,
-    handlers: Box<[Handler<E, Err>]>,
+struct Route<K, H> {
+    projection: K,
+    handlers: Box<[H]>,
 }
 
-impl<E: Event, Err> Routes<E, Err> {
-    /// Freezes `dispatcher`'s routes.
-    pub(crate) fn new(dispatcher: Dispatcher<E, Err>) -> Self {
-        let routes = dispatcher.into_routes();
+impl<K: Eq + Hash, H> Routes<K, H> {
+    /// Freezes `routes` (keys are distinct); `fallback` runs for the keys not among them.
+    pub(crate) fn new(routes: Vec<(K, Vec<H>)>, fallback: Vec<H>) -> Self {
         let len = (routes.len() * 2).next_power_of_two().max(8);
-        let mut slots: Box<[Option<Route<E, Err>>]> = (0..len).map(|_| None).collect();
+        let mut slots: Box<[Option<Route<K, H>>]> = (0..len).map(|_| None).collect();
         let shift = 64 - len.trailing_zeros();
         let mask = len - 1;
         for (projection, handlers) in routes {
@@ -127,12 +132,16 @@ impl<E: Event, Err> Routes<E, Err> {
                 handlers: handlers.into_boxed_slice(),
             });
         }
-        Self { slots, shift }
+        Self {
+            slots,
+            shift,
+            fallback: fallback.into_boxed_slice(),
+        }
     }
 
     /// The handlers for `projection`, if any.
     #[inline]
-    pub(crate) fn get(&self, projection: &E::Projection) -> Option<&[Handler<E, Err>]> {
+    pub(crate) fn get(&self, projection: &K) -> Option<&[H]> {
         let mask = self.slots.len() - 1;
         let mut i = home(projection, self.shift);
         loop {
@@ -140,7 +149,8 @@ impl<E: Event, Err> Routes<E, Err> {
             match &self.slots[i] {
                 Some(route) if route.projection == *projection => return Some(&route.handlers),
                 Some(_) => i = (i + 1) & mask,
-                None => return None,
+                None if self.fallback.is_empty() => return None,
+                None => return Some(&self.fallback),
             }
         }
     }
@@ -153,17 +163,18 @@ fn home<K: Hash>(key: &K, shift: u32) -> usize {
     (hasher.finish() >> shift) as usize
 }
 
-impl<E: Event, Err> Drop for Routes<E, Err> {
+impl<K, H> Drop for Routes<K, H> {
     /// Keys and handlers (with whatever the handlers captured) are user values: a panic in
     /// their `Drop` is contained here, so that dropping a store never unwinds.
     fn drop(&mut self) {
         for slot in self.slots.iter_mut() {
             panics::drop_contained(slot.take());
         }
+        panics::drop_contained(std::mem::take(&mut self.fallback));
     }
 }
 
-impl<E: Event, Err> fmt::Debug for Routes<E, Err> {
+impl<K: fmt::Debug, H> fmt::Debug for Routes<K, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(
@@ -179,80 +190,56 @@ impl<E: Event, Err> fmt::Debug for Routes<E, Err> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::dispatcher::{Context, TypeKey};
+    use crate::event::TypeKey;
 
-    struct Ev<K>(K);
-    impl<K: Eq + Hash + fmt::Debug + Send + Sync + Clone + 'static> Event for Ev<K> {
-        type Projection = K;
-        fn projection(&self) -> K {
-            self.0.clone()
-        }
-    }
-
-    fn routes<K>(keys: &[K]) -> Routes<Ev<K>, ()>
-    where
-        K: Eq + Hash + fmt::Debug + Send + Sync + Clone + 'static,
-    {
-        let mut d = Dispatcher::<Ev<K>, ()>::new();
-        for (n, k) in keys.iter().enumerate() {
-            for _ in 0..=n % 3 {
-                d.on(k.clone(), |_, _| Ok(()));
-            }
-        }
-        Routes::new(d)
+    /// A table whose "handlers" are numbers: key `n`-th gets `n % 3 + 1` of them, in order.
+    fn routes<K: Eq + Hash + Clone>(keys: &[K], fallback: Vec<usize>) -> Routes<K, usize> {
+        let routes = keys
+            .iter()
+            .enumerate()
+            .map(|(n, k)| (k.clone(), (0..=n % 3).collect()))
+            .collect();
+        Routes::new(routes, fallback)
     }
 
     #[test]
     fn finds_every_route_and_misses_the_rest() {
         let keys: Vec<u32> = (0..500).map(|k| k * 7919).collect();
-        let r = routes(&keys);
+        let r = routes(&keys, Vec::new());
         for (n, k) in keys.iter().enumerate() {
             assert_eq!(r.get(k).map(<[_]>::len), Some(n % 3 + 1), "key {k}");
         }
         for k in [1u32, 2, 7918, u32::MAX] {
             assert!(r.get(&k).is_none());
         }
-        let empty = routes::<u8>(&[]);
+        let empty = routes::<u8>(&[], Vec::new());
         assert!(empty.get(&0).is_none());
     }
 
     #[test]
     fn strings_and_type_keys_route() {
-        let r = routes(&[
-            "order_placed",
-            "order_shipped",
-            "a-much-longer-projection-name",
-        ]);
+        let r = routes(
+            &[
+                "order_placed",
+                "order_shipped",
+                "a-much-longer-projection-name",
+            ],
+            Vec::new(),
+        );
         assert!(r.get(&"order_shipped").is_some());
         assert!(r.get(&"order").is_none());
         struct A;
         struct B;
-        let t = routes(&[TypeKey::of::<A>()]);
+        let t = routes(&[TypeKey::of::<A>()], Vec::new());
         assert!(t.get(&TypeKey::of::<A>()).is_some());
         assert!(t.get(&TypeKey::of::<B>()).is_none());
     }
 
     #[test]
-    fn handlers_keep_registration_order() {
-        use std::sync::{Arc, Mutex};
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut d = Dispatcher::<Ev<u8>, ()>::new();
-        for i in 0..4 {
-            let seen = seen.clone();
-            d.on(1, move |_, _| {
-                seen.lock().unwrap().push(i);
-                Ok(())
-            });
-        }
-        let r = Routes::new(d);
-        let ctx = Context {
-            sequence: 0,
-            projection: &1,
-            deadline: None,
-        };
-        for h in r.get(&1).unwrap() {
-            h(&ctx, &Ev(1)).unwrap();
-        }
-        assert_eq!(*seen.lock().unwrap(), [0, 1, 2, 3]);
+    fn handlers_keep_their_order_and_a_miss_gets_the_fallback() {
+        let r = routes(&[10u8, 20, 30], vec![7, 8]);
+        assert_eq!(r.get(&30), Some(&[0, 1, 2][..]));
+        assert_eq!(r.get(&99), Some(&[7, 8][..]));
+        assert_eq!(format!("{r:?}").len(), "{10: 1, 20: 2, 30: 3}".len());
     }
 }

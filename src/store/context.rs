@@ -1,0 +1,87 @@
+//! [`Context`]: what a handler gets besides the event: its sequence, its projection, the
+//! publish's deadline, and its own store.
+
+use std::fmt;
+use std::time::Instant;
+
+use super::EventStore;
+use crate::event::{BoxError, Event};
+
+/// What a handler knows about the event it is handling besides the event itself, and its way
+/// back into its own store.
+///
+/// [`store`](Self::store) lends the handler the store it runs in, for follow-up events,
+/// schedules, transactions and metrics, without the handler owning a handle: a handler that
+/// captured a clone of its own store would keep it alive forever (the store owns the handler),
+/// so its pending events would never be reported discarded and its state never freed.
+///
+/// ```
+/// use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+///
+/// #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// enum Kind { Hit, Died }
+/// struct Ev { kind: Kind, hp: i32 }
+/// impl Event for Ev {
+///     type Projection = Kind;
+///     fn projection(&self) -> Kind { self.kind }
+/// }
+///
+/// let mut dispatcher = Dispatcher::<Ev>::new();
+/// dispatcher.on(Kind::Hit, |ctx, ev| {
+///     if ev.hp <= 0 {
+///         ctx.store().enqueue(Ev { kind: Kind::Died, hp: 0 })?; // a follow-up
+///     }
+///     Ok(())
+/// });
+/// let store = EventStore::new(dispatcher, 64, OverrunPolicy::ReturnError)?;
+/// store.enqueue(Ev { kind: Kind::Hit, hp: -5 })?;
+/// assert_eq!(store.publish().dispatched, 1);
+/// assert_eq!(store.pending(), 1); // the follow-up, for the next publish
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Context<'a, E: Event, Err = BoxError> {
+    pub(crate) store: &'a EventStore<E, Err>,
+    pub(crate) sequence: u64,
+    pub(crate) projection: &'a E::Projection,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl<'a, E: Event, Err> Context<'a, E, Err> {
+    /// The event's sequence number: its position in the store's total order of enqueues,
+    /// starting at 0. Unique per store.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// The projection the event was routed by.
+    pub fn projection(&self) -> &'a E::Projection {
+        self.projection
+    }
+
+    /// The deadline of the publish running this handler, if it has one
+    /// ([`EventStore::close`] sets one). A long handler should check
+    /// [`is_expired`](Self::is_expired) and wrap up.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// True once the deadline has passed. Reads the clock; without a deadline, always false.
+    pub fn is_expired(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// The store this handler runs in, lent for the call.
+    pub fn store(&self) -> &'a EventStore<E, Err> {
+        self.store
+    }
+}
+
+impl<E: Event, Err> fmt::Debug for Context<'_, E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("sequence", &self.sequence)
+            .field("projection", self.projection)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
