@@ -36,9 +36,13 @@
 //! batch is written, and a publisher that sees `first` written (Acquire) sees the rest too.
 //!
 //! # Flags in the tail word
-//! Bit 63 of `tail` is the closed mark. Producers claim by CAS on the whole word, so a claim and
-//! `close` are ordered by the one atomic variable: every claim that succeeded is below the
-//! sequence `close` read, and none succeeds after it.
+//! Bit 63 of `tail` is the closed mark, bit 61 the sealed mark. Producers claim by CAS on the
+//! whole word, so a claim and a mark are ordered by the one atomic variable: every claim that
+//! succeeded is below the sequence the mark was set at, and none that the mark refuses
+//! succeeds after it. Closed refuses [`Intake::Outside`] claims (the store's `close` sets it
+//! first); sealed refuses every claim, [`Intake::FollowUp`] ones (handlers' follow-ups, the
+//! timer) too (`close` sets it once everything has settled). A follow-up claim keeps the closed
+//! mark in the word it writes.
 //!
 //! Bit 62 is the gate: a batch that found no room for all its events under `DropOldest` sets it
 //! ([`Ring::try_gate`]) while it evicts, and while it is set every other claim fails with
@@ -54,15 +58,50 @@ use crossbeam_utils::CachePadded;
 
 use crate::sync::{AtomicU64, Backoff, Ordering, UnsafeCell};
 
-/// Bit of `tail` set once the ring is closed.
+/// Bit of `tail` set once the ring is closed to outside producers.
 const CLOSED: u64 = 1 << 63;
 /// Bit of `tail` set while a batch holds the gate (see the module docs).
 const GATED: u64 = 1 << 62;
+/// Bit of `tail` set once the ring is sealed: no claim at all (set with `CLOSED`).
+const SEALED: u64 = 1 << 61;
 /// The flag bits of `tail`; the rest is the sequence.
-const FLAGS: u64 = CLOSED | GATED;
+const FLAGS: u64 = CLOSED | GATED | SEALED;
 
-/// The largest capacity a ring accepts: stamps (`2s + 1`) must not overflow for 2^62 sequences.
+/// The largest capacity a ring accepts: stamps (`2s + 1`) must not overflow for 2^61 sequences.
 pub(crate) const MAX_CAPACITY: usize = 1 << 32;
+
+/// Who claims: decides which mark refuses the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intake {
+    /// A producer outside the store: refused once the ring is closed.
+    Outside,
+    /// A follow-up from inside (a handler through its `Context`, the timer): refused only once
+    /// the ring is sealed, so work accepted before a close can finish during it.
+    FollowUp,
+}
+
+impl Intake {
+    /// The mark that refuses this intake.
+    #[inline(always)]
+    fn closed_mark(self) -> u64 {
+        match self {
+            Intake::Outside => CLOSED,
+            Intake::FollowUp => SEALED,
+        }
+    }
+
+    /// Why a claim by this intake fails on a tail word with `flags` set, if it does.
+    #[inline]
+    fn refusal(self, word: u64) -> Option<ClaimError> {
+        if word & self.closed_mark() != 0 {
+            Some(ClaimError::Closed)
+        } else if word & GATED != 0 {
+            Some(ClaimError::Gated)
+        } else {
+            None
+        }
+    }
+}
 
 /// Why a producer could not claim sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,16 +234,27 @@ impl<T> Ring<T> {
         self.head.load(Ordering::SeqCst)
     }
 
-    /// True once [`close`](Self::close) has run.
+    /// True once [`close`](Self::close) has run: closed to outside producers.
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
-        self.tail.load(Ordering::Acquire) & CLOSED != 0
+        self.refuses(Intake::Outside)
     }
 
-    /// Marks the ring closed and returns the tail it closed at: every sequence below it was
-    /// claimed (and will be written), none at or above it ever will be.
-    pub(crate) fn close(&self) -> u64 {
-        self.tail.fetch_or(CLOSED, Ordering::SeqCst) & !FLAGS
+    /// True once claims by `intake` are refused for good.
+    #[inline]
+    pub(crate) fn refuses(&self, intake: Intake) -> bool {
+        self.tail.load(Ordering::Acquire) & intake.closed_mark() != 0
+    }
+
+    /// Closes the ring to outside producers; follow-ups still get in until [`seal`](Self::seal).
+    pub(crate) fn close(&self) {
+        self.tail.fetch_or(CLOSED, Ordering::SeqCst);
+    }
+
+    /// Seals the ring and returns the tail it sealed at: every sequence below it was claimed
+    /// (and will be written), none at or above it ever will be.
+    pub(crate) fn seal(&self) -> u64 {
+        self.tail.fetch_or(CLOSED | SEALED, Ordering::SeqCst) & !FLAGS
     }
 
     /// True while a batch holds the gate.
@@ -226,13 +276,18 @@ impl<T> Ring<T> {
     /// Every claimed sequence must then be written with [`write`](Self::write) or
     /// [`write_batch`](Self::write_batch), with no user code in between (see the module docs).
     #[inline]
-    pub(crate) fn claim(&self, n: u64) -> Result<u64, ClaimError> {
+    pub(crate) fn claim(&self, n: u64, intake: Intake) -> Result<u64, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
-        let mut tail = self.tail.load(Ordering::Relaxed);
+        let mut word = self.tail.load(Ordering::Relaxed);
         loop {
-            if tail & FLAGS != 0 {
-                return Err(flag_error(tail));
+            if word & FLAGS != 0 {
+                if let Some(refusal) = intake.refusal(word) {
+                    return Err(refusal);
+                }
             }
+            // A follow-up's claim during close keeps the closed mark: the CAS below adds `n`
+            // to the whole word, and the sequence never reaches the flag bits.
+            let tail = word & !FLAGS;
             // Room for `[tail, tail + n)` is first judged by the stamp of its last slot: if
             // the previous lap's event there has been moved out, consumers have claimed
             // every sequence up to it, so `tail + n <= head + cap`. Only when that slot is not
@@ -247,7 +302,7 @@ impl<T> Ring<T> {
                 let head = self.head.load(Ordering::SeqCst);
                 if tail < head {
                     // `tail` is stale: consumers have already passed it.
-                    tail = self.tail.load(Ordering::Relaxed);
+                    word = self.tail.load(Ordering::Relaxed);
                     continue;
                 }
                 if tail + n > head + self.capacity() {
@@ -257,13 +312,13 @@ impl<T> Ring<T> {
             // Relaxed suffices for the claim itself: it hands out numbers, and the data are
             // synchronised slot by slot through the stamps.
             match self.tail.compare_exchange_weak(
-                tail,
-                tail + n,
+                word,
+                word + n,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Ok(tail),
-                Err(current) => tail = current,
+                Err(current) => word = current,
             }
         }
     }
@@ -378,11 +433,11 @@ impl<T> Ring<T> {
     /// read first and the eviction is a CAS from that same head, so the head did not move in
     /// between; the tail, read in between, only grows while the head stands still; so the
     /// slots free at the CAS are at most those free when the tail was read, fewer than `n`.
-    pub(crate) fn evict_oldest(&self, n: u64) -> Eviction<T> {
+    pub(crate) fn evict_oldest(&self, n: u64, intake: Intake) -> Eviction<T> {
         // SeqCst, like every read of the head or tail that decides room (see `claim`).
         let head = self.head.load(Ordering::SeqCst);
         let tail = self.tail.load(Ordering::SeqCst);
-        if tail & CLOSED != 0 || (tail & !FLAGS) + n <= head + self.capacity() {
+        if tail & intake.closed_mark() != 0 || (tail & !FLAGS) + n <= head + self.capacity() {
             return Eviction::NotNeeded;
         }
         // Acquire: the producer's write happens-before our move-out.
@@ -400,14 +455,13 @@ impl<T> Ring<T> {
     /// Reserves the ring for a batch: sets the gate unless the ring is closed or another batch
     /// holds it. Returns true if this call set it; the caller must then end with
     /// [`claim_gated`](Self::claim_gated) succeeding or [`ungate`](Self::ungate).
-    pub(crate) fn try_gate(&self) -> Result<bool, ClaimError> {
+    pub(crate) fn try_gate(&self, intake: Intake) -> Result<bool, ClaimError> {
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
-            if tail & FLAGS != 0 {
-                return match flag_error(tail) {
-                    ClaimError::Gated => Ok(false),
-                    closed => Err(closed),
-                };
+            match intake.refusal(tail) {
+                Some(ClaimError::Gated) => return Ok(false),
+                Some(closed) => return Err(closed),
+                None => {}
             }
             // Relaxed, as a claim: the gate hands out the right to claim, not data.
             match self.tail.compare_exchange_weak(
@@ -424,14 +478,14 @@ impl<T> Ring<T> {
 
     /// The gate holder's claim of `n` sequences: succeeds, clearing the gate, once `n` slots
     /// are free; [`ClaimError::Full`] until then (the caller keeps the gate and evicts);
-    /// [`ClaimError::Closed`] once closed (the gate is cleared).
-    pub(crate) fn claim_gated(&self, n: u64) -> Result<u64, ClaimError> {
+    /// [`ClaimError::Closed`] once closed to `intake` (the gate is cleared).
+    pub(crate) fn claim_gated(&self, n: u64, intake: Intake) -> Result<u64, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
         loop {
             // While the gate is up no other producer changes the tail; only `close` may.
             let word = self.tail.load(Ordering::Relaxed);
             debug_assert!(word & GATED != 0, "claim_gated without the gate");
-            if word & CLOSED != 0 {
+            if word & intake.closed_mark() != 0 {
                 self.ungate();
                 return Err(ClaimError::Closed);
             }
@@ -440,9 +494,10 @@ impl<T> Ring<T> {
             if tail + n > self.head.load(Ordering::SeqCst) + self.capacity() {
                 return Err(ClaimError::Full);
             }
+            // Clears the gate, keeps a closed mark (a follow-up's batch during close).
             match self.tail.compare_exchange_weak(
                 word,
-                tail + n,
+                (tail + n) | (word & CLOSED),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -457,8 +512,8 @@ impl<T> Ring<T> {
         self.tail.fetch_and(!GATED, Ordering::Relaxed);
     }
 
-    /// [`take_batch`](Self::take_batch) of one event, returned by value: the oldest event below `limit` if
-    /// it is written.
+    /// [`take_batch`](Self::take_batch) of one event, returned by value: the oldest event
+    /// below `limit` if it is written.
     #[inline]
     pub(crate) fn take_one(&self, limit: u64) -> Option<(u64, T)> {
         let (seq, _) = self.claim_written(limit, 1)?;
@@ -564,16 +619,6 @@ impl<T> Ring<T> {
                 }
             });
         }
-    }
-}
-
-/// The refusal a flagged tail word means: closed wins over gated.
-#[inline]
-fn flag_error(tail: u64) -> ClaimError {
-    if tail & CLOSED != 0 {
-        ClaimError::Closed
-    } else {
-        ClaimError::Gated
     }
 }
 

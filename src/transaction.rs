@@ -9,12 +9,13 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{BatchError, HandlerFailure};
 use crate::event::{BoxError, Event};
 use crate::panics;
-use crate::store::{Enqueued, EventStore, Outcomes, PublishReport};
+use crate::ring::Intake;
+use crate::store::{Context, Enqueued, EventStore, Outcomes, PublishReport};
 
 /// Events buffered for one atomic commit. From [`EventStore::begin_transaction`].
 ///
@@ -65,6 +66,9 @@ pub struct Transaction<E: Event, Err = BoxError> {
     store: EventStore<E, Err>,
     /// The events pushed so far, in order; the buffer is the store's until dropped.
     events: Vec<E>,
+    /// Outside, or a handler's follow-up (from [`Context::begin_transaction`]), which still
+    /// commits during a close.
+    intake: Intake,
 }
 
 /// What a successful [`Transaction::commit`] did.
@@ -96,14 +100,32 @@ where
 {
     /// Starts a [`Transaction`] on this store (GoEventBus's `BeginTransaction`).
     pub fn begin_transaction(&self) -> Transaction<E, Err> {
-        Transaction {
-            store: self.clone(),
-            events: self.buffers().get(),
-        }
+        Transaction::new(self, Intake::Outside)
+    }
+}
+
+impl<E, Err> Context<'_, E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Starts a [`Transaction`] of follow-ups: [`EventStore::begin_transaction`], except that
+    /// its commit is still accepted while the store closes, as
+    /// [`Context::enqueue`] is.
+    pub fn begin_transaction(&self) -> Transaction<E, Err> {
+        Transaction::new(self.store(), Intake::FollowUp)
     }
 }
 
 impl<E: Event, Err> Transaction<E, Err> {
+    fn new(store: &EventStore<E, Err>, intake: Intake) -> Self {
+        Self {
+            store: store.clone(),
+            events: store.buffers().get(),
+            intake,
+        }
+    }
+
     /// Buffers an event (GoEventBus's `Publish`). Nothing reaches the ring until a commit.
     pub fn push(&mut self, event: E) -> &mut Self {
         self.events.push(event);
@@ -258,10 +280,9 @@ where
 
     /// `enqueue_batch` of the buffer: emptied on success, untouched on error.
     fn batch(&mut self, timeout: Option<Duration>) -> Result<Enqueued, BatchError> {
-        match timeout {
-            None => self.store.enqueue_batch(&mut self.events),
-            Some(t) => self.store.enqueue_batch_timeout(&mut self.events, t),
-        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        self.store
+            .enqueue_batch_as(&mut self.events, deadline, self.intake)
     }
 
     fn commit_inner(

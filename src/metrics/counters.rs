@@ -34,6 +34,17 @@ impl std::ops::AddAssign for Tally {
     }
 }
 
+/// Why an event was refused (and handed back), for [`Counters::add_rejected`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// No room under `ReturnError` (or a batch larger than the ring, under any policy).
+    Full,
+    /// The store is closed (to outside producers, or sealed).
+    Closed,
+    /// `Block`'s deadline passed.
+    Timeout,
+}
+
 /// The store's live counters. Producer-side and publisher-side counters sit on separate cache
 /// lines so that overrun accounting does not slow publishers down.
 #[derive(Debug, Default)]
@@ -56,7 +67,9 @@ struct Outcomes {
 #[derive(Debug, Default)]
 struct Overrun {
     dropped: AtomicU64,
-    rejected: AtomicU64,
+    rejected_full: AtomicU64,
+    rejected_closed: AtomicU64,
+    rejected_timeout: AtomicU64,
     /// Rare (a panicking `Drop`), so it shares the producers' line rather than take its own.
     drop_panics: AtomicU64,
 }
@@ -85,8 +98,13 @@ impl Counters {
         bump(&self.overrun.dropped, n);
     }
 
-    pub(crate) fn add_rejected(&self, n: u64) {
-        bump(&self.overrun.rejected, n);
+    pub(crate) fn add_rejected(&self, why: Rejection, n: u64) {
+        let counter = match why {
+            Rejection::Full => &self.overrun.rejected_full,
+            Rejection::Closed => &self.overrun.rejected_closed,
+            Rejection::Timeout => &self.overrun.rejected_timeout,
+        };
+        bump(counter, n);
     }
 
     pub(crate) fn add_drop_panics(&self, n: u64) {
@@ -104,7 +122,12 @@ impl Counters {
             handler_errors: load(&self.outcomes.handler_errors),
             panics: load(&self.outcomes.panics),
             dropped: load(&self.overrun.dropped),
-            rejected: load(&self.overrun.rejected),
+            rejected: load(&self.overrun.rejected_full)
+                + load(&self.overrun.rejected_closed)
+                + load(&self.overrun.rejected_timeout),
+            rejected_full: load(&self.overrun.rejected_full),
+            rejected_closed: load(&self.overrun.rejected_closed),
+            rejected_timeout: load(&self.overrun.rejected_timeout),
             unrouted: load(&self.outcomes.unrouted),
             pending: tail.saturating_sub(head),
             in_flight: self.in_flight.get(),
@@ -131,7 +154,9 @@ mod tests {
             panics: 1,
         });
         c.add_dropped(4);
-        c.add_rejected(9);
+        c.add_rejected(Rejection::Full, 5);
+        c.add_rejected(Rejection::Closed, 3);
+        c.add_rejected(Rejection::Timeout, 1);
         let m = c.snapshot(12, 15);
         assert_eq!(m.published, 15);
         assert_eq!(m.pending, 3);
@@ -139,6 +164,10 @@ mod tests {
         assert_eq!(
             (m.handler_errors, m.panics, m.dropped, m.rejected),
             (3, 1, 4, 9)
+        );
+        assert_eq!(
+            (m.rejected_full, m.rejected_closed, m.rejected_timeout),
+            (5, 3, 1)
         );
         assert!(m.is_balanced());
         assert!(!Metrics { published: 1, ..m }.is_balanced());

@@ -9,7 +9,7 @@
 mod counters;
 mod in_flight;
 
-pub(crate) use counters::{Counters, Tally};
+pub(crate) use counters::{Counters, Rejection, Tally};
 pub(crate) use in_flight::InFlight;
 
 /// A snapshot of a store's counters, from [`EventStore::metrics`](crate::EventStore::metrics).
@@ -47,8 +47,16 @@ pub struct Metrics {
     /// Events discarded by `DropOldest` to make room.
     pub dropped: u64,
     /// Events refused and handed back: ring full under `ReturnError`, `Block` deadline passed,
-    /// or store closed. Not part of `published`.
+    /// or store closed. Not part of `published`. The sum of the three below.
     pub rejected: u64,
+    /// Refused for want of room: ring full under `ReturnError`, or a batch (transaction)
+    /// larger than the ring, under any policy.
+    pub rejected_full: u64,
+    /// Refused because the store was closed: an outside enqueue or schedule after `close`
+    /// began, or a handler's follow-up after `close` finished.
+    pub rejected_closed: u64,
+    /// Refused because `Block`'s deadline passed before room came.
+    pub rejected_timeout: u64,
     /// Events whose projection had no handler.
     pub unrouted: u64,
     /// Events in the ring, not yet taken by a publisher.

@@ -4,8 +4,10 @@
 use std::fmt;
 use std::time::Instant;
 
-use super::EventStore;
+use super::{Enqueued, EventStore};
+use crate::error::{BatchError, EnqueueError};
 use crate::event::{BoxError, Event};
+use crate::ring::Intake;
 
 /// What a handler knows about the event it is handling besides the event itself, and its way
 /// back into its own store.
@@ -29,7 +31,7 @@ use crate::event::{BoxError, Event};
 /// let mut dispatcher = Dispatcher::<Ev>::new();
 /// dispatcher.on(Kind::Hit, |ctx, ev| {
 ///     if ev.hp <= 0 {
-///         ctx.store().enqueue(Ev { kind: Kind::Died, hp: 0 })?; // a follow-up
+///         ctx.enqueue(Ev { kind: Kind::Died, hp: 0 })?; // a follow-up
 ///     }
 ///     Ok(())
 /// });
@@ -70,9 +72,38 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
         self.deadline.is_some_and(|d| Instant::now() >= d)
     }
 
-    /// The store this handler runs in, lent for the call.
+    /// The store this handler runs in, lent for the call. What a handler does through it is
+    /// what any producer does: during [`close`](EventStore::close) its enqueues are refused.
+    /// Use [`enqueue`](Self::enqueue) for follow-ups that must get in while the store closes.
     pub fn store(&self) -> &'a EventStore<E, Err> {
         self.store
+    }
+}
+
+impl<E, Err> Context<'_, E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    /// Enqueues a follow-up event: [`EventStore::enqueue`], except that it is still accepted
+    /// while the store [closes](EventStore::close), until the close has dispatched everything
+    /// (so work accepted before a shutdown gets its follow-ups).
+    ///
+    /// # Errors
+    /// As [`EventStore::enqueue`]; [`EnqueueError::Closed`] only once the close has finished.
+    #[inline]
+    pub fn enqueue(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
+        self.store.enqueue_as(event, Intake::FollowUp)
+    }
+
+    /// Enqueues a batch of follow-ups, all or nothing: [`EventStore::enqueue_batch`], accepted
+    /// during a close as [`enqueue`](Self::enqueue) is.
+    ///
+    /// # Errors
+    /// As [`EventStore::enqueue_batch`]; [`BatchError::Closed`] only once the close has
+    /// finished.
+    pub fn enqueue_batch(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
+        self.store.enqueue_batch_as(batch, None, Intake::FollowUp)
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use super::{Enqueued, EventStore, OverrunPolicy, Shared};
 use crate::error::{BatchError, EnqueueError};
 use crate::event::Event;
-use crate::ring::{ClaimError, Eviction};
+use crate::metrics::Rejection;
+use crate::ring::{ClaimError, Eviction, Intake};
 use crate::sync::Backoff;
 
 impl<E, Err> EventStore<E, Err>
@@ -22,9 +23,15 @@ where
     /// ring is full under [`OverrunPolicy::ReturnError`]. The event comes back in the error.
     #[inline]
     pub fn enqueue(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
+        self.enqueue_as(event, Intake::Outside)
+    }
+
+    /// [`enqueue`](Self::enqueue) for `intake`: a handler's follow-up gets in during `close`.
+    #[inline]
+    pub(crate) fn enqueue_as(&self, event: E, intake: Intake) -> Result<Enqueued, EnqueueError<E>> {
         self.shared
-            .try_enqueue(event)
-            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, None))
+            .try_enqueue(event, intake)
+            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, None, intake))
     }
 
     /// Like [`enqueue`](Self::enqueue), but under [`OverrunPolicy::Block`] waits at most
@@ -36,10 +43,13 @@ where
         timeout: Duration,
     ) -> Result<Enqueued, EnqueueError<E>> {
         // The deadline is only worked out if there is no room at once.
-        self.shared.try_enqueue(event).or_else(|(event, refusal)| {
-            let deadline = Instant::now().checked_add(timeout);
-            self.shared.enqueue_slow(event, refusal, deadline)
-        })
+        self.shared
+            .try_enqueue(event, Intake::Outside)
+            .or_else(|(event, refusal)| {
+                let deadline = Instant::now().checked_add(timeout);
+                self.shared
+                    .enqueue_slow(event, refusal, deadline, Intake::Outside)
+            })
     }
 
     /// Enqueues a whole batch, all or nothing: the events take consecutive sequence numbers
@@ -68,7 +78,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn enqueue_batch(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
-        self.shared.enqueue_batch(batch, None)
+        self.shared.enqueue_batch(batch, None, Intake::Outside)
     }
 
     /// [`enqueue_batch`](Self::enqueue_batch) that waits at most `timeout` for room under
@@ -78,11 +88,22 @@ where
         batch: &mut Vec<E>,
         timeout: Duration,
     ) -> Result<Enqueued, BatchError> {
-        self.shared
-            .enqueue_batch(batch, Instant::now().checked_add(timeout))
+        let deadline = Instant::now().checked_add(timeout);
+        self.shared.enqueue_batch(batch, deadline, Intake::Outside)
     }
 
-    /// The timer thread's enqueue (`schedule/timer.rs`): [`enqueue`](Self::enqueue), except that under
+    /// [`enqueue_batch`](Self::enqueue_batch) for `intake`, waiting until `deadline` under `Block`.
+    pub(crate) fn enqueue_batch_as(
+        &self,
+        batch: &mut Vec<E>,
+        deadline: Option<Instant>,
+        intake: Intake,
+    ) -> Result<Enqueued, BatchError> {
+        self.shared.enqueue_batch(batch, deadline, intake)
+    }
+
+    /// The timer thread's enqueue (`schedule/timer.rs`): a follow-up (it fires during `close`
+    /// until the timer stops) [`enqueue`](Self::enqueue), except that under
     /// [`OverrunPolicy::Block`] it waits for room only until `deadline`, then hands the event
     /// back as [`EnqueueError::Timeout`] *without* counting it as rejected, so that the timer
     /// can drop its strong handle and try again.
@@ -94,7 +115,7 @@ where
         let shared = &*self.shared;
         if shared.policy == OverrunPolicy::Block {
             loop {
-                match shared.try_enqueue(event) {
+                match shared.try_enqueue(event, Intake::FollowUp) {
                     Ok(enqueued) => return Ok(enqueued),
                     // `enqueue` below counts the refusal and hands the event back.
                     Err((back, ClaimError::Closed)) => {
@@ -103,14 +124,14 @@ where
                     }
                     Err((back, ClaimError::Full | ClaimError::Gated)) => {
                         event = back;
-                        if !shared.wait_for_room(1, Some(deadline)) {
+                        if !shared.wait_for_room(1, Some(deadline), Intake::FollowUp) {
                             return Err(EnqueueError::Timeout(event));
                         }
                     }
                 }
             }
         }
-        self.enqueue(event)
+        self.enqueue_as(event, Intake::FollowUp)
     }
 }
 
@@ -122,8 +143,8 @@ where
     /// The fast path of every single enqueue: claim one slot and write it, or give the event
     /// back with the reason.
     #[inline(always)]
-    fn try_enqueue(&self, event: E) -> Result<Enqueued, (E, ClaimError)> {
-        match self.ring.claim(1) {
+    fn try_enqueue(&self, event: E, intake: Intake) -> Result<Enqueued, (E, ClaimError)> {
+        match self.ring.claim(1, intake) {
             Ok(sequence) => {
                 // SAFETY: `sequence` was claimed just above, and is written once.
                 unsafe { self.ring.write(sequence, event) };
@@ -144,6 +165,7 @@ where
         mut event: E,
         mut refusal: ClaimError,
         deadline: Option<Instant>,
+        intake: Intake,
     ) -> Result<Enqueued, EnqueueError<E>> {
         let mut dropped = 0;
         // The evicted event is dropped once our own is in: its `Drop` is user code, which
@@ -153,38 +175,40 @@ where
         let outcome = loop {
             match (refusal, self.policy) {
                 (ClaimError::Closed, _) => {
-                    self.counters.add_rejected(1);
+                    self.counters.add_rejected(Rejection::Closed, 1);
                     break Err(EnqueueError::Closed(event));
                 }
                 (ClaimError::Full | ClaimError::Gated, OverrunPolicy::ReturnError) => {
-                    self.counters.add_rejected(1);
+                    self.counters.add_rejected(Rejection::Full, 1);
                     break Err(EnqueueError::Full(event));
                 }
-                (ClaimError::Full, OverrunPolicy::DropOldest) => match self.ring.evict_oldest(1) {
-                    Eviction::Evicted(sequence, old) => {
-                        self.counters.add_dropped(1);
-                        dropped += 1;
-                        // An earlier eviction of this call (another enqueue took its room).
-                        if let Some((seq, previous)) = evicted.replace((sequence, old)) {
-                            self.drop_event(Some(seq), previous);
+                (ClaimError::Full, OverrunPolicy::DropOldest) => {
+                    match self.ring.evict_oldest(1, intake) {
+                        Eviction::Evicted(sequence, old) => {
+                            self.counters.add_dropped(1);
+                            dropped += 1;
+                            // An earlier eviction of this call (another enqueue took its room).
+                            if let Some((seq, previous)) = evicted.replace((sequence, old)) {
+                                self.drop_event(Some(seq), previous);
+                            }
                         }
+                        // Another producer's event at the head is being written: it will be
+                        // evictable in a moment. We hold no claim meanwhile.
+                        Eviction::Unwritten => backoff.snooze(),
+                        Eviction::NotNeeded => {}
                     }
-                    // Another producer's event at the head is being written: it will be
-                    // evictable in a moment. We hold no claim meanwhile.
-                    Eviction::Unwritten => backoff.snooze(),
-                    Eviction::NotNeeded => {}
-                },
+                }
                 // A batch holds the gate and makes room for itself; wait for it to claim.
                 (ClaimError::Gated, OverrunPolicy::DropOldest) => backoff.snooze(),
                 // (`Gated` only happens under `DropOldest`.)
                 (ClaimError::Full | ClaimError::Gated, OverrunPolicy::Block) => {
-                    if !self.wait_for_room(1, deadline) {
-                        self.counters.add_rejected(1);
+                    if !self.wait_for_room(1, deadline, intake) {
+                        self.counters.add_rejected(Rejection::Timeout, 1);
                         break Err(EnqueueError::Timeout(event));
                     }
                 }
             }
-            match self.try_enqueue(event) {
+            match self.try_enqueue(event, intake) {
                 Ok(enqueued) => {
                     break Ok(Enqueued {
                         dropped,
@@ -204,6 +228,7 @@ where
         &self,
         batch: &mut Vec<E>,
         deadline: Option<Instant>,
+        intake: Intake,
     ) -> Result<Enqueued, BatchError> {
         let len = batch.len();
         if len == 0 {
@@ -215,16 +240,24 @@ where
         let n = len as u64;
         if n > self.ring.capacity() {
             let capacity = self.ring.capacity() as usize;
-            return Err(self.refuse_batch(n, BatchError::TooLarge { len, capacity }));
+            return Err(self.refuse_batch(
+                n,
+                Rejection::Full,
+                BatchError::TooLarge { len, capacity },
+            ));
         }
-        match self.ring.claim(n) {
+        match self.ring.claim(n, intake) {
             // SAFETY: `[first, first + n)` was claimed just above, for this batch.
             Ok(first) => Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
-            Err(ClaimError::Closed) => Err(self.refuse_batch(n, BatchError::Closed)),
+            Err(ClaimError::Closed) => {
+                Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed))
+            }
             Err(ClaimError::Full | ClaimError::Gated) => match self.policy {
-                OverrunPolicy::ReturnError => Err(self.refuse_batch(n, BatchError::Full { len })),
-                OverrunPolicy::DropOldest => self.enqueue_batch_evicting(batch),
-                OverrunPolicy::Block => self.enqueue_batch_waiting(batch, deadline),
+                OverrunPolicy::ReturnError => {
+                    Err(self.refuse_batch(n, Rejection::Full, BatchError::Full { len }))
+                }
+                OverrunPolicy::DropOldest => self.enqueue_batch_evicting(batch, intake),
+                OverrunPolicy::Block => self.enqueue_batch_waiting(batch, deadline, intake),
             },
         }
     }
@@ -243,16 +276,19 @@ where
         &self,
         batch: &mut Vec<E>,
         deadline: Option<Instant>,
+        intake: Intake,
     ) -> Result<Enqueued, BatchError> {
         let (len, n) = (batch.len(), batch.len() as u64);
         loop {
-            if !self.wait_for_room(n, deadline) {
-                return Err(self.refuse_batch(n, BatchError::Timeout { len }));
+            if !self.wait_for_room(n, deadline, intake) {
+                return Err(self.refuse_batch(n, Rejection::Timeout, BatchError::Timeout { len }));
             }
-            match self.ring.claim(n) {
+            match self.ring.claim(n, intake) {
                 // SAFETY: `[first, first + n)` was claimed just above, for this batch.
                 Ok(first) => return Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
-                Err(ClaimError::Closed) => return Err(self.refuse_batch(n, BatchError::Closed)),
+                Err(ClaimError::Closed) => {
+                    return Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed));
+                }
                 Err(ClaimError::Full | ClaimError::Gated) => {}
             }
         }
@@ -267,21 +303,27 @@ where
     /// enqueue) only once the gate is down.
     #[cold]
     #[inline(never)]
-    fn enqueue_batch_evicting(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
+    fn enqueue_batch_evicting(
+        &self,
+        batch: &mut Vec<E>,
+        intake: Intake,
+    ) -> Result<Enqueued, BatchError> {
         let n = batch.len() as u64;
         let backoff = Backoff::new();
         // Take the gate, or claim outright if room appeared meanwhile.
         loop {
-            match self.ring.try_gate() {
+            match self.ring.try_gate(intake) {
                 Ok(true) => break,
-                Err(_) => return Err(self.refuse_batch(n, BatchError::Closed)),
+                Err(_) => return Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed)),
                 // Another batch holds the gate: wait for it like any other enqueue.
                 Ok(false) => backoff.snooze(),
             }
-            match self.ring.claim(n) {
+            match self.ring.claim(n, intake) {
                 // SAFETY: `[first, first + n)` was claimed just above, for this batch.
                 Ok(first) => return Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
-                Err(ClaimError::Closed) => return Err(self.refuse_batch(n, BatchError::Closed)),
+                Err(ClaimError::Closed) => {
+                    return Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed));
+                }
                 Err(ClaimError::Full | ClaimError::Gated) => {}
             }
         }
@@ -289,13 +331,13 @@ where
         // the head. At most `n` evictions are needed, so `evicted` stays within `n`.
         let mut evicted = Vec::new();
         let outcome = loop {
-            match self.ring.claim_gated(n) {
+            match self.ring.claim_gated(n, intake) {
                 Ok(first) => {
                     let dropped = evicted.len() as u64;
                     // SAFETY: `[first, first + n)` was claimed just above, for this batch.
                     break Ok(unsafe { self.write_claimed_batch(first, batch, dropped) });
                 }
-                Err(ClaimError::Full) => match self.ring.evict_oldest(n) {
+                Err(ClaimError::Full) => match self.ring.evict_oldest(n, intake) {
                     Eviction::Evicted(sequence, old) => {
                         self.counters.add_dropped(1);
                         evicted.push((sequence, old));
@@ -305,7 +347,7 @@ where
                 },
                 // `claim_gated` lowered the gate. The events evicted stay dropped: they were
                 // discarded while the ring was full, before the close.
-                Err(_) => break Err(self.refuse_batch(n, BatchError::Closed)),
+                Err(_) => break Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed)),
             }
         };
         for (sequence, old) in evicted {
@@ -314,12 +356,12 @@ where
         outcome
     }
 
-    /// Blocks until `n` slots are free or the ring closes (true), or `deadline` passes
+    /// Blocks until `n` slots are free or the ring closes to `intake` (true), or `deadline` passes
     /// (false).
-    fn wait_for_room(&self, n: u64, deadline: Option<Instant>) -> bool {
+    fn wait_for_room(&self, n: u64, deadline: Option<Instant>, intake: Intake) -> bool {
         let ring = &self.ring;
         self.blocked
-            .wait(deadline, || ring.is_closed() || ring.has_room(n))
+            .wait(deadline, || ring.refuses(intake) || ring.has_room(n))
     }
 
     /// Writes `batch` into `[first, first + batch.len())`, emptying it.
@@ -338,8 +380,8 @@ where
 
     /// Counts a refused batch of `n` events and returns why.
     #[cold]
-    fn refuse_batch(&self, n: u64, why: BatchError) -> BatchError {
-        self.counters.add_rejected(n);
+    fn refuse_batch(&self, n: u64, reason: Rejection, why: BatchError) -> BatchError {
+        self.counters.add_rejected(reason, n);
         why
     }
 }

@@ -28,29 +28,39 @@ where
         self.wait_idle(Instant::now().checked_add(timeout))
     }
 
-    /// Shuts the store down (GoEventBus's `Close`): from now on every enqueue fails with the
-    /// event handed back (producers blocked in `Block` wake up with theirs), then every event
-    /// already accepted is dispatched in the store's mode and in-flight work is waited for,
-    /// all within `timeout`. Returns what the final dispatch did. Calling it again is harmless.
+    /// Shuts the store down (GoEventBus's `Close`), letting accepted work finish, all within
+    /// `timeout`:
+    /// 1. **Intake closes.** From now on every enqueue, batch, transaction commit and schedule
+    ///    from outside fails with the event handed back (counted in
+    ///    [`Metrics::rejected_closed`](crate::Metrics::rejected_closed)), producers blocked in
+    ///    `Block` included. The timer stops: scheduled events still waiting are cancelled
+    ///    (counted in [`Metrics::cancelled`](crate::Metrics::cancelled), their handles say
+    ///    so); an event it was already firing gets in.
+    /// 2. **Accepted work finishes.** Every pending event is dispatched in the store's mode and
+    ///    in-flight work is waited for, again and again while handlers enqueue follow-ups
+    ///    through their [`Context`](crate::Context) (`ctx.enqueue`, `ctx.enqueue_batch`,
+    ///    `ctx.begin_transaction`), which are still accepted, until nothing is pending or in
+    ///    flight. (A handler's `ctx.store().schedule_after` is refused like any outside one:
+    ///    the timer does not hold a shutdown open.)
+    /// 3. **The store seals.** Nothing gets in any more, follow-ups included.
     ///
-    /// Scheduled events still waiting in the timer are cancelled (counted in
-    /// [`Metrics::cancelled`](crate::Metrics::cancelled), their handles say so) and the timer thread is stopped; an event
-    /// the timer was already firing is accepted or refused like any concurrent enqueue.
+    /// Returns what the dispatch did. Calling it again is harmless.
     ///
     /// # Errors
-    /// [`TimeoutError`] when the deadline passes first; the events not yet dispatched stay in
-    /// the ring, and a later `publish` or `close` dispatches them. A zero timeout dispatches
-    /// nothing and fails if anything is pending or in flight.
+    /// [`TimeoutError`] when the deadline passes first; the store is then closed to outside
+    /// producers but not sealed: the events not yet dispatched stay in the ring, and a later
+    /// `publish` or `close` dispatches them (and accepts their handlers' follow-ups). A zero
+    /// timeout dispatches nothing and fails if anything is pending or in flight.
     pub fn close(&self, timeout: Duration) -> Result<PublishReport, TimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         self.shared.ring.close();
         self.shared.blocked.wake_all();
         self.shut_down_layers();
-        let report = self.publish_all(deadline);
-        self.wait_idle(deadline)?;
-        if self.pending() > 0 {
-            return Err(self.timeout_error());
-        }
+        let mut report = self.settle_for_close(deadline)?;
+        self.shared.ring.seal();
+        // Follow-ups blocked on a full ring: they are refused now.
+        self.shared.blocked.wake_all();
+        report += self.settle_for_close(deadline)?;
         Ok(report)
     }
 }
@@ -78,6 +88,22 @@ where
             report += r;
         }
         report
+    }
+
+    /// Dispatches and waits until nothing is pending or in flight (handlers may add
+    /// follow-ups), or fails at `deadline`.
+    fn settle_for_close(&self, deadline: Option<Instant>) -> Result<PublishReport, TimeoutError> {
+        let mut report = PublishReport::default();
+        loop {
+            report += self.publish_all(deadline);
+            self.wait_idle(deadline)?;
+            if self.pending() == 0 {
+                return Ok(report);
+            }
+            if expired(deadline) {
+                return Err(self.timeout_error());
+            }
+        }
     }
 
     /// Runs one pending job of the store's pool if this thread is one of its workers and a
