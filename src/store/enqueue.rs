@@ -102,8 +102,8 @@ where
         self.shared.enqueue_batch(batch, deadline, intake)
     }
 
-    /// The timer thread's enqueue (`schedule/timer.rs`): a follow-up (it fires during `close`
-    /// until the timer stops) [`enqueue`](Self::enqueue), except that under
+    /// The timer thread's enqueue (`schedule/timer.rs`): [`enqueue`](Self::enqueue) (an outside
+    /// producer: `close` stops the timer first, so a firing it races is refused), except that under
     /// [`OverrunPolicy::Block`] it waits for room only until `deadline`, then hands the event
     /// back as [`EnqueueError::Timeout`] *without* counting it as rejected, so that the timer
     /// can drop its strong handle and try again.
@@ -115,7 +115,7 @@ where
         let shared = &*self.shared;
         if shared.policy == OverrunPolicy::Block {
             loop {
-                match shared.try_enqueue(event, Intake::FollowUp) {
+                match shared.try_enqueue(event, Intake::Outside) {
                     Ok(enqueued) => return Ok(enqueued),
                     // `enqueue` below counts the refusal and hands the event back.
                     Err((back, ClaimError::Closed)) => {
@@ -124,14 +124,14 @@ where
                     }
                     Err((back, ClaimError::Full | ClaimError::Gated)) => {
                         event = back;
-                        if !shared.wait_for_room(1, Some(deadline), Intake::FollowUp) {
+                        if !shared.wait_for_room(1, Some(deadline), Intake::Outside) {
                             return Err(EnqueueError::Timeout(event));
                         }
                     }
                 }
             }
         }
-        self.enqueue_as(event, Intake::FollowUp)
+        self.enqueue(event)
     }
 }
 
