@@ -295,6 +295,6 @@ pub use metrics::Metrics;
 pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
     Builder, Context, DispatchMode, Dispatcher, Enqueued, ErrorKind, ErrorReport, EventStore,
-    OverrunPolicy, PublishReport, Variant,
+    LocalDispatcher, OverrunPolicy, PublishReport, Settle, SettleReport, Variant,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

@@ -20,11 +20,13 @@ mod dispatcher;
 mod disposal;
 mod enqueue;
 mod layers;
+mod local;
 mod options;
 mod publish;
 mod reports;
 mod routes;
 mod run;
+mod settle;
 mod shutdown;
 
 use layers::Layers;
@@ -34,9 +36,11 @@ pub(crate) use buffers::BufferPool;
 pub use context::Context;
 pub use dispatcher::{Dispatcher, Variant};
 pub(crate) use layers::{Layer, WeakStore};
+pub use local::LocalDispatcher;
 pub use options::{Builder, DispatchMode, OverrunPolicy};
 pub use reports::{Enqueued, ErrorKind, ErrorReport, PublishReport};
 pub(crate) use run::Outcomes;
+pub use settle::{Settle, SettleReport};
 
 /// The state every handle of a store shares.
 struct Shared<E: Event, Err> {

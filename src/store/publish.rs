@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
+use super::local::{LocalHandlers, NoLocal};
 use super::run::{Discard, Outcomes};
 use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport};
 use crate::event::Event;
@@ -57,18 +58,59 @@ where
                 backoff.snooze();
                 continue;
             };
-            let mut t = Tally::default();
-            self.run_events(first, &buf, None, &mut t, outcomes);
-            self.shared.drop_events(first, &mut buf);
-            self.finished(n, t);
+            tally += self.run_taken(first, n, &mut buf, None, outcomes, &mut NoLocal);
             dispatched += n;
-            tally += t;
             mine += (first + n)
                 .min(range.end)
                 .saturating_sub(first.max(range.start));
         }
         self.shared.buffers.put(buf);
         (PublishReport::from_tally(dispatched, tally), mine)
+    }
+
+    /// A sync publish in the caller, whatever the store's mode, of the events below `limit`,
+    /// with `locals` run after the store's handlers (`publish_with`).
+    pub(super) fn publish_in_caller(
+        &self,
+        limit: u64,
+        deadline: Option<Instant>,
+        locals: &mut impl LocalHandlers<E, Err>,
+    ) -> PublishReport {
+        let mut buf = self.shared.buffers.get();
+        let (mut dispatched, mut tally) = (0, Tally::default());
+        while !expired(deadline) {
+            let max = limit
+                .saturating_sub(self.shared.ring.head())
+                .min(SYNC_CHUNK);
+            if max == 0 {
+                break;
+            }
+            let Some((first, n)) = self.take_in_flight(limit, max, &mut buf) else {
+                break;
+            };
+            tally += self.run_taken(first, n, &mut buf, deadline, &mut Discard, locals);
+            dispatched += n;
+        }
+        self.shared.buffers.put(buf);
+        PublishReport::from_tally(dispatched, tally)
+    }
+
+    /// Runs the `n` events of `buf` (sequences from `first`) in the caller, empties `buf`,
+    /// and records their outcome.
+    fn run_taken(
+        &self,
+        first: u64,
+        n: u64,
+        buf: &mut Vec<E>,
+        deadline: Option<Instant>,
+        outcomes: &mut impl Outcomes<Err>,
+        locals: &mut impl LocalHandlers<E, Err>,
+    ) -> Tally {
+        let mut tally = Tally::default();
+        self.run_events(first, buf, deadline, &mut tally, outcomes, locals);
+        self.shared.drop_events(first, buf);
+        self.finished(n, tally);
+        tally
     }
 }
 
@@ -134,7 +176,14 @@ where
         self.made_room();
         let mut tally = Tally::default();
         let events = std::slice::from_ref(&event);
-        self.run_events(sequence, events, deadline, &mut tally, &mut Discard);
+        self.run_events(
+            sequence,
+            events,
+            deadline,
+            &mut tally,
+            &mut Discard,
+            &mut NoLocal,
+        );
         self.shared.drop_event(Some(sequence), event);
         self.finished(1, tally);
         PublishReport::from_tally(1, tally)

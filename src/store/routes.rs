@@ -112,7 +112,7 @@ pub(crate) struct Routes<K, H> {
 
 struct Route<K, H> {
     projection: K,
-    handlers: Box<[H]>,
+    handlers: Vec<H>,
 }
 
 impl<K: Eq + Hash, H> Routes<K, H> {
@@ -129,7 +129,7 @@ impl<K: Eq + Hash, H> Routes<K, H> {
             }
             slots[i] = Some(Route {
                 projection,
-                handlers: handlers.into_boxed_slice(),
+                handlers,
             });
         }
         Self {
@@ -139,20 +139,78 @@ impl<K: Eq + Hash, H> Routes<K, H> {
         }
     }
 
-    /// The handlers for `projection`, if any.
+    /// Adds `handler` after the others of `projection`, growing the table to keep it at most
+    /// half full.
+    pub(crate) fn push(&mut self, projection: K, handler: H) {
+        if let Some(i) = self.find(&projection) {
+            if let Some(route) = &mut self.slots[i] {
+                route.handlers.push(handler);
+            }
+            return;
+        }
+        let routes = self.slots.iter().flatten().count() + 1;
+        if routes * 2 > self.slots.len() {
+            let mut all: Vec<(K, Vec<H>)> = self
+                .slots
+                .iter_mut()
+                .filter_map(Option::take)
+                .map(|r| (r.projection, r.handlers))
+                .collect();
+            all.push((projection, vec![handler]));
+            let fallback = std::mem::take(&mut self.fallback).into_vec();
+            *self = Self::new(all, fallback);
+            return;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = home(&projection, self.shift);
+        while self.slots[i].is_some() {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = Some(Route {
+            projection,
+            handlers: vec![handler],
+        });
+    }
+
+    /// The slot of `projection`'s route.
     #[inline]
-    pub(crate) fn get(&self, projection: &K) -> Option<&[H]> {
+    fn find(&self, projection: &K) -> Option<usize> {
         let mask = self.slots.len() - 1;
         let mut i = home(projection, self.shift);
         loop {
             // The table is never full (at least twice the routes), so the probe ends.
             match &self.slots[i] {
-                Some(route) if route.projection == *projection => return Some(&route.handlers),
+                Some(route) if route.projection == *projection => return Some(i),
                 Some(_) => i = (i + 1) & mask,
-                None if self.fallback.is_empty() => return None,
-                None => return Some(&self.fallback),
+                None => return None,
             }
         }
+    }
+
+    /// The handlers for `projection`, mutably (no fallback); empty if none.
+    #[inline]
+    pub(crate) fn get_mut(&mut self, projection: &K) -> &mut [H] {
+        match self.find(projection) {
+            Some(i) => self.slots[i]
+                .as_mut()
+                .map_or(&mut [][..], |r| &mut r.handlers[..]),
+            None => &mut [],
+        }
+    }
+
+    /// The handlers for `projection`, if any (the fallback when it has no route).
+    #[inline]
+    pub(crate) fn get(&self, projection: &K) -> Option<&[H]> {
+        match self.find(projection) {
+            Some(i) => self.slots[i].as_ref().map(|r| &r.handlers[..]),
+            None if self.fallback.is_empty() => None,
+            None => Some(&self.fallback),
+        }
+    }
+
+    /// How many handlers `projection` has (the fallback's when it has no route).
+    pub(crate) fn count(&self, projection: &K) -> usize {
+        self.get(projection).map_or(0, <[H]>::len)
     }
 }
 
@@ -233,6 +291,22 @@ mod tests {
         let t = routes(&[TypeKey::of::<A>()], Vec::new());
         assert!(t.get(&TypeKey::of::<A>()).is_some());
         assert!(t.get(&TypeKey::of::<B>()).is_none());
+    }
+
+    #[test]
+    fn push_adds_in_order_and_grows() {
+        let mut r = Routes::<u32, u32>::new(Vec::new(), Vec::new());
+        for k in 0..100u32 {
+            r.push(k, k);
+            r.push(k, k + 1000);
+        }
+        for k in 0..100u32 {
+            assert_eq!(r.get(&k), Some(&[k, k + 1000][..]));
+            r.get_mut(&k)[0] += 1;
+            assert_eq!(r.count(&k), 2);
+        }
+        assert_eq!(r.get(&7), Some(&[8, 1007][..]));
+        assert!(r.get_mut(&100).is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::Context;
 use super::dispatcher::Handler;
+use super::local::{LocalHandlers, NoLocal};
 use super::routes::Routes;
 use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
@@ -93,7 +94,7 @@ where
         deadline: Option<Instant>,
     ) -> Tally {
         let mut tally = Tally::default();
-        self.run_events(first, buf, deadline, &mut tally, &mut Discard);
+        self.run_events(first, buf, deadline, &mut tally, &mut Discard, &mut NoLocal);
         self.shared.drop_events(first, buf);
         tally
     }
@@ -132,6 +133,7 @@ where
                 deadline,
                 &mut tally,
                 &mut Discard,
+                &mut NoLocal,
             );
             per_event = per_event.min(started.elapsed() / PROBE_EVENTS as u32);
             probe += PROBE_EVENTS;
@@ -139,7 +141,14 @@ where
         let rest = &mut buf[probe..];
         let rest_first = first + probe as u64;
         if !self.worth_forking(per_event, rest.len()) {
-            self.run_events(rest_first, rest, deadline, &mut tally, &mut Discard);
+            self.run_events(
+                rest_first,
+                rest,
+                deadline,
+                &mut tally,
+                &mut Discard,
+                &mut NoLocal,
+            );
         } else {
             let per_task =
                 (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)).max(1) as usize;
@@ -149,7 +158,7 @@ where
                     .map(|(i, chunk)| {
                         let mut t = Tally::default();
                         let seq = rest_first + (i * per_task) as u64;
-                        self.run_events(seq, chunk, deadline, &mut t, &mut Discard);
+                        self.run_events(seq, chunk, deadline, &mut t, &mut Discard, &mut NoLocal);
                         t
                     })
                     .reduce(Tally::default, |a, b| a + b)
@@ -184,6 +193,7 @@ where
         deadline: Option<Instant>,
         tally: &mut Tally,
         outcomes: &mut impl Outcomes<Err>,
+        locals: &mut impl LocalHandlers<E, Err>,
     ) {
         let routes = self.shared.routes.load();
         let mut cursor = Cursor::new();
@@ -197,6 +207,7 @@ where
                     deadline,
                     tally,
                     outcomes,
+                    locals,
                 )
             });
             if let Err(payload) = run {
@@ -220,27 +231,35 @@ where
         deadline: Option<Instant>,
         tally: &mut Tally,
         outcomes: &mut impl Outcomes<Err>,
+        locals: &mut impl LocalHandlers<E, Err>,
     ) {
         while let Some(event) = events.get(cursor.event) {
             let projection = event.projection();
-            if let Some(handlers) = routes.get(&projection) {
+            let shared = routes.get(&projection);
+            // Without local handlers (every path but `publish_with`) `local` is an empty
+            // slice known at compile time, and this is the plain lookup.
+            let (local, state) = locals.get(&projection);
+            if shared.is_some() || !local.is_empty() {
+                let shared = shared.unwrap_or_default();
                 let ctx = Context {
                     store: self,
                     sequence: first + cursor.event as u64,
                     projection: &projection,
                     deadline,
                 };
+                // Handlers are numbered across both lists: the store's, then the local ones.
                 let resume = cursor.handler.wrapping_add(1);
-                for (index, handler) in handlers.iter().enumerate().skip(resume) {
+                for (index, handler) in shared.iter().enumerate().skip(resume) {
                     cursor.handler = index;
                     if let Err(err) = handler(&ctx, event) {
-                        cursor.failures += 1;
-                        self.shared.report(
-                            Some(&projection),
-                            Some(ctx.sequence),
-                            ErrorKind::Handler(&err),
-                        );
-                        outcomes.failed(ctx.sequence, HandlerFailure::Error(err));
+                        self.handler_failed(cursor, &ctx, err, outcomes);
+                    }
+                }
+                let skip = resume.saturating_sub(shared.len());
+                for (index, handler) in local.iter_mut().enumerate().skip(skip) {
+                    cursor.handler = shared.len() + index;
+                    if let Err(err) = handler(state, &ctx, event) {
+                        self.handler_failed(cursor, &ctx, err, outcomes);
                     }
                 }
                 if cursor.failures == 0 {
@@ -260,6 +279,25 @@ where
             }
             cursor.next_event();
         }
+    }
+
+    /// Counts, reports and hands on a handler's error.
+    #[cold]
+    #[inline(never)]
+    fn handler_failed(
+        &self,
+        cursor: &mut Cursor,
+        ctx: &Context<'_, E, Err>,
+        err: Err,
+        outcomes: &mut impl Outcomes<Err>,
+    ) {
+        cursor.failures += 1;
+        self.shared.report(
+            Some(ctx.projection),
+            Some(ctx.sequence),
+            ErrorKind::Handler(&err),
+        );
+        outcomes.failed(ctx.sequence, HandlerFailure::Error(err));
     }
 
     /// Accounts for a panic caught by [`Self::run_events`] and moves `cursor` past it.

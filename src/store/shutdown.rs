@@ -134,7 +134,7 @@ where
     /// Polls ([`IdleWait`]) rather than waiting to be
     /// woken: `drain` and `close` are rare and may return a little late, while a wake-up check
     /// would cost every publish a fence.
-    fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
+    pub(super) fn wait_idle(&self, deadline: Option<Instant>) -> Result<(), TimeoutError> {
         let mut wait = IdleWait::new(deadline);
         while !self.shared.counters.in_flight.is_idle() {
             if expired(deadline) {
