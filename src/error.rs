@@ -52,6 +52,37 @@ pub enum EnqueueError<E> {
 }
 
 impl<E> EnqueueError<E> {
+    /// Why, without the event: `Copy`, and `Send + Sync + 'static` whatever `E` is, so `?`
+    /// turns it into any error (a `Box<dyn Error + Send + Sync>` needs the event to be `Sync`
+    /// otherwise).
+    ///
+    /// ```
+    /// use ringbus::{Dispatcher, EnqueueError, Event, EventStore, OverrunPolicy};
+    /// use std::cell::Cell;
+    ///
+    /// struct Ev(Cell<u32>); // not `Sync`
+    /// impl Event for Ev {
+    ///     type Projection = u8;
+    ///     fn projection(&self) -> u8 { 0 }
+    /// }
+    /// fn produce(store: &EventStore<Ev>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     store.enqueue(Ev(Cell::new(1))).map_err(EnqueueError::kind)?;
+    ///     Ok(())
+    /// }
+    /// let store = EventStore::new(Dispatcher::new(), 1, OverrunPolicy::ReturnError)?;
+    /// produce(&store)?;
+    /// let full = produce(&store).unwrap_err();
+    /// assert_eq!(full.to_string(), "ring is full");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn kind(self) -> EnqueueErrorKind {
+        match self {
+            Self::Full(_) => EnqueueErrorKind::Full,
+            Self::Closed(_) => EnqueueErrorKind::Closed,
+            Self::Timeout(_) => EnqueueErrorKind::Timeout,
+        }
+    }
+
     /// The refused event.
     pub fn into_inner(self) -> E {
         match self {
@@ -74,6 +105,28 @@ impl<E> fmt::Debug for EnqueueError<E> {
             Self::Closed(_) => "Closed(..)",
             Self::Timeout(_) => "Timeout(..)",
         })
+    }
+}
+
+/// Why an enqueue was refused, without the event: [`EnqueueError::kind`], and
+/// `From<EnqueueError<E>>`. Its messages are [`EnqueueError`]'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueErrorKind {
+    /// [`EnqueueError::Full`].
+    #[error("ring is full")]
+    Full,
+    /// [`EnqueueError::Closed`].
+    #[error("store is closed")]
+    Closed,
+    /// [`EnqueueError::Timeout`].
+    #[error("timed out waiting for room in the ring")]
+    Timeout,
+}
+
+impl<E> From<EnqueueError<E>> for EnqueueErrorKind {
+    fn from(error: EnqueueError<E>) -> Self {
+        error.kind()
     }
 }
 
@@ -154,6 +207,15 @@ mod tests {
         assert_eq!(e.into_inner(), "x");
         assert_eq!(EnqueueError::Closed(1).into_inner(), 1);
         assert_eq!(EnqueueError::Timeout(2).into_inner(), 2);
+        for (e, kind) in [
+            (EnqueueError::Full(()), EnqueueErrorKind::Full),
+            (EnqueueError::Closed(()), EnqueueErrorKind::Closed),
+            (EnqueueError::Timeout(()), EnqueueErrorKind::Timeout),
+        ] {
+            let message = e.to_string();
+            let k = EnqueueErrorKind::from(e);
+            assert_eq!((k, k.to_string()), (kind, message));
+        }
     }
 
     #[test]

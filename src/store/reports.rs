@@ -17,6 +17,22 @@ pub struct Enqueued {
 }
 
 /// What a [`publish`](crate::EventStore::publish) did.
+///
+/// Reports add up with `+=` (`AddAssign`), field by field, to total a tick or a run:
+///
+/// ```
+/// use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy, PublishReport};
+/// # struct Ev;
+/// # impl Event for Ev { type Projection = u8; fn projection(&self) -> u8 { 0 } }
+/// let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::ReturnError)?;
+/// let mut total = PublishReport::default();
+/// for _ in 0..3 {
+///     store.enqueue(Ev)?;
+///     total += store.publish();
+/// }
+/// assert_eq!((total.dispatched, total.unrouted), (3, 3));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PublishReport {
