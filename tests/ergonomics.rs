@@ -1,0 +1,551 @@
+//! What a new user fought (issue 10): handlers that reach their store without leaking it, state
+//! without locks, typed handlers, ticks that settle, a close that lets follow-ups finish,
+//! `rejected` by reason, and `?` on refusals whatever the event.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use ringbus::{
+    BoxError, DispatchMode, Dispatcher, EnqueueError, EnqueueErrorKind, ErrorKind, Event,
+    EventStore, LocalDispatcher, OverrunPolicy, Settle, TypeKey,
+};
+
+mod support {
+    pub mod ev;
+    pub mod watchdog;
+}
+use support::ev::Ev;
+use support::watchdog::watchdog;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Spawn {
+    entity: u32,
+}
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Move {
+    entity: u32,
+    x: i32,
+}
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Damage {
+    entity: u32,
+    amount: i32,
+}
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Die {
+    entity: u32,
+}
+
+ringbus::event_enum! {
+    /// A game's events: each variant carries its own payload type.
+    #[derive(Debug, Clone, Copy)]
+    enum Game / GameKind {
+        Spawned(Spawn),
+        Moved(Move),
+        Damaged(Damage),
+        Died(Die),
+    }
+}
+
+/// Sets a flag when dropped: what a handler captured.
+struct DropFlag(Arc<AtomicBool>);
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_handler_enqueues_follow_ups_through_its_context_and_the_store_still_drops() {
+    watchdog("context_no_leak", LIMIT, |_| {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let discarded = Arc::new(AtomicU64::new(0));
+        let captured = DropFlag(dropped.clone());
+        let mut dispatcher = Dispatcher::<Game>::new();
+        dispatcher.on_variant(move |ctx, hit: &Damage| {
+            let _keep = &captured; // the handler's state, freed with the store
+            ctx.enqueue(Die { entity: hit.entity }.into())?;
+            ctx.store().enqueue(
+                Spawn {
+                    entity: hit.entity + 100,
+                }
+                .into(),
+            )?;
+            Ok(())
+        });
+        let counted = discarded.clone();
+        let store = EventStore::builder(dispatcher)
+            .capacity(16)
+            .on_error(move |report| {
+                if matches!(report.kind, ErrorKind::Discarded) {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .build()
+            .unwrap();
+        store
+            .enqueue(
+                Damage {
+                    entity: 1,
+                    amount: 5,
+                }
+                .into(),
+            )
+            .unwrap();
+        assert_eq!(store.publish().processed, 1);
+        assert_eq!(store.pending(), 2, "both follow-ups are in the ring");
+        let weak_probe = store.clone();
+        drop(weak_probe);
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(store); // the user's last handle
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the store and its handlers are freed"
+        );
+        assert_eq!(
+            discarded.load(Ordering::SeqCst),
+            2,
+            "pending follow-ups reported"
+        );
+    });
+}
+
+#[test]
+fn typed_handlers_take_their_payload_and_catch_all_sees_everything() {
+    watchdog("typed", LIMIT, |_| {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let all = Arc::new(AtomicU64::new(0));
+        let mut dispatcher = Dispatcher::<Game>::new();
+        let log = seen.clone();
+        dispatcher.on_variant(move |_, m: &Move| {
+            log.lock().unwrap().push(m.x);
+            Ok(())
+        });
+        let count = all.clone();
+        dispatcher.on_any(move |ctx, ev| {
+            assert_eq!(*ctx.projection(), ev.projection());
+            count.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        assert_eq!(dispatcher.handler_count(&GameKind::Moved), 2);
+        assert_eq!(dispatcher.handler_count(&GameKind::Died), 1);
+        let store = EventStore::new(dispatcher, 16, OverrunPolicy::ReturnError).unwrap();
+        store.enqueue(Move { entity: 1, x: 3 }.into()).unwrap();
+        store.enqueue(Spawn { entity: 2 }.into()).unwrap();
+        store.enqueue(Move { entity: 1, x: -4 }.into()).unwrap();
+        let report = store.publish();
+        assert_eq!((report.processed, report.unrouted), (3, 0));
+        assert_eq!(*seen.lock().unwrap(), [3, -4]);
+        assert_eq!(all.load(Ordering::SeqCst), 3);
+
+        // Without a catch-all, an event with no handler stays unrouted.
+        let store =
+            EventStore::new(Dispatcher::<Game>::new(), 4, OverrunPolicy::ReturnError).unwrap();
+        store.enqueue(Die { entity: 9 }.into()).unwrap();
+        assert_eq!(store.publish().unrouted, 1);
+    });
+}
+
+#[test]
+fn on_type_takes_one_type_argument() {
+    struct Created;
+    struct Deleted;
+    struct Keyed(TypeKey);
+    impl Event for Keyed {
+        type Projection = TypeKey;
+        fn projection(&self) -> TypeKey {
+            self.0
+        }
+    }
+    let hits = Arc::new(AtomicU64::new(0));
+    let mut dispatcher = Dispatcher::<Keyed>::new();
+    let h = hits.clone();
+    dispatcher.on_type::<Created>(move |_, _| {
+        h.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    });
+    let store = EventStore::new(dispatcher, 4, OverrunPolicy::ReturnError).unwrap();
+    store.enqueue(Keyed(TypeKey::of::<Created>())).unwrap();
+    store.enqueue(Keyed(TypeKey::of::<Deleted>())).unwrap();
+    let report = store.publish();
+    assert_eq!((report.processed, report.unrouted), (1, 1));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// The game tick: move -> damage -> die chains settle in one call, and the world state is a
+/// plain struct with `Rc` / `RefCell` / `Cell` fields: neither `Send` nor `Sync`.
+#[test]
+fn a_tick_settles_follow_up_chains_with_lock_free_local_state() {
+    watchdog("settle_local", LIMIT, |_| {
+        struct World {
+            hp: Vec<i32>,
+            x: Vec<i32>,
+            log: Rc<RefCell<Vec<String>>>,
+            deaths: Cell<u32>,
+        }
+        let store = EventStore::new(Dispatcher::<Game>::new(), 64, OverrunPolicy::Block).unwrap();
+        let mut systems = LocalDispatcher::<Game, World>::new();
+        systems
+            .on_variant(|world, ctx, m: &Move| {
+                world.x[m.entity as usize] += m.x;
+                if world.x[m.entity as usize] > 10 {
+                    // Walked into lava.
+                    ctx.enqueue(
+                        Damage {
+                            entity: m.entity,
+                            amount: 60,
+                        }
+                        .into(),
+                    )
+                    .map_err(EnqueueError::kind)?;
+                }
+                Ok(())
+            })
+            .on_variant(|world, ctx, d: &Damage| {
+                let hp = &mut world.hp[d.entity as usize];
+                *hp -= d.amount;
+                if *hp <= 0 {
+                    ctx.enqueue(Die { entity: d.entity }.into())
+                        .map_err(EnqueueError::kind)?;
+                }
+                Ok(())
+            })
+            .on_variant(|world, _, d: &Die| {
+                world.deaths.set(world.deaths.get() + 1);
+                world.log.borrow_mut().push(format!("{} died", d.entity));
+                Ok(())
+            });
+        let mut world = World {
+            hp: vec![100, 50, 100],
+            x: vec![0; 3],
+            log: Rc::default(),
+            deaths: Cell::new(0),
+        };
+        // Tick 1: entity 1 walks into lava and dies, all within the tick.
+        store.enqueue(Move { entity: 1, x: 11 }.into()).unwrap();
+        store.enqueue(Move { entity: 0, x: 2 }.into()).unwrap();
+        let tick = store.settle_with(&mut systems, &mut world, Settle::rounds(8));
+        assert!(tick.settled);
+        assert_eq!(tick.rounds, 3, "move, then damage, then die");
+        assert_eq!(tick.publish.processed, 4);
+        assert_eq!((world.hp[1], world.deaths.get()), (-10, 1));
+        assert_eq!(*world.log.borrow(), ["1 died"]);
+
+        // A chain longer than the round limit stops there and says so.
+        store.enqueue(Move { entity: 2, x: 20 }.into()).unwrap();
+        let cut = store.settle_with(&mut systems, &mut world, Settle::rounds(1));
+        assert_eq!((cut.rounds, cut.settled, store.pending()), (1, false, 1));
+        let rest = store.settle_with(&mut systems, &mut world, Settle::rounds(8));
+        assert!(rest.settled);
+        assert_eq!(world.hp[2], 40, "damaged once, not dead");
+        assert!(store.metrics().is_balanced());
+    });
+}
+
+#[test]
+fn settle_stops_at_its_time_budget_and_works_in_every_mode() {
+    watchdog("settle_modes", LIMIT, |_| {
+        for mode in [
+            DispatchMode::Sync,
+            DispatchMode::Parallel,
+            DispatchMode::Async,
+        ] {
+            let mut dispatcher = Dispatcher::<Ev>::new();
+            dispatcher.on(0, |ctx, ev| {
+                if ev.index > 0 {
+                    ctx.enqueue(Ev::new(ev.producer, ev.index - 1))
+                        .map_err(EnqueueError::kind)?;
+                }
+                Ok(())
+            });
+            let store = EventStore::builder(dispatcher)
+                .capacity(64)
+                .mode(mode)
+                .build()
+                .unwrap();
+            for producer in 0..10 {
+                store.enqueue(Ev::new(producer, 5)).unwrap();
+            }
+            let report = store.settle(Settle::rounds(100));
+            assert!(report.settled, "{mode:?}");
+            assert_eq!(report.publish.dispatched, 60, "{mode:?}");
+            assert_eq!(store.metrics().processed, 60, "{mode:?}");
+
+            // An endless chain: the time budget ends it.
+            store.enqueue(Ev::new(0, u64::MAX)).unwrap();
+            let budget = store.settle(Settle::rounds(u32::MAX).within(Duration::from_millis(30)));
+            assert!(!budget.settled, "{mode:?}");
+            assert!(budget.rounds > 1, "{mode:?}");
+            store.close(Duration::from_secs(5)).ok();
+        }
+    });
+}
+
+#[test]
+fn local_handlers_run_after_the_stores_and_panics_in_either_are_contained() {
+    watchdog("local_panics", LIMIT, |_| {
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        dispatcher.on(0, |_, ev| {
+            if ev.index == 1 {
+                panic!("store handler panics on 1");
+            }
+            Ok(())
+        });
+        let store = EventStore::new(dispatcher, 8, OverrunPolicy::ReturnError).unwrap();
+        let mut locals = LocalDispatcher::<Ev, Vec<(u64, &str)>>::new();
+        locals
+            .on(0, |seen, _, ev| {
+                seen.push((ev.index, "a"));
+                if ev.index == 2 {
+                    panic!("local handler panics on 2");
+                }
+                Ok(())
+            })
+            .on(0, |seen, _, ev| {
+                seen.push((ev.index, "b"));
+                if ev.index == 3 {
+                    return Err(BoxError::from("b refuses 3"));
+                }
+                Ok(())
+            });
+        let mut seen = Vec::new();
+        for i in 0..4 {
+            store.enqueue(Ev::new(0, i)).unwrap();
+        }
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let report = store.publish_with(&mut locals, &mut seen);
+        std::panic::set_hook(quiet);
+        assert_eq!(
+            seen,
+            [
+                (0, "a"),
+                (0, "b"),
+                (1, "a"),
+                (1, "b"),
+                (2, "a"),
+                (2, "b"),
+                (3, "a"),
+                (3, "b")
+            ],
+            "every handler ran, the store's first, after each panic the next one"
+        );
+        assert_eq!((report.processed, report.failed), (1, 3));
+        assert_eq!(report.handler_errors, 3);
+        let m = store.metrics();
+        assert_eq!((m.panics, m.failed), (2, 3));
+        assert!(m.is_balanced());
+    });
+}
+
+/// The service's shutdown: 22 orders accepted before `close`, each a three-step chain of
+/// follow-ups, all complete during the close; outside enqueues during it are refused; after
+/// it, even follow-ups are refused, counted by reason.
+#[test]
+fn close_lets_handlers_follow_ups_finish_then_seals() {
+    watchdog("close_follow_ups", LIMIT, |_| {
+        for mode in [
+            DispatchMode::Sync,
+            DispatchMode::Parallel,
+            DispatchMode::Async,
+        ] {
+            for policy in [
+                OverrunPolicy::DropOldest,
+                OverrunPolicy::Block,
+                OverrunPolicy::ReturnError,
+            ] {
+                let done = Arc::new(AtomicU64::new(0));
+                let refused_outside = Arc::new(AtomicU64::new(0));
+                let mut dispatcher = Dispatcher::<Ev>::new();
+                let finished = done.clone();
+                let refused = refused_outside.clone();
+                dispatcher.on(0, move |ctx, ev| {
+                    // An outside-style enqueue from a handler is refused once close began.
+                    if ctx.store().is_closed()
+                        && ev.key == 0
+                        && ctx.store().enqueue(Ev { key: 9, ..*ev }).is_err()
+                    {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                    match ev.index {
+                        3 => {
+                            finished.fetch_add(1, Ordering::SeqCst);
+                        }
+                        step if step % 2 == 0 => {
+                            ctx.enqueue(Ev::new(ev.producer, step + 1))
+                                .map_err(EnqueueError::kind)?;
+                        }
+                        step => {
+                            let mut tx = ctx.begin_transaction();
+                            tx.push(Ev::new(ev.producer, step + 1));
+                            tx.commit_deferred().map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Ok(())
+                });
+                let store = EventStore::builder(dispatcher)
+                    .capacity(64)
+                    .mode(mode)
+                    .policy(policy)
+                    .build()
+                    .unwrap();
+                for order in 0..22 {
+                    store.enqueue(Ev::new(order, 0)).unwrap();
+                }
+                let report = store.close(Duration::from_secs(10)).unwrap();
+                assert_eq!(done.load(Ordering::SeqCst), 22, "{mode:?} {policy:?}");
+                assert!(report.dispatched >= 22, "{mode:?} {policy:?}");
+                let m = store.metrics();
+                assert_eq!((m.published, m.processed), (88, 88), "{mode:?} {policy:?}");
+                assert_eq!(
+                    m.rejected_closed,
+                    refused_outside.load(Ordering::SeqCst),
+                    "{mode:?} {policy:?}"
+                );
+                assert!(m.is_balanced());
+
+                // Sealed: a follow-up from a handler run by a later publish is refused.
+                assert!(matches!(
+                    store.enqueue(Ev::new(99, 0)),
+                    Err(EnqueueError::Closed(_))
+                ));
+                let before = store.metrics().rejected_closed;
+                assert_eq!(before, m.rejected_closed + 1);
+            }
+        }
+    });
+}
+
+#[test]
+fn rejected_is_split_by_reason() {
+    let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::ReturnError).unwrap();
+    store.enqueue(Ev::new(0, 0)).unwrap();
+    store.enqueue(Ev::new(0, 1)).unwrap();
+    assert_eq!(
+        store.enqueue(Ev::new(0, 2)).map_err(EnqueueError::kind),
+        Err(EnqueueErrorKind::Full)
+    );
+    let mut big = vec![Ev::new(1, 0); 3];
+    assert!(store.enqueue_batch(&mut big).is_err()); // larger than the ring: counted full
+    let blocking = EventStore::new(Dispatcher::<Ev>::new(), 1, OverrunPolicy::Block).unwrap();
+    blocking.enqueue(Ev::new(0, 0)).unwrap();
+    assert!(matches!(
+        blocking.enqueue_timeout(Ev::new(0, 1), Duration::from_millis(5)),
+        Err(EnqueueError::Timeout(_))
+    ));
+    let m = blocking.metrics();
+    assert_eq!((m.rejected_timeout, m.rejected), (1, 1));
+    store.close(Duration::from_secs(1)).unwrap();
+    assert!(store.enqueue(Ev::new(0, 3)).is_err());
+    let m = store.metrics();
+    assert_eq!(
+        (m.rejected_full, m.rejected_closed, m.rejected_timeout),
+        (4, 1, 0)
+    );
+    assert_eq!(m.rejected, 5);
+}
+
+/// Producers keep enqueueing from outside while `close` runs and handlers add follow-ups, on
+/// tiny rings, with more threads than cores: every event is accounted for, every accepted
+/// chain ends (finished, cut by an eviction, or its follow-up refused for want of room), and
+/// nothing gets in after `close` returns. (Not under `Block`: a handler that blocks on its own
+/// full store while every publisher is inside a handler deadlocks, as the crate docs warn;
+/// `Block` follow-ups during close are in the test above.)
+#[test]
+fn close_races_outside_producers_while_follow_ups_finish() {
+    watchdog("close_race", LIMIT, |abort| {
+        for capacity in [1usize, 2, 4] {
+            for policy in [OverrunPolicy::DropOldest, OverrunPolicy::ReturnError] {
+                let chains_done = Arc::new(AtomicU64::new(0));
+                let follow_up_refused = Arc::new(AtomicU64::new(0));
+                let mut dispatcher = Dispatcher::<Ev>::new();
+                let (done, refused) = (chains_done.clone(), follow_up_refused.clone());
+                dispatcher.on(0, move |ctx, ev| {
+                    if ev.index < 2 {
+                        if ctx.enqueue(Ev::new(ev.producer, ev.index + 1)).is_err() {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                    } else {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(())
+                });
+                let store = EventStore::builder(dispatcher)
+                    .capacity(capacity)
+                    .policy(policy)
+                    .build()
+                    .unwrap();
+                let producers: Vec<_> = (0..4)
+                    .map(|p| {
+                        let store = store.clone();
+                        let abort = abort.clone();
+                        thread::spawn(move || {
+                            let mut accepted = 0u64;
+                            for i in 0..2_000u64 {
+                                if abort.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                let r = store.enqueue_timeout(
+                                    Ev::new(p * 10_000 + i, 0),
+                                    Duration::from_millis(50),
+                                );
+                                match r {
+                                    Ok(_) => accepted += 1,
+                                    Err(EnqueueError::Closed(_)) => break,
+                                    Err(_) => {}
+                                }
+                                if i % 64 == 0 {
+                                    thread::yield_now();
+                                }
+                            }
+                            accepted
+                        })
+                    })
+                    .collect();
+                let publishers: Vec<_> = (0..2)
+                    .map(|_| {
+                        let store = store.clone();
+                        thread::spawn(move || {
+                            while !store.is_closed() {
+                                store.publish();
+                                thread::yield_now();
+                            }
+                        })
+                    })
+                    .collect();
+                thread::sleep(Duration::from_millis(5));
+                store.close(Duration::from_secs(20)).unwrap();
+                let accepted: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+                for p in publishers {
+                    p.join().unwrap();
+                }
+                let m = store.metrics();
+                assert!(m.is_balanced(), "{capacity} {policy:?}: {m:?}");
+                assert_eq!(m.pending + m.in_flight, 0, "{capacity} {policy:?}");
+                // Each accepted chain ends exactly once: it finished, one of its events was
+                // evicted, or a follow-up was refused (full ring).
+                assert_eq!(
+                    chains_done.load(Ordering::SeqCst)
+                        + follow_up_refused.load(Ordering::SeqCst)
+                        + m.dropped,
+                    accepted,
+                    "{capacity} {policy:?}: {m:?}"
+                );
+                match policy {
+                    // Evicting makes room: no follow-up is refused before the seal.
+                    OverrunPolicy::DropOldest => {
+                        assert_eq!(follow_up_refused.load(Ordering::SeqCst), 0)
+                    }
+                    _ => assert_eq!(m.dropped, 0),
+                }
+                assert!(store.enqueue(Ev::new(0, 0)).is_err());
+            }
+        }
+    });
+}
