@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+use ringbus::{Dispatcher, Event, EventStore, LocalDispatcher, OverrunPolicy, Settle};
 
 struct Counting;
 
@@ -160,6 +160,54 @@ fn enqueue_batch_of_a_reused_vec_allocates_nothing_per_event() {
         "{TICKS} batches of {TICK} events allocated {allocs} times"
     );
     assert_eq!(counter.load(Ordering::Relaxed), (TICKS + 3) * TICK);
+}
+
+/// The `&mut state` path: local handlers, follow-ups through the context, settled ticks.
+#[test]
+fn publish_with_local_state_and_settle_allocate_nothing_per_event() {
+    let store = EventStore::new(
+        Dispatcher::<BenchEv>::new(),
+        1 << 16,
+        OverrunPolicy::DropOldest,
+    )
+    .unwrap();
+    let mut systems = LocalDispatcher::<BenchEv, [u64; 8]>::new();
+    for key in 0..8u8 {
+        systems.on(key, move |sums, ctx, ev| {
+            assert_eq!(ev.b, ev.c);
+            sums[usize::from(key)] += ev.a;
+            // Every 64th event asks for one follow-up (a == 0: no further one).
+            if ev.a == 1 && ev.b % 64 == 0 {
+                ctx.enqueue(BenchEv { a: 0, ..*ev })
+                    .map_err(ringbus::EnqueueError::kind)?;
+            }
+            Ok(())
+        });
+    }
+    let mut sums = [0u64; 8];
+    let mut next = 0;
+    let mut tick = |store: &EventStore<BenchEv>, sums: &mut [u64; 8]| {
+        for i in next..next + TICK {
+            store.enqueue(event(i)).unwrap();
+        }
+        next += TICK;
+        let report = store.settle_with(&mut systems, sums, Settle::rounds(4));
+        assert!(report.settled);
+        assert_eq!(report.publish.processed, TICK + TICK / 64);
+    };
+    for _ in 0..3 {
+        tick(&store, &mut sums);
+    }
+    let allocs = allocations_in(|| {
+        for _ in 0..TICKS {
+            tick(&store, &mut sums);
+        }
+    });
+    assert_eq!(
+        allocs, 0,
+        "{TICKS} settled ticks x {TICK} events allocated {allocs} times"
+    );
+    assert_eq!(sums.iter().sum::<u64>(), (TICKS + 3) * TICK);
 }
 
 /// The counter itself must see allocations, or the tests above prove nothing.

@@ -1,14 +1,17 @@
-//! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; plus
-//! ringbus-batch, its `enqueue_batch` variant in W-tick.
+//! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; plus, in
+//! W-tick, ringbus-batch (its `enqueue_batch` variant) and ringbus-local (`publish_with`
+//! handlers on the caller's `&mut` state).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use crossbeam_utils::Backoff;
-use ringbus::{DispatchMode, EnqueueError, EventStore, Metrics, OverrunPolicy};
+use ringbus::{
+    DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher, Metrics, OverrunPolicy,
+};
 
 use crate::common::handlers::{Sink, Work, dispatcher};
-use crate::common::payload::{Ev, event};
+use crate::common::payload::{Ev, KEYS, event};
 use crate::common::peer::{CAPACITY, Consumer, Peer, Producer};
 use crate::common::runner::Tick;
 
@@ -161,6 +164,55 @@ impl Tick for RingbusBatch {
 
     fn check(&self, made: u64) {
         self.sink.expect_total(made, Self::NAME);
+        assert_eq!(self.store.metrics().dropped, 0);
+    }
+}
+
+/// ringbus-local: per-event `enqueue`, then `publish_with` of local handlers that add into the
+/// caller's `&mut [u64; KEYS]`: the `&mut state` path, no atomic and no lock in the handler
+/// (the other rows' handlers do a relaxed atomic add into the shared sink).
+pub struct RingbusLocal {
+    store: EventStore<Ev>,
+    handlers: LocalDispatcher<Ev, [u64; KEYS]>,
+    sums: [u64; KEYS],
+}
+
+impl RingbusLocal {
+    /// The system's name in criterion, the table and the JSON.
+    pub const NAME: &'static str = "ringbus-local";
+
+    /// A sync `DropOldest` store with no handlers of its own, and one local handler per key.
+    pub fn new() -> Self {
+        let mut handlers = LocalDispatcher::new();
+        for key in 0..KEYS as u8 {
+            handlers.on(key, |sums: &mut [u64; KEYS], _, ev: &Ev| {
+                sums[ev.key as usize] += ev.a;
+                Ok(())
+            });
+        }
+        Self {
+            store: EventStore::builder(Dispatcher::new())
+                .capacity(CAPACITY)
+                .build()
+                .expect("a power-of-two capacity"),
+            handlers,
+            sums: [0; KEYS],
+        }
+    }
+}
+
+impl Tick for RingbusLocal {
+    #[inline(always)]
+    fn tick(&mut self, first: u64, n: u64) {
+        for i in first..first + n {
+            self.store.enqueue(event(i)).expect("room for a tick");
+        }
+        self.store.publish_with(&mut self.handlers, &mut self.sums);
+    }
+
+    fn check(&self, made: u64) {
+        let total: u64 = self.sums.iter().sum();
+        assert_eq!(total, made, "{} lost or duplicated events", Self::NAME);
         assert_eq!(self.store.metrics().dropped, 0);
     }
 }

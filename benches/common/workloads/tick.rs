@@ -4,7 +4,7 @@
 use crate::common::baselines::{Base, Direct};
 use crate::common::handlers::Work;
 use crate::common::peer::Peer;
-use crate::common::peers::ringbus::{Ringbus, RingbusBatch};
+use crate::common::peers::ringbus::{Ringbus, RingbusBatch, RingbusLocal};
 use crate::common::registry::{Throughput, Workload, peers};
 use crate::common::runner::{PeerTick, TickRunner};
 
@@ -27,6 +27,9 @@ fn cells() -> Vec<Throughput> {
         cell::<Ringbus>(),
         Throughput::new(RingbusBatch::NAME, |_| {
             TickRunner::boxed(RingbusBatch::new(Work::Tiny), TICK)
+        }),
+        Throughput::new(RingbusLocal::NAME, |_| {
+            TickRunner::boxed(RingbusLocal::new(), TICK)
         }),
     ];
     cells.extend(peers!(cell));
