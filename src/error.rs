@@ -73,7 +73,7 @@ impl<E> EnqueueError<E> {
     /// produce(&store)?;
     /// let full = produce(&store).unwrap_err();
     /// assert_eq!(full.to_string(), "ring is full");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
     /// ```
     pub fn kind(self) -> EnqueueErrorKind {
         match self {
