@@ -473,7 +473,7 @@ impl<E: Event, Err> Drop for Transaction<E, Err> {
         self.events.clear();
         let buf = std::mem::take(&mut self.events);
         if buf.capacity() > 0 {
-            self.store.buffers().put(buf);
+            self.store.buffers().put_unless_oversized(buf);
         }
     }
 }

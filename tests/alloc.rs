@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ringbus::{Dispatcher, Event, EventStore, LocalDispatcher, OverrunPolicy, Settle};
 
+mod support {
+    pub mod deadline;
+}
+use support::deadline::deadline;
+
+/// Every test here fails the run if it is still going after this (a hang, not a slow machine).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 struct Counting;
 
 thread_local! {
@@ -108,6 +116,10 @@ fn counting_store(counter: &Arc<AtomicU64>) -> EventStore<BenchEv> {
 
 #[test]
 fn enqueue_and_sync_publish_allocate_nothing_per_event() {
+    let _deadline = deadline(
+        "enqueue_and_sync_publish_allocate_nothing_per_event",
+        DEADLINE,
+    );
     let counter = Arc::new(AtomicU64::new(0));
     let store = counting_store(&counter);
     let mut next = 0;
@@ -136,6 +148,10 @@ fn enqueue_and_sync_publish_allocate_nothing_per_event() {
 
 #[test]
 fn enqueue_batch_of_a_reused_vec_allocates_nothing_per_event() {
+    let _deadline = deadline(
+        "enqueue_batch_of_a_reused_vec_allocates_nothing_per_event",
+        DEADLINE,
+    );
     let counter = Arc::new(AtomicU64::new(0));
     let store = counting_store(&counter);
     let mut batch = Vec::with_capacity(TICK as usize);
@@ -165,6 +181,10 @@ fn enqueue_batch_of_a_reused_vec_allocates_nothing_per_event() {
 /// The `&mut state` path: local handlers, follow-ups through the context, settled ticks.
 #[test]
 fn publish_with_local_state_and_settle_allocate_nothing_per_event() {
+    let _deadline = deadline(
+        "publish_with_local_state_and_settle_allocate_nothing_per_event",
+        DEADLINE,
+    );
     let store = EventStore::new(
         Dispatcher::<BenchEv>::new(),
         1 << 16,
@@ -210,9 +230,55 @@ fn publish_with_local_state_and_settle_allocate_nothing_per_event() {
     assert_eq!(sums.iter().sum::<u64>(), (TICKS + 3) * TICK);
 }
 
+/// Uneven bursts, tiny rings, parallel mode: a publisher's buffer that `Vec` growth rounded past
+/// the ring's capacity is still reused (a second reader found it freed, one allocation per
+/// publish).
+#[test]
+fn uneven_bursts_and_tiny_rings_reuse_the_publishers_buffer() {
+    let _deadline = deadline("uneven_bursts_and_tiny_rings", DEADLINE);
+    for (capacity, mode, bursts) in [
+        (2usize, ringbus::DispatchMode::Sync, [2u64, 2]),
+        (1024, ringbus::DispatchMode::Parallel, [600, 1000]),
+        (1024, ringbus::DispatchMode::Sync, [100, 1000]),
+    ] {
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut dispatcher = Dispatcher::<BenchEv>::new();
+        let c = counter.clone();
+        dispatcher.on(0, move |_, ev| {
+            c.fetch_add(ev.a, Ordering::Relaxed);
+            Ok(())
+        });
+        let store = EventStore::builder(dispatcher)
+            .capacity(capacity)
+            .mode(mode)
+            .build()
+            .unwrap();
+        let mut round = |n: u64| {
+            for i in 0..n {
+                store.enqueue(BenchEv { key: 0, ..event(i) }).unwrap();
+            }
+            assert_eq!(store.publish().dispatched, n);
+        };
+        for &n in bursts.iter().cycle().take(4) {
+            round(n);
+        }
+        let allocs = allocations_in(|| {
+            for &n in bursts.iter().cycle().take(100) {
+                round(n);
+            }
+        });
+        assert_eq!(allocs, 0, "ring of {capacity}, {mode:?}, bursts {bursts:?}");
+        assert_eq!(
+            counter.load(Ordering::Relaxed),
+            bursts.iter().sum::<u64>() * 52
+        );
+    }
+}
+
 /// The counter itself must see allocations, or the tests above prove nothing.
 #[test]
 fn the_counter_counts() {
+    let _deadline = deadline("the_counter_counts", DEADLINE);
     let allocs = allocations_in(|| {
         std::hint::black_box(Vec::<u64>::with_capacity(16));
     });

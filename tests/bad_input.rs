@@ -12,6 +12,14 @@ use ringbus::{
     OverrunPolicy,
 };
 
+mod support {
+    pub mod deadline;
+}
+use support::deadline::deadline;
+
+/// Every test here fails the run if it is still going after this (a hang, not a slow machine).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// An event that counts its own drops (one counter per test, so tests can run in parallel).
 #[derive(Debug)]
 struct Counted {
@@ -70,6 +78,7 @@ fn counting(capacity: usize, policy: OverrunPolicy) -> (EventStore<Counted>, Arc
 
 #[test]
 fn capacity_edges_are_typed_errors() {
+    let _deadline = deadline("capacity_edges_are_typed_errors", DEADLINE);
     let build = |cap| EventStore::new(Dispatcher::<Counted>::new(), cap, OverrunPolicy::Block);
     assert_eq!(
         build((1 << 32) + 1).unwrap_err(),
@@ -90,6 +99,7 @@ fn capacity_edges_are_typed_errors() {
 
 #[test]
 fn unallocatable_ring_reports_saturated_bytes() {
+    let _deadline = deadline("unallocatable_ring_reports_saturated_bytes", DEADLINE);
     #[allow(dead_code)] // only its size matters
     struct Huge([u8; 1 << 40]);
     impl Event for Huge {
@@ -111,6 +121,7 @@ fn unallocatable_ring_reports_saturated_bytes() {
 
 #[test]
 fn enqueue_after_close_hands_the_event_back() {
+    let _deadline = deadline("enqueue_after_close_hands_the_event_back", DEADLINE);
     for policy in [
         OverrunPolicy::Block,
         OverrunPolicy::DropOldest,
@@ -142,6 +153,10 @@ fn enqueue_after_close_hands_the_event_back() {
 
 #[test]
 fn zero_timeout_drain_and_close_fail_and_lose_nothing_in_flight() {
+    let _deadline = deadline(
+        "zero_timeout_drain_and_close_fail_and_lose_nothing_in_flight",
+        DEADLINE,
+    );
     let gate = Arc::new(Barrier::new(2));
     let runs = Arc::new(AtomicU64::new(0));
     let (g, r) = (gate.clone(), runs.clone());
@@ -181,6 +196,7 @@ fn zero_timeout_drain_and_close_fail_and_lose_nothing_in_flight() {
 
 #[test]
 fn processed_events_drop_once() {
+    let _deadline = deadline("processed_events_drop_once", DEADLINE);
     let mut m = Maker::new();
     let (store, runs) = counting(4, OverrunPolicy::ReturnError);
     for _ in 0..3 {
@@ -194,6 +210,7 @@ fn processed_events_drop_once() {
 
 #[test]
 fn evicted_events_drop_once() {
+    let _deadline = deadline("evicted_events_drop_once", DEADLINE);
     let mut m = Maker::new();
     let (store, runs) = counting(2, OverrunPolicy::DropOldest);
     for _ in 0..5 {
@@ -210,6 +227,7 @@ fn evicted_events_drop_once() {
 
 #[test]
 fn refused_batches_stay_with_the_caller() {
+    let _deadline = deadline("refused_batches_stay_with_the_caller", DEADLINE);
     let mut m = Maker::new();
     let (store, _) = counting(2, OverrunPolicy::ReturnError);
     store.enqueue(m.make()).unwrap();
@@ -245,6 +263,7 @@ fn refused_batches_stay_with_the_caller() {
 
 #[test]
 fn handed_back_events_drop_once() {
+    let _deadline = deadline("handed_back_events_drop_once", DEADLINE);
     let mut m = Maker::new();
     let (full, _) = counting(1, OverrunPolicy::ReturnError);
     full.enqueue(m.make()).unwrap();
@@ -265,6 +284,7 @@ fn handed_back_events_drop_once() {
 
 #[test]
 fn pending_events_drop_once_with_the_store() {
+    let _deadline = deadline("pending_events_drop_once_with_the_store", DEADLINE);
     let mut m = Maker::new();
     let (store, runs) = counting(8, OverrunPolicy::Block);
     for _ in 0..6 {
@@ -279,6 +299,7 @@ fn pending_events_drop_once_with_the_store() {
 
 #[test]
 fn async_events_drop_once_after_their_handlers() {
+    let _deadline = deadline("async_events_drop_once_after_their_handlers", DEADLINE);
     let mut m = Maker::new();
     let runs = Arc::new(AtomicU64::new(0));
     let r = runs.clone();

@@ -15,9 +15,11 @@ use ringbus::{
 };
 
 mod support {
+    pub mod deadline;
     pub mod ev;
     pub mod watchdog;
 }
+use support::deadline::deadline;
 use support::ev::Ev;
 use support::watchdog::watchdog;
 
@@ -154,6 +156,7 @@ fn typed_handlers_take_their_payload_and_catch_all_sees_everything() {
 
 #[test]
 fn on_type_takes_one_type_argument() {
+    let _deadline = deadline("on_type_takes_one_type_argument", LIMIT);
     struct Created;
     struct Deleted;
     struct Keyed(TypeKey);
@@ -424,6 +427,7 @@ fn close_lets_handlers_follow_ups_finish_then_seals() {
 
 #[test]
 fn rejected_is_split_by_reason() {
+    let _deadline = deadline("rejected_is_split_by_reason", LIMIT);
     let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::ReturnError).unwrap();
     store.enqueue(Ev::new(0, 0)).unwrap();
     store.enqueue(Ev::new(0, 1)).unwrap();

@@ -532,3 +532,57 @@ fn close_races_a_gated_batch() {
         check(&seen, &outcomes, m, 4);
     });
 }
+
+/// `close` racing an outside producer and a publisher whose handler enqueues a follow-up for
+/// every first event: the follow-ups of every accepted event get in and run, even those
+/// enqueued while `close` runs (a follow-up is refused only once the store is sealed, after
+/// everything settled); the outside producer either got in before the close or is refused.
+#[test]
+fn close_lets_follow_ups_in_until_it_seals() {
+    model(2, || {
+        let seen: Seen = Arc::default();
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        let log = seen.clone();
+        dispatcher.on(0, move |ctx, ev| {
+            log.lock().unwrap().push((ctx.sequence(), *ev));
+            if ev.index == 0 {
+                ctx.enqueue(Ev::new(ev.producer, 1))
+                    .map_err(EnqueueError::kind)?;
+            }
+            Ok(())
+        });
+        let store = EventStore::new(dispatcher, 2, OverrunPolicy::ReturnError).unwrap();
+        store.enqueue(Ev::new(0, 0)).unwrap();
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || store.enqueue(Ev::new(1, 0)).is_ok())
+        };
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.publish();
+            })
+        };
+        store.close(FOREVER).unwrap();
+        let outside_accepted = producer.join().unwrap();
+        publisher.join().unwrap();
+        let m = store.metrics();
+        let starts = 1 + u64::from(outside_accepted);
+        assert_eq!(
+            m.published,
+            2 * starts,
+            "each start and its follow-up: {m:?}"
+        );
+        assert_eq!((m.processed, m.failed, m.pending), (2 * starts, 0, 0));
+        assert_eq!(m.rejected, u64::from(!outside_accepted));
+        assert_eq!(m.rejected_closed, m.rejected);
+        let seen = seen.lock().unwrap();
+        for p in 0..starts {
+            assert!(
+                seen.iter().any(|&(_, ev)| ev == Ev::new(p, 1)),
+                "follow-up of {p}"
+            );
+        }
+        assert!(store.enqueue(Ev::new(2, 0)).is_err());
+    });
+}

@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 
 use ringbus::{Dispatcher, EnqueueError, Event, EventStore, OverrunPolicy};
 
+mod support {
+    pub mod deadline;
+}
+use support::deadline::deadline;
+
+/// Every test here fails the run if it is still going after this (a hang, not a slow machine).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Shrinks the work under Miri, which runs these ~1000x slower.
 const fn scaled(n: u64) -> u64 {
     if cfg!(miri) { n / 100 + 1 } else { n }
@@ -157,6 +165,10 @@ fn run(
 
 #[test]
 fn publisher_reaching_a_claimed_but_unwritten_slot_waits_for_it() {
+    let _deadline = deadline(
+        "publisher_reaching_a_claimed_but_unwritten_slot_waits_for_it",
+        DEADLINE,
+    );
     // A ring of 2 with publishers spinning: they constantly reach slots whose producer has
     // claimed the sequence but not yet written it. Reading early would run a torn or stale
     // event (caught by `Runs::record`) or run one twice.
@@ -172,6 +184,10 @@ fn publisher_reaching_a_claimed_but_unwritten_slot_waits_for_it() {
 
 #[test]
 fn producers_racing_for_the_last_free_slot_never_overfill() {
+    let _deadline = deadline(
+        "producers_racing_for_the_last_free_slot_never_overfill",
+        DEADLINE,
+    );
     let threads = 4;
     for capacity in [1usize, 2, 4] {
         let barrier = Arc::new(Barrier::new(threads));
@@ -212,6 +228,10 @@ fn producers_racing_for_the_last_free_slot_never_overfill() {
 
 #[test]
 fn drop_oldest_eviction_racing_publishers_loses_nothing_from_the_accounting() {
+    let _deadline = deadline(
+        "drop_oldest_eviction_racing_publishers_loses_nothing_from_the_accounting",
+        DEADLINE,
+    );
     let n = scaled(20_000);
     let runs = Runs::new(4 * n);
     let store = recording_store(2, OverrunPolicy::DropOldest, &runs);
@@ -226,6 +246,10 @@ fn drop_oldest_eviction_racing_publishers_loses_nothing_from_the_accounting() {
 
 #[test]
 fn two_publishers_at_once_run_each_event_once_and_chunks_in_order() {
+    let _deadline = deadline(
+        "two_publishers_at_once_run_each_event_once_and_chunks_in_order",
+        DEADLINE,
+    );
     // A "scheduler" thread and the user's loop both publish.
     let n = scaled(50_000);
     let runs = Runs::new(2 * n);
@@ -255,6 +279,7 @@ fn two_publishers_at_once_run_each_event_once_and_chunks_in_order() {
 
 #[test]
 fn enqueue_and_publish_racing_close_lose_nothing() {
+    let _deadline = deadline("enqueue_and_publish_racing_close_lose_nothing", DEADLINE);
     for policy in [
         OverrunPolicy::Block,
         OverrunPolicy::DropOldest,
@@ -326,6 +351,7 @@ fn enqueue_and_publish_racing_close_lose_nothing() {
 
 #[test]
 fn a_handler_panicking_mid_batch_reruns_nothing() {
+    let _deadline = deadline("a_handler_panicking_mid_batch_reruns_nothing", DEADLINE);
     let n = scaled(5_000);
     let first = Arc::new(Vec::from_iter((0..n).map(|_| AtomicU8::new(0))));
     let second = Arc::new(Vec::from_iter((0..n).map(|_| AtomicU8::new(0))));

@@ -12,6 +12,14 @@ use ringbus::{
     Dispatcher, EnqueueError, Event, EventStore, OverrunPolicy, ScheduleHandle, ScheduleStatus,
 };
 
+mod support {
+    pub mod deadline;
+}
+use support::deadline::deadline;
+
+/// Every test here fails the run if it is still going after this (a hang, not a slow machine).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 const LATE: Duration = Duration::from_millis(200);
 
 /// A scheduled event: its id, and an optional token that lets a test count the live ones
@@ -50,6 +58,10 @@ fn wait_for(limit: Duration, cond: impl Fn() -> bool) -> bool {
 
 #[test]
 fn events_fire_in_time_order_never_early_and_within_the_tolerance() {
+    let _deadline = deadline(
+        "events_fire_in_time_order_never_early_and_within_the_tolerance",
+        DEADLINE,
+    );
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut d = Dispatcher::<TokenEv>::new();
     let log = seen.clone();
@@ -113,6 +125,10 @@ fn events_fire_in_time_order_never_early_and_within_the_tolerance() {
 
 #[test]
 fn cancel_stops_an_event_before_it_fires_and_reports_false_after() {
+    let _deadline = deadline(
+        "cancel_stops_an_event_before_it_fires_and_reports_false_after",
+        DEADLINE,
+    );
     let store =
         EventStore::new(Dispatcher::<TokenEv>::new(), 8, OverrunPolicy::ReturnError).unwrap();
     let early = store
@@ -144,6 +160,10 @@ fn cancel_stops_an_event_before_it_fires_and_reports_false_after() {
 
 #[test]
 fn past_deadlines_and_zero_delays_enqueue_in_the_call() {
+    let _deadline = deadline(
+        "past_deadlines_and_zero_delays_enqueue_in_the_call",
+        DEADLINE,
+    );
     let store =
         EventStore::new(Dispatcher::<TokenEv>::new(), 2, OverrunPolicy::ReturnError).unwrap();
     let past = Instant::now() - Duration::from_millis(5);
@@ -170,6 +190,10 @@ fn past_deadlines_and_zero_delays_enqueue_in_the_call() {
 
 #[test]
 fn a_delay_too_long_for_instant_is_clamped_not_fired_at_once() {
+    let _deadline = deadline(
+        "a_delay_too_long_for_instant_is_clamped_not_fired_at_once",
+        DEADLINE,
+    );
     let store =
         EventStore::new(Dispatcher::<TokenEv>::new(), 2, OverrunPolicy::ReturnError).unwrap();
     let h = store
@@ -183,6 +207,10 @@ fn a_delay_too_long_for_instant_is_clamped_not_fired_at_once() {
 
 #[test]
 fn an_event_refused_when_it_fires_is_counted_as_rejected() {
+    let _deadline = deadline(
+        "an_event_refused_when_it_fires_is_counted_as_rejected",
+        DEADLINE,
+    );
     let store =
         EventStore::new(Dispatcher::<TokenEv>::new(), 1, OverrunPolicy::ReturnError).unwrap();
     store.enqueue(TokenEv::new(0)).unwrap();
@@ -197,6 +225,10 @@ fn an_event_refused_when_it_fires_is_counted_as_rejected() {
 
 #[test]
 fn under_block_the_timer_waits_for_room_and_close_releases_it() {
+    let _deadline = deadline(
+        "under_block_the_timer_waits_for_room_and_close_releases_it",
+        DEADLINE,
+    );
     let store = EventStore::new(Dispatcher::<TokenEv>::new(), 1, OverrunPolicy::Block).unwrap();
     store.enqueue(TokenEv::new(0)).unwrap();
     let first = store
@@ -238,6 +270,10 @@ fn under_block_the_timer_waits_for_room_and_close_releases_it() {
 
 #[test]
 fn close_cancels_100k_pending_events_promptly_and_counts_them() {
+    let _deadline = deadline(
+        "close_cancels_100k_pending_events_promptly_and_counts_them",
+        DEADLINE,
+    );
     const N: u64 = if cfg!(miri) { 100 } else { 100_000 };
     let token = Arc::new(());
     let store = EventStore::new(
@@ -285,6 +321,7 @@ fn close_cancels_100k_pending_events_promptly_and_counts_them() {
 
 #[test]
 fn cancelled_events_do_not_pile_up() {
+    let _deadline = deadline("cancelled_events_do_not_pile_up", DEADLINE);
     let token = Arc::new(());
     let store =
         EventStore::new(Dispatcher::<TokenEv>::new(), 8, OverrunPolicy::ReturnError).unwrap();
@@ -308,6 +345,10 @@ fn cancelled_events_do_not_pile_up() {
 
 #[test]
 fn dropping_the_store_stops_the_timer_and_drops_pending_events() {
+    let _deadline = deadline(
+        "dropping_the_store_stops_the_timer_and_drops_pending_events",
+        DEADLINE,
+    );
     let token = Arc::new(());
     let hook_token = Arc::new(());
     let store = {

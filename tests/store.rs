@@ -12,9 +12,14 @@ use ringbus::{
 };
 
 mod support {
+    pub mod deadline;
     pub mod ev;
 }
+use support::deadline::deadline;
 use support::ev::Ev;
+
+/// Every test here fails the run if it is still going after this (a hang, not a slow machine).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 
 const PRODUCERS: u32 = 4;
 const PER_PRODUCER: u64 = if cfg!(miri) { 50 } else { 50_000 };
@@ -83,6 +88,7 @@ fn assert_increasing(seen: &[u64]) {
 
 #[test]
 fn block_loses_nothing_and_duplicates_nothing() {
+    let _deadline = deadline("block_loses_nothing_and_duplicates_nothing", DEADLINE);
     let (store, rejected, seen) = run_mp(OverrunPolicy::Block, 64);
     for (p, s) in seen.iter().enumerate() {
         assert!(rejected[p].is_empty());
@@ -96,6 +102,7 @@ fn block_loses_nothing_and_duplicates_nothing() {
 
 #[test]
 fn drop_oldest_accounts_for_every_event() {
+    let _deadline = deadline("drop_oldest_accounts_for_every_event", DEADLINE);
     let (store, rejected, seen) = run_mp(OverrunPolicy::DropOldest, 64);
     let delivered: u64 = seen.iter().map(|s| s.len() as u64).sum();
     for s in &seen {
@@ -111,6 +118,10 @@ fn drop_oldest_accounts_for_every_event() {
 
 #[test]
 fn return_error_hands_back_exactly_what_was_not_delivered() {
+    let _deadline = deadline(
+        "return_error_hands_back_exactly_what_was_not_delivered",
+        DEADLINE,
+    );
     let (store, rejected, seen) = run_mp(OverrunPolicy::ReturnError, 64);
     for p in 0..PRODUCERS as usize {
         assert_increasing(&seen[p]);
@@ -127,6 +138,7 @@ fn return_error_hands_back_exactly_what_was_not_delivered() {
 
 #[test]
 fn concurrent_publishers_dispatch_each_event_once() {
+    let _deadline = deadline("concurrent_publishers_dispatch_each_event_once", DEADLINE);
     let count = Arc::new(AtomicU64::new(0));
     let sum = Arc::new(AtomicU64::new(0));
     let mut d = Dispatcher::<Ev>::new();
@@ -164,6 +176,7 @@ fn concurrent_publishers_dispatch_each_event_once() {
 
 #[test]
 fn bad_capacities_are_typed_errors() {
+    let _deadline = deadline("bad_capacities_are_typed_errors", DEADLINE);
     let build = |cap| EventStore::new(Dispatcher::<Ev>::new(), cap, OverrunPolicy::Block);
     assert_eq!(build(0).unwrap_err(), BuildError::ZeroCapacity);
     assert_eq!(build(3).unwrap_err(), BuildError::NotPowerOfTwo(3));
@@ -190,6 +203,7 @@ fn bad_capacities_are_typed_errors() {
 
 #[test]
 fn panicking_handler_is_caught_counted_and_reported() {
+    let _deadline = deadline("panicking_handler_is_caught_counted_and_reported", DEADLINE);
     let reports = Arc::new(Mutex::new(Vec::new()));
     let mut d = Dispatcher::<Ev>::new();
     d.on(0, |_, ev| {
@@ -239,6 +253,7 @@ fn panicking_handler_is_caught_counted_and_reported() {
 
 #[test]
 fn unrouted_events_are_counted() {
+    let _deadline = deadline("unrouted_events_are_counted", DEADLINE);
     let store = EventStore::new(
         recording_dispatcher(Default::default()),
         8,
@@ -261,6 +276,10 @@ fn unrouted_events_are_counted() {
 
 #[test]
 fn close_wakes_blocked_producers_and_hands_events_back() {
+    let _deadline = deadline(
+        "close_wakes_blocked_producers_and_hands_events_back",
+        DEADLINE,
+    );
     let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::Block).unwrap();
     let ev = |n| Ev::new(0, n);
     store.enqueue(ev(0)).unwrap();
@@ -295,6 +314,7 @@ fn close_wakes_blocked_producers_and_hands_events_back() {
 
 #[test]
 fn block_timeout_hands_the_event_back() {
+    let _deadline = deadline("block_timeout_hands_the_event_back", DEADLINE);
     let store = EventStore::new(Dispatcher::<Ev>::new(), 1, OverrunPolicy::Block).unwrap();
     let ev = Ev::new(0, 0);
     store.enqueue(ev).unwrap();
@@ -309,6 +329,7 @@ fn block_timeout_hands_the_event_back() {
 
 #[test]
 fn zero_timeout_close_loses_nothing() {
+    let _deadline = deadline("zero_timeout_close_loses_nothing", DEADLINE);
     let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::Block).unwrap();
     for n in 0..5 {
         store.enqueue(Ev::new(0, n)).unwrap();
@@ -323,6 +344,7 @@ fn zero_timeout_close_loses_nothing() {
 
 #[test]
 fn batch_is_all_or_nothing_and_contiguous() {
+    let _deadline = deadline("batch_is_all_or_nothing_and_contiguous", DEADLINE);
     let seen = Arc::new(Mutex::new(vec![Vec::new(); 2]));
     let store = EventStore::new(
         recording_dispatcher(seen.clone()),
@@ -359,6 +381,7 @@ fn batch_is_all_or_nothing_and_contiguous() {
 
 #[test]
 fn batch_drop_oldest_evicts_just_enough() {
+    let _deadline = deadline("batch_drop_oldest_evicts_just_enough", DEADLINE);
     let store = EventStore::new(Dispatcher::<Ev>::new(), 8, OverrunPolicy::DropOldest).unwrap();
     let mut batch: Vec<Ev> = (0..6).map(|n| Ev::new(0, n)).collect();
     store.enqueue_batch(&mut batch.clone()).unwrap();
@@ -370,6 +393,10 @@ fn batch_drop_oldest_evicts_just_enough() {
 
 #[test]
 fn drop_oldest_reports_the_eviction_at_the_call_site() {
+    let _deadline = deadline(
+        "drop_oldest_reports_the_eviction_at_the_call_site",
+        DEADLINE,
+    );
     let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::DropOldest).unwrap();
     let ev = |n| Ev::new(0, n);
     assert_eq!(store.enqueue(ev(0)).unwrap().dropped, 0);
@@ -398,6 +425,10 @@ fn counting_store(mode: DispatchMode, work: Duration) -> (EventStore<Ev>, Arc<At
 
 #[test]
 fn parallel_publish_runs_everything_before_returning() {
+    let _deadline = deadline(
+        "parallel_publish_runs_everything_before_returning",
+        DEADLINE,
+    );
     for work in [Duration::ZERO, Duration::from_micros(2)] {
         let (store, count) = counting_store(DispatchMode::Parallel, work);
         for n in 0..3000 {
@@ -420,6 +451,10 @@ fn parallel_publish_runs_everything_before_returning() {
 /// however slow its handlers; a large slow batch is forked onto the pool.
 #[test]
 fn parallel_small_batches_run_in_the_caller_and_large_slow_ones_fork() {
+    let _deadline = deadline(
+        "parallel_small_batches_run_in_the_caller_and_large_slow_ones_fork",
+        DEADLINE,
+    );
     let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let mut d = Dispatcher::<Ev>::new();
     let seen = threads.clone();
@@ -462,6 +497,7 @@ fn parallel_small_batches_run_in_the_caller_and_large_slow_ones_fork() {
 
 #[test]
 fn async_publish_returns_at_once_and_drain_waits() {
+    let _deadline = deadline("async_publish_returns_at_once_and_drain_waits", DEADLINE);
     let (store, count) = counting_store(DispatchMode::Async, Duration::from_micros(20));
     for n in 0..500 {
         store.enqueue(Ev::new(0, n)).unwrap();
@@ -478,6 +514,10 @@ fn async_publish_returns_at_once_and_drain_waits() {
 
 #[test]
 fn dropping_the_store_reports_and_drops_pending_events() {
+    let _deadline = deadline(
+        "dropping_the_store_reports_and_drops_pending_events",
+        DEADLINE,
+    );
     let discarded = Arc::new(AtomicU64::new(0));
     let d2 = discarded.clone();
     let token = Arc::new(());
@@ -508,6 +548,10 @@ fn dropping_the_store_reports_and_drops_pending_events() {
 
 #[test]
 fn handlers_may_enqueue_and_it_waits_for_the_next_publish() {
+    let _deadline = deadline(
+        "handlers_may_enqueue_and_it_waits_for_the_next_publish",
+        DEADLINE,
+    );
     let store_slot: Arc<Mutex<Option<EventStore<Ev>>>> = Arc::default();
     let s = store_slot.clone();
     let mut d = Dispatcher::<Ev>::new();
@@ -536,6 +580,7 @@ fn handlers_may_enqueue_and_it_waits_for_the_next_publish() {
 
 #[test]
 fn handles_are_send_and_sync() {
+    let _deadline = deadline("handles_are_send_and_sync", DEADLINE);
     fn assert_send_sync<T: Send + Sync>() {}
     fn assert_send<T: Send>() {}
     assert_send_sync::<EventStore<Ev>>();

@@ -10,6 +10,14 @@ use ringbus::{
     CommitError, Dispatcher, ErrorKind, Event, EventStore, HandlerFailure, Metrics, OverrunPolicy,
 };
 
+mod support {
+    pub mod deadline;
+}
+use support::deadline::deadline;
+
+/// Every test here fails the run if it is still going after this (a hang, not a slow machine).
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// An event of transaction `tx` of `producer`: the `idx`-th of `len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TxPart {
@@ -61,6 +69,10 @@ fn assert_whole_transactions(seen: &[TxPart]) {
 
 #[test]
 fn deferred_commits_from_many_threads_never_interleave() {
+    let _deadline = deadline(
+        "deferred_commits_from_many_threads_never_interleave",
+        DEADLINE,
+    );
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut d = Dispatcher::<TxPart>::new();
     let log = seen.clone();
@@ -105,6 +117,10 @@ fn deferred_commits_from_many_threads_never_interleave() {
 
 #[test]
 fn dispatching_commits_from_many_threads_take_consecutive_sequences() {
+    let _deadline = deadline(
+        "dispatching_commits_from_many_threads_take_consecutive_sequences",
+        DEADLINE,
+    );
     // Committers dispatch on their own threads, concurrently, so dispatch order means little;
     // the sequence numbers are the store's total order.
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -146,6 +162,10 @@ fn dispatching_commits_from_many_threads_take_consecutive_sequences() {
 
 #[test]
 fn commit_larger_than_the_ring_is_refused_under_every_policy() {
+    let _deadline = deadline(
+        "commit_larger_than_the_ring_is_refused_under_every_policy",
+        DEADLINE,
+    );
     for policy in [
         OverrunPolicy::DropOldest,
         OverrunPolicy::Block,
@@ -195,6 +215,10 @@ impl Drop for Counted {
 
 #[test]
 fn rollback_and_drop_leave_the_ring_and_the_metrics_untouched() {
+    let _deadline = deadline(
+        "rollback_and_drop_leave_the_ring_and_the_metrics_untouched",
+        DEADLINE,
+    );
     let drops = Arc::new(AtomicUsize::new(0));
     let mut d = Dispatcher::<Counted>::new();
     d.on(0, |_, _| Ok(()));
@@ -232,6 +256,10 @@ impl Event for Payment {
 
 #[test]
 fn failing_handler_mid_commit_is_reported_with_its_index_after_everything_ran() {
+    let _deadline = deadline(
+        "failing_handler_mid_commit_is_reported_with_its_index_after_everything_ran",
+        DEADLINE,
+    );
     let ran = Arc::new(Mutex::new(Vec::new()));
     let hooked = Arc::new(Mutex::new(Vec::new()));
     let mut d = Dispatcher::<Payment, String>::new();
@@ -312,6 +340,7 @@ fn failing_handler_mid_commit_is_reported_with_its_index_after_everything_ran() 
 
 #[test]
 fn commit_stops_after_the_transaction() {
+    let _deadline = deadline("commit_stops_after_the_transaction", DEADLINE);
     // A handler of the transaction's last event enqueues another: it waits for the next publish.
     let store_slot: Arc<Mutex<Option<EventStore<Payment>>>> = Arc::new(Mutex::new(None));
     let ran = Arc::new(Mutex::new(Vec::new()));
@@ -340,6 +369,10 @@ fn commit_stops_after_the_transaction() {
 
 #[test]
 fn refusals_hand_the_transaction_back_under_each_policy() {
+    let _deadline = deadline(
+        "refusals_hand_the_transaction_back_under_each_policy",
+        DEADLINE,
+    );
     // ReturnError: no room for all of it, nothing goes in.
     let store =
         EventStore::new(Dispatcher::<TxPart>::new(), 4, OverrunPolicy::ReturnError).unwrap();
@@ -392,6 +425,10 @@ fn refusals_hand_the_transaction_back_under_each_policy() {
 
 #[test]
 fn a_transaction_built_on_one_thread_commits_on_another() {
+    let _deadline = deadline(
+        "a_transaction_built_on_one_thread_commits_on_another",
+        DEADLINE,
+    );
     let mut d = Dispatcher::<TxPart>::new();
     d.on(0, |_, _| Ok(()));
     let store = EventStore::new(d, 8, OverrunPolicy::ReturnError).unwrap();

@@ -13,9 +13,9 @@ const SPARE_BUFFERS: usize = 8;
 #[derive(Debug)]
 pub(crate) struct BufferPool<E> {
     spare: ArrayQueue<Vec<E>>,
-    /// The ring's capacity: a buffer that grew larger (a refused oversized transaction) is
-    /// freed rather than kept.
-    max_capacity: u64,
+    /// The ring's capacity: a transaction's buffer that grew larger (a refused oversized
+    /// transaction) is freed rather than kept.
+    ring_capacity: u64,
 }
 
 impl<E> BufferPool<E> {
@@ -23,7 +23,7 @@ impl<E> BufferPool<E> {
     pub(crate) fn new(ring_capacity: u64) -> Self {
         Self {
             spare: ArrayQueue::new(SPARE_BUFFERS),
-            max_capacity: ring_capacity,
+            ring_capacity,
         }
     }
 
@@ -33,13 +33,21 @@ impl<E> BufferPool<E> {
         self.spare.pop().unwrap_or_default()
     }
 
-    /// Keeps an emptied buffer for reuse, unless the pool is full or the buffer grew larger
-    /// than the ring.
+    /// Keeps a publisher's emptied buffer for reuse, unless the pool is full. A publisher
+    /// never takes more than the ring holds, but `Vec`'s growth may round a buffer past the
+    /// ring's capacity (doubling, a minimum of 4 or 8): it is kept all the same, or every
+    /// publish of an uneven burst would allocate anew.
     #[inline]
     pub(crate) fn put(&self, buf: Vec<E>) {
         debug_assert!(buf.is_empty());
-        if buf.capacity() as u64 <= self.max_capacity {
-            let _ = self.spare.push(buf);
+        let _ = self.spare.push(buf);
+    }
+
+    /// Keeps a transaction's emptied buffer for reuse, unless the pool is full or the buffer
+    /// grew larger than the ring (a refused oversized transaction: its memory is freed).
+    pub(crate) fn put_unless_oversized(&self, buf: Vec<E>) {
+        if buf.capacity() as u64 <= self.ring_capacity {
+            self.put(buf);
         }
     }
 }
