@@ -298,9 +298,10 @@
 //! - *Layers and their shutdown hook* (`store/layers.rs`, `Layer`): per-store state the store
 //!   holds without naming it, told when the store closes or is dropped, and filling in its own
 //!   metrics. Today: the timer.
-//! - *The bridge point*: a process bridge needs no hook of its own: outgoing events reach it as
-//!   a subscriber on the route table, incoming ones go in through `enqueue_batch`, and its
-//!   acknowledgements follow the outcome hook (which the bridge will extend to successes).
+//! - *The bridge point*: outgoing events reach a process bridge as a subscriber on the route
+//!   table (a catch-all handler today), incoming ones go in through `enqueue_batch`. Its
+//!   acknowledgements need each event's success, which the outcome hook does not report yet:
+//!   the bridge will add that to `Outcomes`, not a hook of its own.
 //!
 //! # Limits
 //! Sequence numbers are 61-bit (the tail word's top bits are the closed, gate and sealed

@@ -124,8 +124,9 @@ pub enum ScheduleStatus {
 pub struct ScheduleHandle {
     /// The event's state, shared with its heap entry.
     status: SharedStatus,
-    /// The store's timer counters, for a successful cancel to update.
-    counts: Arc<Counts>,
+    /// The store's timer counters, for a successful cancel to update; `None` for an event
+    /// enqueued in the scheduling call, which can never be cancelled.
+    counts: Option<Arc<Counts>>,
     /// When the event is (or was) due.
     deadline: Instant,
 }
@@ -137,7 +138,9 @@ impl ScheduleHandle {
     pub fn cancel(&self) -> bool {
         let won = self.status.advance(PENDING, CANCELLED);
         if won {
-            self.counts.cancel(1);
+            if let Some(counts) = &self.counts {
+                counts.cancel(1);
+            }
         }
         won
     }
@@ -221,17 +224,16 @@ where
     /// If the OS cannot start the timer thread (on the first future schedule), as
     /// [`std::thread::spawn`] does.
     pub fn schedule_at(&self, at: Instant, event: E) -> Result<ScheduleHandle, EnqueueError<E>> {
-        let timers = self.layer(Timers::new);
         if at <= Instant::now() {
             self.enqueue(event)?;
-            return Ok(ScheduleHandle::fired(&timers, at));
+            return Ok(ScheduleHandle::fired(at));
         }
-        match timers.add(self, at, event) {
+        match self.layer(Timers::new).add(self, at, event) {
             Ok(handle) => Ok(handle),
             Err(event) => {
                 // `close` closed the ring before the timers, so this refuses (and counts) it.
                 self.enqueue(event)?;
-                Ok(ScheduleHandle::fired(&timers, at))
+                Ok(ScheduleHandle::fired(at))
             }
         }
     }
@@ -263,10 +265,10 @@ where
 
 impl ScheduleHandle {
     /// The handle of an event enqueued in the scheduling call.
-    fn fired<E>(timers: &Timers<E>, deadline: Instant) -> Self {
+    fn fired(deadline: Instant) -> Self {
         Self {
             status: SharedStatus::new(FIRED),
-            counts: timers.counts().clone(),
+            counts: None,
             deadline,
         }
     }

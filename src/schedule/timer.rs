@@ -127,11 +127,6 @@ impl<E> Timers<E> {
         }
     }
 
-    /// The counters a handle updates when it cancels.
-    pub(super) fn counts(&self) -> &Arc<Counts> {
-        &self.counts
-    }
-
     /// Marks the timers closed, cancels everything pending and wakes the thread; returns the
     /// events that were in the heap and the thread to join.
     fn stop(&self) -> (Vec<E>, Option<JoinHandle<()>>) {
@@ -197,7 +192,7 @@ impl<E: Event + Send + 'static> Timers<E> {
         }
         Ok(ScheduleHandle {
             status,
-            counts: self.counts.clone(),
+            counts: Some(self.counts.clone()),
             deadline: at,
         })
     }

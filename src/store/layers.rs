@@ -8,7 +8,7 @@
 //! into the store through a [`WeakStore`], which never keeps the store alive.
 
 use std::any::Any;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use super::{EventStore, Shared};
 use crate::event::Event;
@@ -26,18 +26,21 @@ pub(crate) trait Layer<E>: Send + Sync + 'static {
     fn add_metrics(&self, metrics: &mut Metrics);
 }
 
+/// The most layers a store holds: one per layer type of this crate (the timer today; the
+/// subscription, observability and bridge layers to come), with room to spare.
+const MAX_LAYERS: usize = 8;
+
 /// A store's layers, in registration order.
 ///
-/// Behind a std mutex, also under loom: registering, closing and reading metrics are rare,
-/// and no user code runs under the lock.
+/// Lookups and metrics read the slots without a lock (each a set-once cell), so scheduling
+/// and `metrics()` stay lock-free once a layer is registered; registering and shutting down
+/// take `register`, a std mutex (also under loom: no user code and no loom operation runs
+/// under it).
 pub(super) struct Layers<E> {
-    state: Mutex<State<E>>,
-}
-
-struct State<E> {
-    layers: Vec<Registered<E>>,
-    /// Set by the first shutdown: a layer registered later is shut down at once.
-    shut: bool,
+    slots: [OnceLock<Registered<E>>; MAX_LAYERS],
+    /// Held to register or to shut down; `true` once shut down, so that a layer registered
+    /// later starts shut down.
+    register: Mutex<bool>,
 }
 
 /// A registered layer, type-erased. Its [`Layer`] methods are kept as function pointers
@@ -67,67 +70,64 @@ impl<E> Registered<E> {
     }
 }
 
-impl<E> Clone for Registered<E> {
-    fn clone(&self) -> Self {
-        Self {
-            layer: Arc::clone(&self.layer),
-            shut_down: self.shut_down,
-            add_metrics: self.add_metrics,
-        }
-    }
-}
-
 impl<E> Default for Layers<E> {
     fn default() -> Self {
         Self {
-            state: Mutex::new(State {
-                layers: Vec::new(),
-                shut: false,
-            }),
+            slots: std::array::from_fn(|_| OnceLock::new()),
+            register: Mutex::new(false),
         }
     }
 }
 
 impl<E> Layers<E> {
-    /// The layer of type `L`, made with `make` and registered if it is not there yet.
-    fn get_or_register<L: Layer<E>>(&self, make: impl FnOnce() -> L) -> (Arc<L>, Vec<E>) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = state
-            .layers
-            .iter()
-            .find_map(|r| r.layer.clone().downcast::<L>().ok());
-        if let Some(layer) = found {
-            return (layer, Vec::new());
+    /// The registered layers, in order.
+    fn registered(&self) -> impl Iterator<Item = &Registered<E>> {
+        self.slots.iter().map_while(OnceLock::get)
+    }
+
+    /// The layer of type `L`, if registered. Lock-free.
+    fn find<L: Layer<E>>(&self) -> Option<Arc<L>> {
+        self.registered()
+            .find_map(|r| r.layer.clone().downcast::<L>().ok())
+    }
+
+    /// The layer of type `L`, made with `make` and registered if it is not there yet; and
+    /// whether the store is already shut down (the caller then shuts the new layer down, out
+    /// of the lock).
+    fn get_or_register<L: Layer<E>>(&self, make: impl FnOnce() -> L) -> (Arc<L>, bool) {
+        if let Some(layer) = self.find::<L>() {
+            return (layer, false);
+        }
+        let shut = self.register.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(layer) = self.find::<L>() {
+            return (layer, false);
         }
         let layer = Arc::new(make());
-        // After a shutdown a new layer starts shut down (it holds nothing yet to hand back).
-        let held = if state.shut {
-            layer.shut_down()
-        } else {
-            Vec::new()
-        };
-        state.layers.push(Registered::new(layer.clone()));
-        (layer, held)
+        let registered = self.registered().count();
+        assert!(
+            registered < MAX_LAYERS,
+            "ringbus: more layers than MAX_LAYERS"
+        );
+        let _ = self.slots[registered].set(Registered::new(layer.clone()));
+        (layer, *shut)
     }
 
     /// Shuts every layer down, and any registered later; returns what they held.
     pub(super) fn shut_down(&self) -> Vec<E> {
-        let layers: Vec<_> = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.shut = true;
-            state.layers.clone()
-        };
-        // Outside the lock: a layer may wait for its own thread, which may register.
-        layers
-            .iter()
+        {
+            let mut shut = self.register.lock().unwrap_or_else(PoisonError::into_inner);
+            *shut = true;
+        }
+        // Outside the lock: a layer may wait for its own thread, which may register. A layer
+        // registered from here on sees the flag and is shut down by its registrar.
+        self.registered()
             .flat_map(|r| (r.shut_down)(&*r.layer))
             .collect()
     }
 
-    /// Lets every layer fill in its fields of `metrics`.
+    /// Lets every layer fill in its fields of `metrics`. Lock-free.
     pub(super) fn add_metrics(&self, metrics: &mut Metrics) {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        for registered in &state.layers {
+        for registered in self.registered() {
             (registered.add_metrics)(&*registered.layer, metrics);
         }
     }
@@ -151,9 +151,11 @@ where
     /// The store's layer of type `L`, made with `make` and registered on first use. A layer
     /// registered after `close` starts shut down.
     pub(crate) fn layer<L: Layer<E>>(&self, make: impl FnOnce() -> L) -> Arc<L> {
-        let (layer, held) = self.shared.layers.get_or_register(make);
-        for event in held {
-            self.shared.drop_event(None, event);
+        let (layer, shut) = self.shared.layers.get_or_register(make);
+        if shut {
+            for event in layer.shut_down() {
+                self.shared.drop_event(None, event);
+            }
         }
         layer
     }
@@ -197,8 +199,8 @@ mod tests {
     #[test]
     fn one_layer_per_type_and_shutdown_returns_what_it_held() {
         let layers = Layers::<u32>::default();
-        let (a, held) = layers.get_or_register(Holder::default);
-        assert!(held.is_empty());
+        let (a, shut) = layers.get_or_register(Holder::default);
+        assert!(!shut);
         a.held.lock().unwrap().extend([1, 2, 3]);
         let (again, _) = layers.get_or_register(|| -> Holder { panic!("made twice") });
         assert!(Arc::ptr_eq(&a, &again));
@@ -214,8 +216,12 @@ mod tests {
     fn a_layer_registered_after_shutdown_starts_shut_down() {
         let layers = Layers::<u32>::default();
         assert!(layers.shut_down().is_empty());
-        let (late, held) = layers.get_or_register(Holder::default);
-        assert!(held.is_empty());
-        assert_eq!(late.shut_downs.load(Ordering::Relaxed), 1);
+        let (late, shut) = layers.get_or_register(Holder::default);
+        assert!(shut, "the registrar is told to shut the late layer down");
+        assert_eq!(
+            late.shut_downs.load(Ordering::Relaxed),
+            0,
+            "not under the lock"
+        );
     }
 }

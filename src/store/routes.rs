@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 
 use super::dispatcher::{Dispatcher, Handler};
 use crate::event::Event;
@@ -72,8 +73,10 @@ impl Hasher for MulHasher {
 /// swap in a new table at run time (an atomically replaced snapshot). Today it holds the
 /// dispatcher's routes, frozen when the store is built.
 ///
-/// The run loop [`load`](Self::load)s the table once per run of events (a chunk of up to 256,
-/// or a parallel task), never per event: a swapped table is seen from the next run on.
+/// The run loop [`load`](Self::load)s the table once per run of events (a sync chunk of at
+/// most 256, a parallel task, or a batch that parallel mode keeps in the caller), never per
+/// event, and holds what it loaded for the run: a table swapped meanwhile is seen from the
+/// next run on.
 pub(crate) struct RouteTable<E: Event, Err> {
     frozen: Routes<E::Projection, Handler<E, Err>>,
 }
@@ -87,9 +90,10 @@ impl<E: Event, Err> RouteTable<E, Err> {
         }
     }
 
-    /// The routes for one run of events.
+    /// The routes for one run of events: a guard, so that a swappable table can hand out a
+    /// snapshot that stays valid for the run (today, a plain reference to the frozen table).
     #[inline(always)]
-    pub(crate) fn load(&self) -> &Routes<E::Projection, Handler<E, Err>> {
+    pub(crate) fn load(&self) -> impl Deref<Target = Routes<E::Projection, Handler<E, Err>>> + '_ {
         &self.frozen
     }
 }

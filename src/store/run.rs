@@ -200,7 +200,7 @@ where
         while cursor.event < events.len() {
             let run = panics::catch(|| {
                 self.run_from(
-                    routes,
+                    &routes,
                     &mut cursor,
                     first,
                     events,
