@@ -278,7 +278,16 @@ impl<T> Ring<T> {
     #[inline]
     pub(crate) fn claim(&self, n: u64, intake: Intake) -> Result<u64, ClaimError> {
         debug_assert!(n >= 1 && n <= self.capacity());
-        let mut word = self.tail.load(Ordering::Relaxed);
+        // Orderings: `Full` must mean full, not a stale view of the head. A producer that
+        // reads the tail some other producer wrote must also see every head move that
+        // producer had seen when it claimed (a handler's follow-up claims right after its
+        // publisher moved the head; a producer may claim on a stamp a consumer wrote after
+        // its head move). So the tail is read with Acquire and claimed with Release, and the
+        // room check's stamp is read with Acquire: head move -> stamp (Release) -> claim
+        // (Release) -> the next producer's tail read (Acquire) -> its head read. All plain
+        // loads and the same `lock cmpxchg` on x86. (loom found the false `Full` without
+        // them: a follow-up's tail seen, its publisher's head move not.)
+        let mut word = self.tail.load(Ordering::Acquire);
         loop {
             if word & FLAGS != 0 {
                 if let Some(refusal) = intake.refusal(word) {
@@ -294,28 +303,27 @@ impl<T> Ring<T> {
             // free yet is `head` read, to tell a full ring from a consumer still copying out.
             // The common path so never touches the head's cache line, which the publisher
             // writes on every take: producer and publisher do not bounce it between cores.
-            // Relaxed: this only decides whether to claim; `write` Acquires each stamp.
             let last = tail + n - 1;
-            if self.stamp(last).load(Ordering::Relaxed) != 2 * last {
+            if self.stamp(last).load(Ordering::Acquire) != 2 * last {
                 // SeqCst, like every read of the head that decides room (see `wait.rs`'s
                 // `BlockedProducers`); a plain load on x86.
                 let head = self.head.load(Ordering::SeqCst);
                 if tail < head {
                     // `tail` is stale: consumers have already passed it.
-                    word = self.tail.load(Ordering::Relaxed);
+                    word = self.tail.load(Ordering::Acquire);
                     continue;
                 }
                 if tail + n > head + self.capacity() {
                     return Err(ClaimError::Full);
                 }
             }
-            // Relaxed suffices for the claim itself: it hands out numbers, and the data are
-            // synchronised slot by slot through the stamps.
+            // The events themselves are synchronised slot by slot through the stamps; the
+            // orderings here are for the room check (see above).
             match self.tail.compare_exchange_weak(
                 word,
                 word + n,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
+                Ordering::Release,
+                Ordering::Acquire,
             ) {
                 Ok(_) => return Ok(tail),
                 Err(current) => word = current,

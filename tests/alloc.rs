@@ -253,7 +253,7 @@ fn uneven_bursts_and_tiny_rings_reuse_the_publishers_buffer() {
             .mode(mode)
             .build()
             .unwrap();
-        let mut round = |n: u64| {
+        let round = |n: u64| {
             for i in 0..n {
                 store.enqueue(BenchEv { key: 0, ..event(i) }).unwrap();
             }

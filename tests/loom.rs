@@ -575,7 +575,7 @@ fn close_lets_follow_ups_in_until_it_seals() {
         );
         assert_eq!((m.processed, m.failed, m.pending), (2 * starts, 0, 0));
         assert_eq!(m.rejected, u64::from(!outside_accepted));
-        assert_eq!(m.rejected_closed, m.rejected);
+        assert_eq!(m.rejected_closed, m.rejected, "{m:?}");
         let seen = seen.lock().unwrap();
         for p in 0..starts {
             assert!(
