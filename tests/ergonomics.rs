@@ -426,6 +426,30 @@ fn close_lets_handlers_follow_ups_finish_then_seals() {
 }
 
 #[test]
+fn a_follow_up_batch_gets_in_during_close() {
+    let _deadline = deadline("a_follow_up_batch_gets_in_during_close", LIMIT);
+    let mut dispatcher = Dispatcher::<Ev>::new();
+    dispatcher.on(0, |ctx, ev| {
+        if ev.index == 0 {
+            let mut batch: Vec<Ev> = (1..=3).map(|i| Ev::new(ev.producer, i)).collect();
+            ctx.enqueue_batch(&mut batch).map_err(|e| e.to_string())?;
+            assert!(batch.is_empty());
+            // The same batch through the store's outside door is refused while closing.
+            let mut outside = vec![Ev::new(ev.producer, 9)];
+            assert!(ctx.store().enqueue_batch(&mut outside).is_err());
+        }
+        Ok(())
+    });
+    let store = EventStore::new(dispatcher, 8, OverrunPolicy::DropOldest).unwrap();
+    store.enqueue(Ev::new(7, 0)).unwrap();
+    store.close(Duration::from_secs(5)).unwrap();
+    let m = store.metrics();
+    assert_eq!((m.published, m.processed, m.rejected_closed), (4, 4, 1));
+    let mut late = vec![Ev::new(8, 0)];
+    assert!(store.enqueue_batch(&mut late).is_err());
+}
+
+#[test]
 fn rejected_is_split_by_reason() {
     let _deadline = deadline("rejected_is_split_by_reason", LIMIT);
     let store = EventStore::new(Dispatcher::<Ev>::new(), 2, OverrunPolicy::ReturnError).unwrap();
