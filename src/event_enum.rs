@@ -45,13 +45,40 @@
 /// ```
 #[macro_export]
 macro_rules! event_enum {
+    // One variant: its payload is always there (no `_` arm, which would be unreachable).
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident / $kind:ident {
+            $(#[$vmeta:meta])* $variant:ident($payload:ty) $(,)?
+        }
+    ) => {
+        $crate::event_enum!(@enum [$(#[$meta])*] $vis $name $kind { $(#[$vmeta])* $variant($payload) });
+        $crate::event_enum!(@variant $name $kind $variant $payload, event => {
+            match event {
+                $name::$variant(payload) => ::core::option::Option::Some(payload),
+            }
+        });
+    };
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident / $kind:ident {
             $( $(#[$vmeta:meta])* $variant:ident($payload:ty) ),+ $(,)?
         }
     ) => {
-        $(#[$meta])*
+        $crate::event_enum!(@enum [$(#[$meta])*] $vis $name $kind { $( $(#[$vmeta])* $variant($payload) ),+ });
+        $(
+            $crate::event_enum!(@variant $name $kind $variant $payload, event => {
+                match event {
+                    $name::$variant(payload) => ::core::option::Option::Some(payload),
+                    _ => ::core::option::Option::None,
+                }
+            });
+        )+
+    };
+    (@enum [$($meta:tt)*] $vis:vis $name:ident $kind:ident {
+        $( $(#[$vmeta:meta])* $variant:ident($payload:ty) ),+
+    }) => {
+        $($meta)*
         $vis enum $name {
             $( $(#[$vmeta])* $variant($payload), )+
         }
@@ -74,29 +101,25 @@ macro_rules! event_enum {
                 }
             }
         }
-
-        $(
-            impl $crate::Variant<$name> for $payload {
-                #[inline]
-                fn projection() -> $kind {
-                    $kind::$variant
-                }
-                #[inline]
-                #[allow(unreachable_patterns)] // an enum of one variant
-                fn payload(event: &$name) -> ::core::option::Option<&Self> {
-                    match event {
-                        $name::$variant(payload) => ::core::option::Option::Some(payload),
-                        _ => ::core::option::Option::None,
-                    }
-                }
+    };
+    // `$event` is named by the caller, so that the body it passes can use it (hygiene).
+    (@variant $name:ident $kind:ident $variant:ident $payload:ty, $event:ident => { $($payload_of:tt)* }) => {
+        impl $crate::Variant<$name> for $payload {
+            #[inline]
+            fn projection() -> $kind {
+                $kind::$variant
             }
-
-            impl ::core::convert::From<$payload> for $name {
-                #[inline]
-                fn from(payload: $payload) -> Self {
-                    $name::$variant(payload)
-                }
+            #[inline]
+            fn payload($event: &$name) -> ::core::option::Option<&Self> {
+                $($payload_of)*
             }
-        )+
+        }
+
+        impl ::core::convert::From<$payload> for $name {
+            #[inline]
+            fn from(payload: $payload) -> Self {
+                $name::$variant(payload)
+            }
+        }
     };
 }

@@ -653,6 +653,7 @@ impl<T> std::fmt::Debug for Ring<T> {
             .field("head", &self.head())
             .field("tail", &self.tail())
             .field("closed", &self.is_closed())
+            .field("sealed", &self.refuses(Intake::FollowUp))
             .finish()
     }
 }

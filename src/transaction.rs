@@ -16,6 +16,7 @@ use crate::event::{BoxError, Event};
 use crate::panics;
 use crate::ring::Intake;
 use crate::store::{Context, Enqueued, EventStore, Outcomes, PublishReport};
+use crate::wait::earlier;
 
 /// Events buffered for one atomic commit. From [`EventStore::begin_transaction`].
 ///
@@ -69,6 +70,8 @@ pub struct Transaction<E: Event, Err = BoxError> {
     /// Outside, or a handler's follow-up (from [`Context::begin_transaction`]), which still
     /// commits during a close.
     intake: Intake,
+    /// A follow-up's context deadline: its commit waits for room (`Block`) no longer.
+    deadline: Option<Instant>,
 }
 
 /// What a successful [`Transaction::commit`] did.
@@ -100,7 +103,7 @@ where
 {
     /// Starts a [`Transaction`] on this store (GoEventBus's `BeginTransaction`).
     pub fn begin_transaction(&self) -> Transaction<E, Err> {
-        Transaction::new(self, Intake::Outside)
+        Transaction::new(self, Intake::Outside, None)
     }
 }
 
@@ -110,19 +113,20 @@ where
     Err: 'static,
 {
     /// Starts a [`Transaction`] of follow-ups: [`EventStore::begin_transaction`], except that
-    /// its commit is still accepted while the store closes, as
-    /// [`Context::enqueue`] is.
+    /// its commit is still accepted while the store closes, and waits for room no longer than
+    /// this context's deadline, as [`Context::enqueue`] does.
     pub fn begin_transaction(&self) -> Transaction<E, Err> {
-        Transaction::new(self.store(), Intake::FollowUp)
+        Transaction::new(self.store(), Intake::FollowUp, self.deadline())
     }
 }
 
 impl<E: Event, Err> Transaction<E, Err> {
-    fn new(store: &EventStore<E, Err>, intake: Intake) -> Self {
+    fn new(store: &EventStore<E, Err>, intake: Intake, deadline: Option<Instant>) -> Self {
         Self {
             store: store.clone(),
             events: store.buffers().get(),
             intake,
+            deadline,
         }
     }
 
@@ -280,7 +284,8 @@ where
 
     /// `enqueue_batch` of the buffer: emptied on success, untouched on error.
     fn batch(&mut self, timeout: Option<Duration>) -> Result<Enqueued, BatchError> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mine = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = earlier(mine, self.deadline);
         self.store
             .enqueue_batch_as(&mut self.events, deadline, self.intake)
     }

@@ -115,6 +115,15 @@ impl IdleWait {
     }
 }
 
+/// The earlier of two optional deadlines (`None` is no deadline).
+pub(crate) fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// True once `deadline` has passed (never, without one).
 pub(crate) fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }

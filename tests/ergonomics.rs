@@ -449,6 +449,112 @@ fn a_follow_up_batch_gets_in_during_close() {
     assert!(store.enqueue_batch(&mut late).is_err());
 }
 
+/// Found by a second reader: `close` judged "quiet" from two separate reads (nothing in flight,
+/// then nothing pending), so another thread's `publish` could take a follow-up between them and
+/// run its handler after the seal: its own follow-up refused, though `close` returned `Ok`.
+/// Chains of 400 follow-ups, a thread spinning on `publish`, `close` on this one; about 1% of
+/// trials lost follow-ups before the fix.
+#[test]
+fn close_racing_a_spinning_publisher_never_cuts_a_chain() {
+    watchdog("close_vs_spinning_publisher", LIMIT, |abort| {
+        let started = std::time::Instant::now();
+        let mut trials = 0;
+        while trials < 3_000 && started.elapsed() < Duration::from_secs(3) {
+            trials += 1;
+            let refused = Arc::new(AtomicU64::new(0));
+            let mut dispatcher = Dispatcher::<Ev>::new();
+            let r = refused.clone();
+            dispatcher.on(0, move |ctx, ev| {
+                if ev.index > 0 && ctx.enqueue(Ev::new(ev.producer, ev.index - 1)).is_err() {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+            let store = EventStore::new(dispatcher, 64, OverrunPolicy::ReturnError).unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let publisher = {
+                let (store, stop) = (store.clone(), stop.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        store.publish();
+                    }
+                })
+            };
+            for chain in 0..4 {
+                store.enqueue(Ev::new(chain, 400)).unwrap();
+            }
+            let closed = store.close(Duration::from_secs(20));
+            stop.store(true, Ordering::Relaxed);
+            publisher.join().unwrap();
+            assert!(closed.is_ok());
+            let m = store.metrics();
+            assert_eq!(
+                (refused.load(Ordering::Relaxed), m.rejected),
+                (0, 0),
+                "trial {trials}: close returned Ok but cut a chain: {m:?}"
+            );
+            assert_eq!(m.processed, 4 * 401);
+            if abort.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    });
+}
+
+/// Found by a second reader: under `Block`, a handler fanning out more follow-ups than the ring
+/// holds made `close(timeout)` and a timed `settle` hang forever (the follow-up waited for room
+/// without a deadline, and only the waiting thread could make room). Follow-ups now wait no
+/// longer than the context's deadline, and `Context::enqueue_timeout` bounds them elsewhere.
+#[test]
+fn a_block_fan_out_of_follow_ups_cannot_hold_close_or_settle_past_their_time() {
+    watchdog("block_fan_out", LIMIT, |_| {
+        let timed_out = Arc::new(AtomicU64::new(0));
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        let t = timed_out.clone();
+        dispatcher.on(0, move |ctx, ev| {
+            if ev.index == 0 {
+                for i in 1..=8 {
+                    if let Err(EnqueueError::Timeout(_)) = ctx.enqueue(Ev::new(ev.producer, i)) {
+                        t.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            Ok(())
+        });
+        let store = EventStore::new(dispatcher, 4, OverrunPolicy::Block).unwrap();
+        store.enqueue(Ev::new(0, 0)).unwrap();
+        let started = std::time::Instant::now();
+        let _ = store.settle(Settle::rounds(100).within(Duration::from_millis(100)));
+        assert!(started.elapsed() < Duration::from_secs(5), "settle held");
+        assert!(timed_out.load(Ordering::SeqCst) > 0);
+        // The follow-ups that fitted are still pending: let them run (they fan out no more).
+        assert!(store.settle(Settle::rounds(10)).settled);
+
+        store.enqueue(Ev::new(1, 0)).unwrap();
+        let started = std::time::Instant::now();
+        let _ = store.close(Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(5), "close held");
+        let m = store.metrics();
+        assert_eq!(m.rejected_timeout, timed_out.load(Ordering::SeqCst));
+        assert!(m.is_balanced(), "{m:?}");
+
+        // Without a deadline, `enqueue_timeout` bounds the wait.
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        dispatcher.on(0, |ctx, ev| {
+            if ev.index == 0 {
+                for i in 1..=8 {
+                    let _ = ctx.enqueue_timeout(Ev::new(ev.producer, i), Duration::from_millis(5));
+                }
+            }
+            Ok(())
+        });
+        let store = EventStore::new(dispatcher, 4, OverrunPolicy::Block).unwrap();
+        store.enqueue(Ev::new(2, 0)).unwrap();
+        assert_eq!(store.publish().processed, 1);
+        assert_eq!(store.metrics().rejected_timeout, 4, "4 fit, 4 timed out");
+    });
+}
+
 #[test]
 fn rejected_is_split_by_reason() {
     let _deadline = deadline("rejected_is_split_by_reason", LIMIT);

@@ -773,3 +773,65 @@ fn drain_on_a_pool_thread_sleeps_while_it_waits() {
         );
     });
 }
+
+/// Found by a second reader: after a handler panicked, resuming the event computed its
+/// projection again, and a `projection()` that panicked only then was taken for the handler's
+/// panic once more: `publish` looped forever. Now the event ends there, failed, with both
+/// failures counted, and the next event runs.
+#[test]
+fn a_projection_that_panics_when_computed_again_ends_the_event() {
+    quiet();
+    watchdog("hardening", LIMIT, |_| {
+        /// Routes once, then panics in `projection()`.
+        struct Flaky {
+            calls: std::cell::Cell<u32>,
+            index: u64,
+        }
+        impl Event for Flaky {
+            type Projection = u8;
+            fn projection(&self) -> u8 {
+                let n = self.calls.get();
+                self.calls.set(n + 1);
+                if self.index == 0 && n >= 1 {
+                    panic!("projection computed again");
+                }
+                0
+            }
+        }
+        let runs = Arc::new(AtomicU64::new(0));
+        let mut dispatcher = Dispatcher::<Flaky>::new();
+        let r = runs.clone();
+        dispatcher.on(0, move |_, ev| {
+            r.fetch_add(1, Ordering::SeqCst);
+            if ev.index == 0 {
+                panic!("first handler");
+            }
+            Ok(())
+        });
+        dispatcher.on(0, |_, _| Ok(()));
+        let store = EventStore::new(dispatcher, 4, OverrunPolicy::ReturnError).unwrap();
+        for index in 0..2 {
+            store
+                .enqueue(Flaky {
+                    calls: std::cell::Cell::new(0),
+                    index,
+                })
+                .unwrap();
+        }
+        let report = store.publish();
+        assert_eq!(report.dispatched, 2);
+        assert_eq!((report.processed, report.failed), (1, 1));
+        assert_eq!(
+            report.handler_errors, 2,
+            "the handler's panic and the projection's"
+        );
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "each event's first handler, once"
+        );
+        let m = store.metrics();
+        assert_eq!(m.panics, 2);
+        assert!(m.is_balanced());
+    });
+}

@@ -586,3 +586,35 @@ fn close_lets_follow_ups_in_until_it_seals() {
         assert!(store.enqueue(Ev::new(2, 0)).is_err());
     });
 }
+
+/// `close` racing a publisher that takes a follow-up whose handler follows up again (a chain
+/// two deep): `close` must not judge the store quiet between that take and that handler, so no
+/// follow-up is ever refused once `close` returns `Ok`. (A second reader found `close` reading
+/// "nothing in flight" and "nothing pending" separately, with a take between them.)
+#[test]
+fn close_waits_for_a_chain_a_concurrent_publisher_runs() {
+    model(2, || {
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        dispatcher.on(0, move |ctx, ev| {
+            if ev.index > 0 {
+                ctx.enqueue(Ev::new(ev.producer, ev.index - 1))
+                    .map_err(EnqueueError::kind)?;
+            }
+            Ok(())
+        });
+        let store = EventStore::new(dispatcher, 2, OverrunPolicy::ReturnError).unwrap();
+        store.enqueue(Ev::new(0, 2)).unwrap();
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.publish();
+                store.publish();
+            })
+        };
+        store.close(FOREVER).unwrap();
+        publisher.join().unwrap();
+        let m = store.metrics();
+        assert_eq!((m.published, m.processed, m.failed), (3, 3, 0), "{m:?}");
+        assert_eq!((m.rejected, m.pending, m.in_flight), (0, 0, 0), "{m:?}");
+    });
+}

@@ -2,12 +2,13 @@
 //! publish's deadline, and its own store.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Enqueued, EventStore};
 use crate::error::{BatchError, EnqueueError};
 use crate::event::{BoxError, Event};
 use crate::ring::Intake;
+use crate::wait::earlier;
 
 /// What a handler knows about the event it is handling besides the event itself, and its way
 /// back into its own store.
@@ -87,23 +88,46 @@ where
 {
     /// Enqueues a follow-up event: [`EventStore::enqueue`], except that it is still accepted
     /// while the store [closes](EventStore::close), until the close has dispatched everything
-    /// (so work accepted before a shutdown gets its follow-ups).
+    /// (so work accepted before a shutdown gets its follow-ups), and that under
+    /// [`OverrunPolicy::Block`](crate::OverrunPolicy::Block) it waits for room only until
+    /// this context's [deadline](Self::deadline) (`close`'s, or a timed `settle`'s), so a
+    /// fan-out of follow-ups cannot hold a shutdown past its timeout. Without a deadline it
+    /// waits like `enqueue`: a handler that may fill its own ring under `Block` should use
+    /// [`enqueue_timeout`](Self::enqueue_timeout) (on a single dispatching thread, the
+    /// publisher that would make room is the one waiting).
     ///
     /// # Errors
-    /// As [`EventStore::enqueue`]; [`EnqueueError::Closed`] only once the close has finished.
+    /// As [`EventStore::enqueue`]: [`EnqueueError::Closed`] only once the close has finished,
+    /// [`EnqueueError::Timeout`] when the deadline passed first.
     #[inline]
     pub fn enqueue(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
-        self.store.enqueue_as(event, Intake::FollowUp)
+        self.store
+            .enqueue_as(event, self.deadline, Intake::FollowUp)
+    }
+
+    /// [`enqueue`](Self::enqueue), waiting under `Block` at most `timeout` (and never past
+    /// this context's deadline).
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    pub fn enqueue_timeout(
+        &self,
+        event: E,
+        timeout: Duration,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        let deadline = earlier(Instant::now().checked_add(timeout), self.deadline);
+        self.store.enqueue_as(event, deadline, Intake::FollowUp)
     }
 
     /// Enqueues a batch of follow-ups, all or nothing: [`EventStore::enqueue_batch`], accepted
-    /// during a close as [`enqueue`](Self::enqueue) is.
+    /// during a close and bounded by this context's deadline as [`enqueue`](Self::enqueue) is.
     ///
     /// # Errors
     /// As [`EventStore::enqueue_batch`]; [`BatchError::Closed`] only once the close has
     /// finished.
     pub fn enqueue_batch(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
-        self.store.enqueue_batch_as(batch, None, Intake::FollowUp)
+        self.store
+            .enqueue_batch_as(batch, self.deadline, Intake::FollowUp)
     }
 }
 

@@ -23,15 +23,21 @@ where
     /// ring is full under [`OverrunPolicy::ReturnError`]. The event comes back in the error.
     #[inline]
     pub fn enqueue(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
-        self.enqueue_as(event, Intake::Outside)
+        self.enqueue_as(event, None, Intake::Outside)
     }
 
-    /// [`enqueue`](Self::enqueue) for `intake`: a handler's follow-up gets in during `close`.
+    /// [`enqueue`](Self::enqueue) for `intake` (a handler's follow-up gets in during `close`),
+    /// waiting for room under `Block` until `deadline`.
     #[inline]
-    pub(crate) fn enqueue_as(&self, event: E, intake: Intake) -> Result<Enqueued, EnqueueError<E>> {
+    pub(crate) fn enqueue_as(
+        &self,
+        event: E,
+        deadline: Option<Instant>,
+        intake: Intake,
+    ) -> Result<Enqueued, EnqueueError<E>> {
         self.shared
             .try_enqueue(event, intake)
-            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, None, intake))
+            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, deadline, intake))
     }
 
     /// Like [`enqueue`](Self::enqueue), but under [`OverrunPolicy::Block`] waits at most

@@ -238,14 +238,18 @@ impl<K, H> Drop for Routes<K, H> {
 
 impl<K: fmt::Debug, H> fmt::Debug for Routes<K, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(
-                self.slots
-                    .iter()
-                    .flatten()
-                    .map(|r| (&r.projection, r.handlers.len())),
-            )
-            .finish()
+        let mut map = f.debug_map();
+        map.entries(
+            self.slots
+                .iter()
+                .flatten()
+                .map(|r| (&r.projection, r.handlers.len())),
+        );
+        if !self.fallback.is_empty() {
+            // The catch-all handlers (also counted in every route).
+            map.entry(&"*", &self.fallback.len());
+        }
+        map.finish()
     }
 }
 

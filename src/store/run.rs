@@ -234,6 +234,14 @@ where
         locals: &mut impl LocalHandlers<E, Err>,
     ) {
         while let Some(event) = events.get(cursor.event) {
+            // Handlers are numbered across both lists: the store's, then the local ones. After
+            // a handler's panic the run resumes here with the next one; the cursor goes back to
+            // `ROUTING` while the projection is computed again, so that a panic in it reads as
+            // the event's own, not as that handler's once more (which would loop).
+            let resume = cursor.handler.wrapping_add(1);
+            if resume != 0 {
+                cursor.handler = Cursor::ROUTING;
+            }
             let projection = event.projection();
             let shared = routes.get(&projection);
             // Without local handlers (every path but `publish_with`) `local` is an empty
@@ -247,8 +255,6 @@ where
                     projection: &projection,
                     deadline,
                 };
-                // Handlers are numbered across both lists: the store's, then the local ones.
-                let resume = cursor.handler.wrapping_add(1);
                 for (index, handler) in shared.iter().enumerate().skip(resume) {
                     cursor.handler = index;
                     if let Err(err) = handler(&ctx, event) {
@@ -347,10 +353,12 @@ where
                 HandlerFailure::Panic(panics::into_message(payload)),
             );
         } else {
-            // The event's own `projection()` (or its key's `Hash`/`Eq`) panicked: no handler
-            // can run for it. It counts as failed, and is reported without a projection.
+            // The event's own `projection()` (or its key's `Hash`/`Eq`) panicked, first or
+            // when computed again to resume after a handler's panic: no (further) handler can
+            // run for it. It counts as failed, with every failure so far, and is reported
+            // without a projection.
             tally.failed += 1;
-            tally.handler_errors += 1;
+            tally.handler_errors += cursor.failures;
             cursor.next_event();
             self.shared.report(
                 None,

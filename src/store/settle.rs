@@ -39,7 +39,8 @@ impl Settle {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SettleReport {
-    /// Every round's [`PublishReport`], summed.
+    /// Every round's [`PublishReport`], summed. In [`DispatchMode::Async`] its outcome fields
+    /// stay 0, as `publish`'s do (the handlers ran on the pool): see the metrics.
     pub publish: PublishReport,
     /// The rounds run.
     pub rounds: u32,
@@ -128,8 +129,9 @@ where
         report
     }
 
-    /// Nothing pending, nothing in flight.
+    /// Nothing pending, nothing in flight, judged as `close` does (see `still_at`).
     fn is_quiet(&self) -> bool {
-        self.pending() == 0 && self.shared.counters.in_flight.is_idle()
+        let head = self.shared.ring.head();
+        self.shared.counters.in_flight.is_idle() && self.still_at(head)
     }
 }

@@ -35,7 +35,8 @@ where
     ///    [`Metrics::rejected_closed`](crate::Metrics::rejected_closed)), producers blocked in
     ///    `Block` included. The timer stops: scheduled events still waiting are cancelled
     ///    (counted in [`Metrics::cancelled`](crate::Metrics::cancelled), their handles say
-    ///    so); an event it was already firing gets in.
+    ///    so); an event it was already firing is refused like any outside enqueue (its handle
+    ///    says [`Rejected`](crate::ScheduleStatus::Rejected)).
     /// 2. **Accepted work finishes.** Every pending event is dispatched in the store's mode and
     ///    in-flight work is waited for, again and again while handlers enqueue follow-ups
     ///    through their [`Context`](crate::Context) (`ctx.enqueue`, `ctx.enqueue_batch`,
@@ -44,13 +45,17 @@ where
     ///    the timer does not hold a shutdown open.)
     /// 3. **The store seals.** Nothing gets in any more, follow-ups included.
     ///
-    /// Returns what the dispatch did. Calling it again is harmless.
+    /// Returns what the dispatch did. Calling it again is harmless. Do not call it from a
+    /// handler: like [`drain`](Self::drain), it would wait for that handler itself (until its
+    /// timeout).
     ///
     /// # Errors
-    /// [`TimeoutError`] when the deadline passes first; the store is then closed to outside
-    /// producers but not sealed: the events not yet dispatched stay in the ring, and a later
-    /// `publish` or `close` dispatches them (and accepts their handlers' follow-ups). A zero
-    /// timeout dispatches nothing and fails if anything is pending or in flight.
+    /// [`TimeoutError`] when the deadline passes first. Before the seal (the usual case), the
+    /// store is then closed to outside producers but not sealed: the events not yet
+    /// dispatched stay in the ring, and a later `publish` or `close` dispatches them (and
+    /// accepts their handlers' follow-ups). After the seal, only events claimed just before
+    /// it can be left, and their follow-ups are refused. A zero timeout dispatches nothing
+    /// and fails if anything is pending or in flight.
     pub fn close(&self, timeout: Duration) -> Result<PublishReport, TimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         self.shared.ring.close();
@@ -96,14 +101,24 @@ where
         let mut report = PublishReport::default();
         loop {
             report += self.publish_all(deadline);
+            let head = self.shared.ring.head();
             self.wait_idle(deadline)?;
-            if self.pending() == 0 {
+            if self.still_at(head) {
                 return Ok(report);
             }
             if expired(deadline) {
                 return Err(self.timeout_error());
             }
         }
+    }
+
+    /// True when nothing is pending and no take happened since the head read `head`: with
+    /// nothing in flight in between (the caller checked), the store is quiet. Two separate
+    /// reads of "in flight" and "pending" are not enough: another thread's publish can take a
+    /// follow-up between them and run its handler after both. A publisher counts in flight
+    /// before it moves the head, so a take the in-flight check missed moved the head.
+    pub(super) fn still_at(&self, head: u64) -> bool {
+        self.shared.ring.tail() == head && self.shared.ring.head() == head
     }
 
     /// Runs one pending job of the store's pool if this thread is one of its workers and a
