@@ -326,6 +326,9 @@ mod tests {
         for entry in ["10: 1", "20: 2", "30: 3"] {
             assert!(debug.contains(entry), "{debug}");
         }
-        assert!(debug.ends_with(r#""*": 2}"#), "the catch-alls last: {debug}");
+        assert!(
+            debug.ends_with(r#""*": 2}"#),
+            "the catch-alls last: {debug}"
+        );
     }
 }
