@@ -166,13 +166,18 @@
 //! # Async dispatch and backpressure
 //! [`DispatchMode::Async`] hands batches to the pool and returns; at most
 //! [`Builder::max_in_flight`] events (default: the ring's capacity) are handed out and not yet
-//! finished. A `publish` at that bound hands out only what fits and leaves the rest in the
-//! ring, so the ring fills and producers meet the overrun policy: `Block` waits, `ReturnError`
-//! refuses, `DropOldest` evicts. Handlers run by `close` see its deadline
+//! finished. A `publish` at that bound hands out only what fits; the rest of what was pending
+//! when it was called stays in the ring, and the pool's jobs hand it out themselves as they
+//! finish and free room under the bound. So every event enqueued before an async `publish` is
+//! dispatched by it, paced by the pool, without another call, and a thread that both enqueues
+//! and publishes is never left waiting for itself. While the pool is behind, the ring fills
+//! and producers meet the overrun policy: `Block` waits (for the jobs to make room),
+//! `ReturnError` refuses, `DropOldest` evicts. Handlers run by `close` see its deadline
 //! ([`Context::deadline`]) in every mode. A handler that `Block`-enqueues follow-ups into its
-//! own store can then deadlock: once the ring is full and the bound is held by handlers waiting
-//! for room, no publish hands out the events that would make it. As in every mode, a handler
-//! should not block on its own store (use `enqueue_timeout`, `DropOldest` or `ReturnError`).
+//! own store can still deadlock: once the ring is full and the bound is held by handlers
+//! waiting for room, no job finishes to hand out the events that would make it. As in every
+//! mode, a handler should not block on its own store without a deadline
+//! ([`Context::enqueue_timeout`], `DropOldest` or `ReturnError`).
 //!
 //! # Accounting
 //! Each event accepted by the store ends up in exactly one of: processed, failed, dropped,

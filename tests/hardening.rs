@@ -208,7 +208,8 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
             .unwrap_err();
         assert_eq!(err, BuildError::ZeroMaxInFlight);
 
-        // A bound of 3: a publish hands out 3, leaves the rest in the ring until they finish.
+        // A bound of 3: a publish hands out 3 and leaves the rest in the ring until they
+        // finish; then the pool's jobs hand out the rest, with no other publish.
         let gate = Arc::new(AtomicBool::new(false));
         let mut d = Dispatcher::<Ev>::new();
         let g = gate.clone();
@@ -231,8 +232,13 @@ fn max_in_flight_is_configurable_and_zero_is_refused() {
         assert_eq!(store.publish().dispatched, 0, "at the bound");
         assert_eq!((store.pending(), store.metrics().in_flight), (7, 3));
         gate.store(true, Ordering::Release);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.metrics().processed < 10 && Instant::now() < deadline {
+            thread::yield_now();
+        }
+        assert_eq!(store.pending(), 0, "the jobs handed out the other 7");
         let report = store.close(Duration::from_secs(10)).unwrap();
-        assert_eq!(report.dispatched, 7);
+        assert_eq!(report.dispatched, 0);
         assert_eq!(store.metrics().processed, 10);
     });
 }
@@ -833,5 +839,41 @@ fn a_projection_that_panics_when_computed_again_ends_the_event() {
         let m = store.metrics();
         assert_eq!(m.panics, 2);
         assert!(m.is_balanced());
+    });
+}
+
+/// Found running the `tick_loop` demo (it hung in `Async` mode): one thread that enqueues under
+/// `Block` and publishes once per tick, with the pool slower than the producer. A publish that
+/// found the in-flight bound full handed out nothing, so its events waited for a publish that
+/// the blocked producer could never make. Now the pool's jobs hand out, as they finish,
+/// everything any async publish asked for.
+#[test]
+fn one_thread_enqueueing_and_publishing_async_under_block_never_waits_for_itself() {
+    watchdog("hardening", LIMIT, |_| {
+        let mut d = Dispatcher::<Ev>::new();
+        d.on(0, |_, _| {
+            let until = Instant::now() + Duration::from_micros(5);
+            while Instant::now() < until {}
+            Ok(())
+        });
+        let store = EventStore::builder(d)
+            .capacity(64)
+            .policy(OverrunPolicy::Block)
+            .mode(DispatchMode::Async)
+            .max_in_flight(16)
+            .thread_pool(one_thread_pool())
+            .build()
+            .unwrap();
+        let ticks = 200;
+        for tick in 0..ticks {
+            for i in 0..48 {
+                store.enqueue(Ev::new(tick, i)).unwrap();
+            }
+            store.publish();
+        }
+        store.close(Duration::from_secs(20)).unwrap();
+        let m = store.metrics();
+        assert_eq!((m.published, m.processed), (ticks * 48, ticks * 48));
+        assert!(m.is_balanced(), "{m:?}");
     });
 }

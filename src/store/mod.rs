@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::event::{BoxError, Event};
 use crate::metrics::{Counters, Metrics};
 use crate::ring::Ring;
+use crate::sync::AtomicU64;
 use crate::wait::BlockedProducers;
 use routes::RouteTable;
 
@@ -54,6 +55,9 @@ struct Shared<E: Event, Err> {
     pool: Option<Arc<rayon::ThreadPool>>,
     /// The most events [`DispatchMode::Async`] hands to the pool before they finish.
     max_in_flight: u64,
+    /// The highest tail an async `publish` asked to be dispatched up to: the pool's jobs hand
+    /// out what is left below it as they finish.
+    async_limit: AtomicU64,
     /// Emptied buffers for publishers to reuse, so publishing allocates nothing in steady state.
     buffers: BufferPool<E>,
     /// Producers blocked on a full ring (`Block`).

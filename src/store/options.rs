@@ -13,6 +13,7 @@ use crate::error::BuildError;
 use crate::event::{BoxError, Event};
 use crate::metrics::Counters;
 use crate::ring::{MAX_CAPACITY, Ring};
+use crate::sync::AtomicU64;
 use crate::wait::BlockedProducers;
 
 /// What [`EventStore::enqueue`] does when the ring is full.
@@ -92,9 +93,10 @@ where
     }
 
     /// The most events [`DispatchMode::Async`] may have handed to the pool and not yet
-    /// finished: a `publish` hands out only what fits under it and leaves the rest in the
-    /// ring, so producers meet the overrun policy (`Block` waits, `ReturnError` refuses,
-    /// `DropOldest` evicts) instead of the pool's queue growing without bound. At least 1.
+    /// finished: a `publish` hands out only what fits under it, and the pool's jobs hand out
+    /// the rest of what it was asked to dispatch as they finish; meanwhile the ring fills and
+    /// producers meet the overrun policy (`Block` waits, `ReturnError` refuses, `DropOldest`
+    /// evicts) instead of the pool's queue growing without bound. At least 1.
     /// Default: the ring's capacity. The other modes finish their work inside `publish`.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = Some(max);
@@ -145,6 +147,7 @@ where
                 on_error: self.on_error,
                 pool: self.pool,
                 max_in_flight: max_in_flight as u64,
+                async_limit: AtomicU64::new(0),
                 buffers: BufferPool::new(capacity as u64),
                 blocked: BlockedProducers::new(),
                 layers: Layers::default(),

@@ -13,7 +13,7 @@ use super::run::{Discard, Outcomes};
 use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport};
 use crate::event::Event;
 use crate::metrics::Tally;
-use crate::sync::Backoff;
+use crate::sync::{Backoff, Ordering, fence};
 use crate::wait::expired;
 
 /// Events a sync publisher takes out of the ring per claim: a few KiB, so the chunk stays in
@@ -214,13 +214,33 @@ where
         PublishReport::from_tally(dispatched, tally)
     }
 
-    /// Async publish: hands what is pending to the pool, as far as
-    /// [`Builder::max_in_flight`](super::Builder::max_in_flight) allows; the rest stays in the
-    /// ring for a later publish.
+    /// Async publish: asks for every event pending now to be handed to the pool, and hands
+    /// out as many as [`Builder::max_in_flight`](super::Builder::max_in_flight) allows; the
+    /// pool's jobs hand out the rest as they finish (see [`Self::hand_out`]).
     fn publish_async(&self, deadline: Option<Instant>) -> PublishReport {
         let limit = self.shared.ring.tail();
+        // SeqCst, with a fence: either this publish's `reserve` below sees the room a
+        // finishing job released, or that job, reading the limit after its release, sees
+        // this one (a Dekker pair; the fence keeps it so under loom too).
+        self.shared.async_limit.fetch_max(limit, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        PublishReport {
+            dispatched: self.hand_out(deadline),
+            ..PublishReport::default()
+        }
+    }
+
+    /// Hands the events below the highest limit an async `publish` asked for to the pool, in
+    /// batches, as long as the in-flight bound has room; returns how many it handed out. Each
+    /// job, once its handlers have run and its count is released, calls this again: so an
+    /// async `publish` dispatches every event enqueued before it, paced by the bound (a
+    /// publish that found the bound full leaves its events to the jobs running), and a
+    /// producer waiting for room under `Block` gets it without another `publish` (a single
+    /// thread that both enqueues and publishes would otherwise wait forever).
+    fn hand_out(&self, deadline: Option<Instant>) -> u64 {
         let mut dispatched = 0;
         while !expired(deadline) {
+            let limit = self.shared.async_limit.load(Ordering::SeqCst);
             let want = limit.saturating_sub(self.shared.ring.head());
             if want == 0 {
                 break;
@@ -246,16 +266,16 @@ where
                 let t = store.run_parallel(first, &mut buf, deadline);
                 store.finished(n, t);
                 store.shared.buffers.put(buf);
+                // Pairs with the fence in `publish_async`.
+                fence(Ordering::SeqCst);
+                store.hand_out(deadline);
             };
             match &self.shared.pool {
                 Some(pool) => pool.spawn(job),
                 None => rayon::spawn(job),
             }
         }
-        PublishReport {
-            dispatched,
-            ..PublishReport::default()
-        }
+        dispatched
     }
 
     /// Counts up to `max` events in flight, then takes them (those below `limit`, written)
