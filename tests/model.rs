@@ -6,10 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
+
+mod support {
+    pub mod deadline;
+}
 use ringbus::{
     BatchError, CommitError, Dispatcher, EnqueueError, Enqueued, Event, EventStore, HandlerFailure,
     Metrics, OverrunPolicy, PublishReport,
 };
+use support::deadline::deadline;
 
 /// An event whose id scripts its fate (routed or not, failing or not), so the model can
 /// predict every handler's outcome.
@@ -400,6 +405,8 @@ proptest! {
         policy in policy(),
         ops in prop::collection::vec(op(), 0..60),
     ) {
+        // Per case: a hang fails the run instead of stalling CI.
+        let _deadline = deadline("store_matches_the_model", Duration::from_secs(60));
         run(capacity, policy, &ops);
     }
 }
