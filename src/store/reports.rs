@@ -36,8 +36,11 @@ pub struct Enqueued {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PublishReport {
-    /// Events taken out of the ring by this call. In [`DispatchMode::Async`](crate::DispatchMode::Async) they were handed
-    /// to the pool, and the outcome fields below stay 0: see [`EventStore::metrics`](crate::EventStore::metrics).
+    /// Events taken out of the ring by this call. In
+    /// [`DispatchMode::Async`](crate::DispatchMode::Async) they were handed to the pool, the
+    /// outcome fields below stay 0, and the events the pool's jobs hand out later for this
+    /// call (past the in-flight bound) are not counted here: see
+    /// [`EventStore::metrics`](crate::EventStore::metrics).
     pub dispatched: u64,
     /// Events whose handlers all succeeded.
     pub processed: u64,
