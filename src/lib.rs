@@ -67,12 +67,24 @@
 //!   which deadlocks a thread, or a handler, that both enqueues and publishes.)
 //! - **`Block` on a full ring** parks until a publisher makes room (or the deadline, or
 //!   `close`).
+//! - **`publish_wait`** is `publish`, then, on an empty ring, spins, yields and parks until a
+//!   producer's claim wakes it (no lost wake-up: loom `publish_wait_is_woken_by_a_producer`),
+//!   its timeout, or the seal.
 //! - **`close`, a transaction's `commit`** wait for enqueues already in progress ahead of them
 //!   (nanoseconds, unless that producer is descheduled), and `close` / `drain` for in-flight
 //!   handlers. On a thread of the store's dispatch pool ([`Builder::thread_pool`]), `drain`
 //!   and `close` run the pool's pending jobs while they wait, so they never wait for work
 //!   queued behind themselves; without a pool of its own (rayon's global pool), they run the
 //!   jobs queued on their own thread, never a job of an unrelated pool.
+//!
+//! # Consumers
+//! A thread that only consumes need not spin on `publish` nor sleep-poll:
+//! [`EventStore::publish_wait`] publishes, or sleeps until a producer puts an event in (or its
+//! timeout, or the seal of `close`). [`EventStore::spawn_consumer`] runs such a loop on a
+//! thread of the store's, with an explicit [`WaitStrategy`] (busy-spin, spin-then-yield, or
+//! spin-yield-park, the low-CPU default), until the store is closed. The wake-up costs the
+//! enqueue path one plain load (x86) of a counter of sleeping consumers: the claim itself is
+//! the full barrier the handshake needs (`src/wait.rs`).
 //!
 //! # Routing
 //! When the store is built, the dispatcher's routes are frozen into a small open-addressed table
@@ -338,7 +350,8 @@ pub use event::{BoxError, Event, TypeKey};
 pub use metrics::Metrics;
 pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
-    Builder, Context, DispatchMode, Dispatcher, Enqueued, ErrorKind, ErrorReport, EventStore,
-    LocalDispatcher, OverrunPolicy, PublishReport, Settle, SettleReport, Variant,
+    Builder, ConsumerThread, Context, DispatchMode, Dispatcher, Enqueued, ErrorKind, ErrorReport,
+    EventStore, LocalDispatcher, OverrunPolicy, PublishReport, Settle, SettleReport, Variant,
+    WaitStrategy,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

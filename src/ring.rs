@@ -306,7 +306,7 @@ impl<T> Ring<T> {
             let last = tail + n - 1;
             if self.stamp(last).load(Ordering::Acquire) != 2 * last {
                 // SeqCst, like every read of the head that decides room (see `wait.rs`'s
-                // `BlockedProducers`); a plain load on x86.
+                // `Sleepers`); a plain load on x86.
                 let head = self.head.load(Ordering::SeqCst);
                 if tail < head {
                     // `tail` is stale: consumers have already passed it.
@@ -318,11 +318,13 @@ impl<T> Ring<T> {
                 }
             }
             // The events themselves are synchronised slot by slot through the stamps; the
-            // orderings here are for the room check (see above).
+            // orderings here are for the room check (see above), and SeqCst on success for a
+            // sleeping consumer's handshake (`Sleepers::wake_after_claim`): the same
+            // `lock cmpxchg` on x86.
             match self.tail.compare_exchange_weak(
                 word,
                 word + n,
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Acquire,
             ) {
                 Ok(_) => return Ok(tail),
@@ -502,11 +504,12 @@ impl<T> Ring<T> {
             if tail + n > self.head.load(Ordering::SeqCst) + self.capacity() {
                 return Err(ClaimError::Full);
             }
-            // Clears the gate, keeps a closed mark (a follow-up's batch during close).
+            // Clears the gate, keeps a closed mark (a follow-up's batch during close). SeqCst
+            // for a sleeping consumer's handshake, as in `claim`.
             match self.tail.compare_exchange_weak(
                 word,
                 (tail + n) | (word & CLOSED),
-                Ordering::Relaxed,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Ok(tail),

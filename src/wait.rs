@@ -1,5 +1,6 @@
-//! Waiting: producers blocked on a full ring ([`BlockedProducers`], a Dekker handshake with
-//! publishers), and the polling wait of `drain` and `close` ([`IdleWait`]).
+//! Waiting: threads asleep until another makes progress ([`Sleepers`], a Dekker handshake:
+//! producers blocked on a full ring, consumers in `publish_wait` on an empty one), and the
+//! polling wait of `drain` and `close` ([`IdleWait`]).
 //!
 //! Every wait in the store that can last longer than a few nanoseconds is one of these two, so
 //! the spin / yield / park choices and the fences that make wake-ups safe live here.
@@ -11,7 +12,9 @@ use crate::sync::{self, AtomicUsize, Backoff, Condvar, Mutex, Ordering, fence};
 /// The longest `drain` / `close` sleeps between two looks at the in-flight count.
 const IDLE_POLL_MAX: Duration = Duration::from_millis(1);
 
-/// Producers blocked on a full ring under `Block`, waiting for a publisher to make room.
+/// Threads asleep until another makes progress: producers blocked on a full ring under
+/// `Block` (woken by publishers making room), or consumers in `publish_wait` (woken by
+/// producers claiming).
 ///
 /// The waker checks `count` after making progress and only takes the lock when someone waits;
 /// the waiter registers in `count` before re-checking the condition. A SeqCst fence sits between
@@ -22,15 +25,16 @@ const IDLE_POLL_MAX: Duration = Duration::from_millis(1);
 /// only (see its README), so with SeqCst loads and RMWs alone it reports lost wake-ups that the
 /// C++ memory model rules out. The fences cost one barrier per wake check (per chunk of events,
 /// not per event, and only under `Block`), right after an RMW that is already a full barrier on
-/// x86.
+/// x86. A waker whose progress *is* a SeqCst RMW (a producer's claim) needs no fence of its own
+/// in the C++ model, and pays none: see [`wake_after_claim`](Self::wake_after_claim).
 #[derive(Debug)]
-pub(crate) struct BlockedProducers {
+pub(crate) struct Sleepers {
     count: AtomicUsize,
     lock: Mutex<()>,
     condvar: Condvar,
 }
 
-impl BlockedProducers {
+impl Sleepers {
     pub(crate) fn new() -> Self {
         Self {
             count: AtomicUsize::new(0),
@@ -44,6 +48,21 @@ impl BlockedProducers {
     pub(crate) fn wake(&self) {
         // Orders the caller's progress (head CAS, `in_flight` decrement) before the read of
         // `count`; pairs with the fence in `wait`.
+        fence(Ordering::SeqCst);
+        if self.count.load(Ordering::SeqCst) > 0 {
+            self.wake_all();
+        }
+    }
+
+    /// Wakes all sleepers if there are any, right after the caller's progress was a SeqCst
+    /// read-modify-write (a producer's claim on the tail). That RMW and the SeqCst load below,
+    /// against the sleeper's SeqCst registration and fence, are ordered in the single total
+    /// order, so no fence is needed: the producer's fast path pays one plain load (x86) of a
+    /// line that changes only when a consumer goes to sleep. Under loom, which models SeqCst
+    /// accesses as AcqRel only, the fence the C++ model does not need is added.
+    #[inline(always)]
+    pub(crate) fn wake_after_claim(&self) {
+        #[cfg(loom)]
         fence(Ordering::SeqCst);
         if self.count.load(Ordering::SeqCst) > 0 {
             self.wake_all();

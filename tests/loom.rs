@@ -618,3 +618,24 @@ fn close_waits_for_a_chain_a_concurrent_publisher_runs() {
         assert_eq!((m.rejected, m.pending, m.in_flight), (0, 0, 0), "{m:?}");
     });
 }
+
+/// `publish_wait` racing a producer: the consumer goes to sleep on an empty ring while the
+/// producer claims and writes; it must be woken (no lost wake-up: under loom a lost one is a
+/// deadlock, since loom's waits ignore timeouts) and run the event.
+#[test]
+fn publish_wait_is_woken_by_a_producer() {
+    model(2, || {
+        let (store, seen) = store(2, OverrunPolicy::ReturnError);
+        let producer = {
+            let store = store.clone();
+            thread::spawn(move || store.enqueue(Ev::new(0, 0)).is_ok())
+        };
+        let mut dispatched = 0;
+        while dispatched == 0 {
+            dispatched += store.publish_wait(FOREVER).dispatched;
+        }
+        assert!(producer.join().unwrap());
+        assert_eq!(dispatched, 1);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    });
+}

@@ -154,6 +154,7 @@ where
             Ok(sequence) => {
                 // SAFETY: `sequence` was claimed just above, and is written once.
                 unsafe { self.ring.write(sequence, event) };
+                self.idle_consumers.wake_after_claim();
                 Ok(Enqueued {
                     sequence,
                     dropped: 0,
@@ -378,6 +379,7 @@ where
     unsafe fn write_claimed_batch(&self, first: u64, batch: &mut Vec<E>, dropped: u64) -> Enqueued {
         // SAFETY: per the contract.
         unsafe { self.ring.write_batch(first, batch) };
+        self.idle_consumers.wake_after_claim();
         Enqueued {
             sequence: first,
             dropped,

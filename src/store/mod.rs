@@ -12,10 +12,11 @@ use crate::event::{BoxError, Event};
 use crate::metrics::{Counters, Metrics};
 use crate::ring::Ring;
 use crate::sync::AtomicU64;
-use crate::wait::BlockedProducers;
+use crate::wait::Sleepers;
 use routes::RouteTable;
 
 mod buffers;
+mod consumer;
 mod context;
 mod dispatcher;
 mod disposal;
@@ -34,6 +35,7 @@ use layers::Layers;
 use reports::ErrorHook;
 
 pub(crate) use buffers::BufferPool;
+pub use consumer::{ConsumerThread, WaitStrategy};
 pub use context::Context;
 pub use dispatcher::{Dispatcher, Variant};
 pub(crate) use layers::{Layer, WeakStore};
@@ -61,7 +63,9 @@ struct Shared<E: Event, Err> {
     /// Emptied buffers for publishers to reuse, so publishing allocates nothing in steady state.
     buffers: BufferPool<E>,
     /// Producers blocked on a full ring (`Block`).
-    blocked: BlockedProducers,
+    blocked: Sleepers,
+    /// Consumers asleep in `publish_wait` on an empty ring.
+    idle_consumers: Sleepers,
     /// What layers built on the core (the timer) keep in the store; told of shutdown.
     layers: Layers<E>,
 }

@@ -14,7 +14,7 @@ use crate::event::{BoxError, Event};
 use crate::metrics::Counters;
 use crate::ring::{MAX_CAPACITY, Ring};
 use crate::sync::AtomicU64;
-use crate::wait::BlockedProducers;
+use crate::wait::Sleepers;
 
 /// What [`EventStore::enqueue`] does when the ring is full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -149,7 +149,8 @@ where
                 max_in_flight: max_in_flight as u64,
                 async_limit: AtomicU64::new(0),
                 buffers: BufferPool::new(capacity as u64),
-                blocked: BlockedProducers::new(),
+                blocked: Sleepers::new(),
+                idle_consumers: Sleepers::new(),
                 layers: Layers::default(),
             }),
         })

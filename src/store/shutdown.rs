@@ -63,8 +63,10 @@ where
         self.shut_down_layers();
         let mut report = self.settle_for_close(deadline)?;
         self.shared.ring.seal();
-        // Follow-ups blocked on a full ring: they are refused now.
+        // Follow-ups blocked on a full ring: they are refused now. Sleeping consumers: nothing
+        // will come any more.
         self.shared.blocked.wake_all();
+        self.shared.idle_consumers.wake_all();
         report += self.settle_for_close(deadline)?;
         Ok(report)
     }
