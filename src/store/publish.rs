@@ -69,7 +69,8 @@ where
     }
 
     /// A sync publish in the caller, whatever the store's mode, of the events below `limit`,
-    /// with `locals` run after the store's handlers (`publish_with`).
+    /// in chunks of [`SYNC_CHUNK`], each copied out then run in order, with `locals` run after
+    /// the store's handlers (`publish_with`; [`NoLocal`] for a plain sync publish).
     pub(super) fn publish_in_caller(
         &self,
         limit: u64,
@@ -79,6 +80,7 @@ where
         let mut buf = self.shared.buffers.get();
         let (mut dispatched, mut tally) = (0, Tally::default());
         while !expired(deadline) {
+            // Sized to what is pending, so that the in-flight count is usually exact.
             let max = limit
                 .saturating_sub(self.shared.ring.head())
                 .min(SYNC_CHUNK);
@@ -139,27 +141,7 @@ where
         if limit.saturating_sub(self.shared.ring.head()) == 1 {
             return self.publish_one(limit, deadline);
         }
-        let mut buf = self.shared.buffers.get();
-        let mut dispatched = 0;
-        let mut tally = Tally::default();
-        while !expired(deadline) {
-            // Sized to what is pending, so that the in-flight count is usually exact.
-            let max = limit
-                .saturating_sub(self.shared.ring.head())
-                .min(SYNC_CHUNK);
-            if max == 0 {
-                break;
-            }
-            let Some((first, n)) = self.take_in_flight(limit, max, &mut buf) else {
-                break;
-            };
-            let t = self.run_in_order(first, &mut buf, deadline);
-            self.finished(n, t);
-            dispatched += n;
-            tally += t;
-        }
-        self.shared.buffers.put(buf);
-        PublishReport::from_tally(dispatched, tally)
+        self.publish_in_caller(limit, deadline, &mut NoLocal)
     }
 
     /// Sync publish of the one pending event: straight from the ring to the stack, without a
