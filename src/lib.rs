@@ -331,6 +331,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod barrier;
 mod error;
 mod event;
 mod event_enum;
@@ -351,7 +352,7 @@ pub use metrics::Metrics;
 pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
     Builder, ConsumerThread, Context, DispatchMode, Dispatcher, Enqueued, ErrorKind, ErrorReport,
-    EventStore, LocalDispatcher, OverrunPolicy, PublishReport, Settle, SettleReport, Variant,
-    WaitStrategy,
+    EventStore, LocalDispatcher, OverrunPolicy, PRODUCER_LANE, Producer, PublishReport, Settle,
+    SettleReport, Variant, WaitStrategy,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

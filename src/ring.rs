@@ -258,7 +258,7 @@ impl<T> Ring<T> {
     }
 
     /// True while a batch holds the gate.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn is_gated(&self) -> bool {
         self.tail.load(Ordering::Acquire) & GATED != 0
     }
@@ -331,6 +331,35 @@ impl<T> Ring<T> {
                 Err(current) => word = current,
             }
         }
+    }
+
+    /// The claim of a ring with one producer: [`claim`](Self::claim) with a plain store of
+    /// the tail in place of the CAS. The room check is `claim`'s. The tail carries no flags
+    /// here: the single-producer lane keeps its closed mark apart (`store/lanes.rs`), since a
+    /// plain store would erase a mark set meanwhile.
+    ///
+    /// # Safety
+    /// No other thread ever claims on this ring: every claim is made by one thread at a time,
+    /// each one ordered after the previous (the lane's owner is a `&mut` handle).
+    #[inline]
+    pub(crate) unsafe fn claim_single(&self, n: u64) -> Result<u64, ClaimError> {
+        debug_assert!(n >= 1 && n <= self.capacity());
+        // Relaxed: only we write the tail.
+        let tail = self.tail.load(Ordering::Relaxed);
+        debug_assert_eq!(tail & FLAGS, 0, "a single-producer ring carries no flags");
+        let last = tail + n - 1;
+        // Room, judged as in `claim` (the stamp first; the head, SeqCst, only when that slot
+        // is not free yet). The head never passes a tail we have not stored yet.
+        if self.stamp(last).load(Ordering::Acquire) != 2 * last
+            && tail + n > self.head.load(Ordering::SeqCst) + self.capacity()
+        {
+            return Err(ClaimError::Full);
+        }
+        // Release: free on x86, and a consumer that reads this tail and then the stamps needs
+        // nothing more (the events are synchronised through their stamps). What `close` and a
+        // sleeping consumer need from this store, the lane's asymmetric barrier provides.
+        self.tail.store(tail + n, Ordering::Release);
+        Ok(tail)
     }
 
     /// Writes the event of a claimed sequence and hands it to consumers.

@@ -69,6 +69,16 @@ impl Sleepers {
         }
     }
 
+    /// Wakes all sleepers if there are any, with no fence of its own, under loom either: for a
+    /// waker whose progress was a plain store followed by an asymmetric barrier
+    /// (`barrier::light`; the sleeper runs the heavy one after registering).
+    #[inline(always)]
+    pub(crate) fn wake_if_any(&self) {
+        if self.count.load(Ordering::SeqCst) > 0 {
+            self.wake_all();
+        }
+    }
+
     #[cold]
     pub(crate) fn wake_all(&self) {
         drop(sync::lock(&self.lock));

@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringbus::{
-    BatchError, DispatchMode, Dispatcher, EnqueueError, ErrorKind, Event, EventStore, OverrunPolicy,
+    BatchError, DispatchMode, Dispatcher, EnqueueError, Enqueued, ErrorKind, Event, EventStore,
+    OverrunPolicy, PRODUCER_LANE, Producer,
 };
 
 mod support {
@@ -300,6 +301,36 @@ struct HookCounts {
     drop_panics: AtomicU64,
 }
 
+/// How the oversubscribed producers get in: all through the store's shared ring, or the
+/// first one through a single-producer lane (`build_with_producer`) beside the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lanes {
+    Shared,
+    WithProducer,
+}
+
+/// One oversubscribed producer's way in.
+enum Feed {
+    Store(EventStore<Hostile>),
+    Producer(Producer<Hostile>),
+}
+
+impl Feed {
+    fn enqueue(&mut self, ev: Hostile) -> Result<Enqueued, EnqueueError<Hostile>> {
+        match self {
+            Feed::Store(store) => store.enqueue(ev),
+            Feed::Producer(producer) => producer.enqueue(ev),
+        }
+    }
+
+    fn enqueue_batch(&mut self, batch: &mut Vec<Hostile>) -> Result<Enqueued, BatchError> {
+        match self {
+            Feed::Store(store) => store.enqueue_batch(batch),
+            Feed::Producer(producer) => producer.enqueue_batch(batch),
+        }
+    }
+}
+
 /// What one oversubscribed run observed, for the assertions and the timing line.
 struct Oversub {
     elapsed: Duration,
@@ -310,9 +341,11 @@ fn oversubscribed(
     policy: OverrunPolicy,
     capacity: usize,
     scheduling: Scheduling,
+    lanes: Lanes,
     abort: Arc<AtomicBool>,
 ) -> Oversub {
-    let name = format!("oversubscribed({policy:?}, capacity {capacity}, {scheduling:?})");
+    let name =
+        format!("oversubscribed({policy:?}, capacity {capacity}, {scheduling:?}, {lanes:?})");
     let start = Instant::now();
     let log: Log = Arc::new((0..OVERSUB_PRODUCERS).map(|_| Mutex::default()).collect());
     let mut d = Dispatcher::<Hostile>::new();
@@ -332,7 +365,7 @@ fn oversubscribed(
     });
     let hooked = Arc::new(HookCounts::default());
     let h = hooked.clone();
-    let store = EventStore::builder(d)
+    let builder = EventStore::builder(d)
         .capacity(capacity)
         .policy(policy)
         .mode(DispatchMode::Sync)
@@ -344,14 +377,24 @@ fn oversubscribed(
                 h.drop_panics.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
-        })
-        .build()
-        .unwrap();
+        });
+    let (store, mut single) = match lanes {
+        Lanes::Shared => (builder.build().unwrap(), None),
+        Lanes::WithProducer => {
+            let (store, producer) = builder.build_with_producer().unwrap();
+            assert!(producer.is_single_producer_lane(), "{name}");
+            (store, Some(producer))
+        }
+    };
 
     let per_producer = OVERSUB_EVENTS / OVERSUB_PRODUCERS;
     let producers: Vec<_> = (0..OVERSUB_PRODUCERS)
         .map(|p| {
-            let (store, abort) = (store.clone(), abort.clone());
+            let abort = abort.clone();
+            let mut feed = match single.take() {
+                Some(producer) => Feed::Producer(producer),
+                None => Feed::Store(store.clone()),
+            };
             thread::spawn(move || {
                 let mut rng = Rng(0x5EED + p);
                 // (events dropped to make room, events refused and retried)
@@ -369,7 +412,7 @@ fn oversubscribed(
                             (index..index + len).map(|index| Hostile { producer: p, index }),
                         );
                         loop {
-                            match store.enqueue_batch(&mut batch) {
+                            match feed.enqueue_batch(&mut batch) {
                                 Ok(e) => {
                                     assert!(batch.is_empty());
                                     dropped += e.dropped;
@@ -394,7 +437,7 @@ fn oversubscribed(
                     } else {
                         let mut ev = Hostile { producer: p, index };
                         loop {
-                            match store.enqueue(ev) {
+                            match feed.enqueue(ev) {
                                 Ok(e) => {
                                     dropped += e.dropped;
                                     break;
@@ -478,7 +521,7 @@ fn oversubscribed(
                 "{name}: producer {p}'s event {index} ran twice"
             );
             assert!(
-                seq < m.published && sequences.insert(seq),
+                seq & !PRODUCER_LANE < m.published && sequences.insert(seq),
                 "{name}: sequence {seq} out of range or reused ({m:?})"
             );
             assert!(
@@ -547,10 +590,10 @@ fn oversubscribed(
     }
 }
 
-fn oversub(policy: OverrunPolicy, capacity: usize, scheduling: Scheduling) {
-    let name = format!("oversub {policy:?} capacity {capacity} {scheduling:?}");
+fn oversub(policy: OverrunPolicy, capacity: usize, scheduling: Scheduling, lanes: Lanes) {
+    let name = format!("oversub {policy:?} capacity {capacity} {scheduling:?} {lanes:?}");
     let run = watchdog(&name, WATCHDOG, move |abort| {
-        quiet_panics(|| oversubscribed(policy, capacity, scheduling, abort))
+        quiet_panics(|| oversubscribed(policy, capacity, scheduling, lanes, abort))
     });
     let m = run.metrics;
     println!(
@@ -564,29 +607,47 @@ fn oversub(policy: OverrunPolicy, capacity: usize, scheduling: Scheduling) {
 }
 
 macro_rules! oversub_tests {
-    ($($test:ident: $policy:ident, $capacity:expr, $scheduling:ident;)*) => {
+    ($($test:ident: $policy:ident, $capacity:expr, $scheduling:ident, $lanes:ident;)*) => {
         $(
             #[test]
             fn $test() {
-                oversub(OverrunPolicy::$policy, $capacity, Scheduling::$scheduling);
+                oversub(
+                    OverrunPolicy::$policy,
+                    $capacity,
+                    Scheduling::$scheduling,
+                    Lanes::$lanes,
+                );
             }
         )*
     };
 }
 
 oversub_tests! {
-    oversub_drop_oldest_1: DropOldest, 1, Polite;
-    oversub_drop_oldest_2: DropOldest, 2, Polite;
-    oversub_drop_oldest_4: DropOldest, 4, Polite;
-    oversub_block_1: Block, 1, Polite;
-    oversub_block_2: Block, 2, Polite;
-    oversub_block_4: Block, 4, Polite;
-    oversub_return_error_1: ReturnError, 1, Polite;
-    oversub_return_error_2: ReturnError, 2, Polite;
-    oversub_return_error_4: ReturnError, 4, Polite;
+    oversub_drop_oldest_1: DropOldest, 1, Polite, Shared;
+    oversub_drop_oldest_2: DropOldest, 2, Polite, Shared;
+    oversub_drop_oldest_4: DropOldest, 4, Polite, Shared;
+    oversub_block_1: Block, 1, Polite, Shared;
+    oversub_block_2: Block, 2, Polite, Shared;
+    oversub_block_4: Block, 4, Polite, Shared;
+    oversub_return_error_1: ReturnError, 1, Polite, Shared;
+    oversub_return_error_2: ReturnError, 2, Polite, Shared;
+    oversub_return_error_4: ReturnError, 4, Polite, Shared;
     // The harshest setting, where evictions used to convoy behind a producer preempted
     // between claiming its slot and writing it (seconds to minutes per run).
-    oversub_drop_oldest_greedy_1: DropOldest, 1, Greedy;
-    oversub_drop_oldest_greedy_2: DropOldest, 2, Greedy;
-    oversub_drop_oldest_greedy_4: DropOldest, 4, Greedy;
+    oversub_drop_oldest_greedy_1: DropOldest, 1, Greedy, Shared;
+    oversub_drop_oldest_greedy_2: DropOldest, 2, Greedy, Shared;
+    oversub_drop_oldest_greedy_4: DropOldest, 4, Greedy, Shared;
+    // The same with one of the four producers on a single-producer lane
+    // (`build_with_producer`): its plain-store claim against the shared ring's CAS claims,
+    // the publishers draining both lanes, and the close.
+    oversub_single_producer_drop_oldest_1: DropOldest, 1, Polite, WithProducer;
+    oversub_single_producer_drop_oldest_2: DropOldest, 2, Polite, WithProducer;
+    oversub_single_producer_drop_oldest_4: DropOldest, 4, Polite, WithProducer;
+    oversub_single_producer_block_1: Block, 1, Polite, WithProducer;
+    oversub_single_producer_block_2: Block, 2, Polite, WithProducer;
+    oversub_single_producer_block_4: Block, 4, Polite, WithProducer;
+    oversub_single_producer_return_error_1: ReturnError, 1, Polite, WithProducer;
+    oversub_single_producer_return_error_2: ReturnError, 2, Polite, WithProducer;
+    oversub_single_producer_return_error_4: ReturnError, 4, Polite, WithProducer;
+    oversub_single_producer_drop_oldest_greedy_1: DropOldest, 1, Greedy, WithProducer;
 }

@@ -68,7 +68,8 @@ where
     /// ```
     pub fn publish_wait(&self, timeout: Duration) -> PublishReport {
         let deadline = Instant::now().checked_add(timeout);
-        let ring = &self.shared.ring;
+        let shared = &*self.shared;
+        let sealed = || shared.ring.refuses(Intake::FollowUp);
         let backoff = Backoff::new();
         loop {
             let report = self.publish();
@@ -76,15 +77,20 @@ where
                 return report;
             }
             // Something claimed: a producer is writing it; look again shortly.
-            if ring.tail() > ring.head() {
+            if shared.has_pending() {
                 backoff.snooze();
                 continue;
             }
-            if ring.refuses(Intake::FollowUp) {
+            if sealed() {
                 return report; // sealed and empty: nothing will ever come
             }
-            let woken = self.shared.idle_consumers.wait(deadline, || {
-                ring.tail() > ring.head() || ring.refuses(Intake::FollowUp)
+            let woken = shared.idle_consumers.wait(deadline, || {
+                // The producer lane's claim is a plain store: make the registration and that
+                // store meet (see `ProducerLane::sleeper_barrier`).
+                if let Some(lane) = &shared.producer_lane {
+                    lane.sleeper_barrier();
+                }
+                shared.has_pending() || sealed()
             });
             if !woken {
                 return report;
@@ -110,7 +116,7 @@ where
     }
 
     fn consume(&self, strategy: WaitStrategy) -> PublishReport {
-        let ring = &self.shared.ring;
+        let shared = &*self.shared;
         let mut total = PublishReport::default();
         let mut backoff = Backoff::new();
         loop {
@@ -123,7 +129,7 @@ where
                 backoff = Backoff::new();
                 continue;
             }
-            if ring.refuses(Intake::FollowUp) && ring.tail() <= ring.head() {
+            if shared.ring.refuses(Intake::FollowUp) && !shared.has_pending() {
                 return total;
             }
             match strategy {

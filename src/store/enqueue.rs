@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::lanes::{Lane, SharedLane};
 use super::{Enqueued, EventStore, OverrunPolicy, Shared};
 use crate::error::{BatchError, EnqueueError};
 use crate::event::Event;
@@ -35,9 +36,10 @@ where
         deadline: Option<Instant>,
         intake: Intake,
     ) -> Result<Enqueued, EnqueueError<E>> {
+        let lane = self.shared.lane(intake);
         self.shared
-            .try_enqueue(event, intake)
-            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, deadline, intake))
+            .try_enqueue(event, &lane)
+            .or_else(|(event, refusal)| self.shared.enqueue_slow(event, refusal, deadline, &lane))
     }
 
     /// Like [`enqueue`](Self::enqueue), but under [`OverrunPolicy::Block`] waits at most
@@ -48,14 +50,8 @@ where
         event: E,
         timeout: Duration,
     ) -> Result<Enqueued, EnqueueError<E>> {
-        // The deadline is only worked out if there is no room at once.
         self.shared
-            .try_enqueue(event, Intake::Outside)
-            .or_else(|(event, refusal)| {
-                let deadline = Instant::now().checked_add(timeout);
-                self.shared
-                    .enqueue_slow(event, refusal, deadline, Intake::Outside)
-            })
+            .enqueue_timeout(event, timeout, &self.shared.lane(Intake::Outside))
     }
 
     /// Enqueues a whole batch, all or nothing: the events take consecutive sequence numbers
@@ -84,7 +80,8 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn enqueue_batch(&self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
-        self.shared.enqueue_batch(batch, None, Intake::Outside)
+        self.shared
+            .enqueue_batch(batch, None, &self.shared.lane(Intake::Outside))
     }
 
     /// [`enqueue_batch`](Self::enqueue_batch) that waits at most `timeout` for room under
@@ -95,7 +92,8 @@ where
         timeout: Duration,
     ) -> Result<Enqueued, BatchError> {
         let deadline = Instant::now().checked_add(timeout);
-        self.shared.enqueue_batch(batch, deadline, Intake::Outside)
+        self.shared
+            .enqueue_batch(batch, deadline, &self.shared.lane(Intake::Outside))
     }
 
     /// [`enqueue_batch`](Self::enqueue_batch) for `intake`, waiting until `deadline` under `Block`.
@@ -105,7 +103,8 @@ where
         deadline: Option<Instant>,
         intake: Intake,
     ) -> Result<Enqueued, BatchError> {
-        self.shared.enqueue_batch(batch, deadline, intake)
+        self.shared
+            .enqueue_batch(batch, deadline, &self.shared.lane(intake))
     }
 
     /// The timer thread's enqueue (`schedule/timer.rs`): [`enqueue`](Self::enqueue) (an outside
@@ -120,8 +119,9 @@ where
     ) -> Result<Enqueued, EnqueueError<E>> {
         let shared = &*self.shared;
         if shared.policy == OverrunPolicy::Block {
+            let lane = shared.lane(Intake::Outside);
             loop {
-                match shared.try_enqueue(event, Intake::Outside) {
+                match shared.try_enqueue(event, &lane) {
                     Ok(enqueued) => return Ok(enqueued),
                     // `enqueue` below counts the refusal and hands the event back.
                     Err((back, ClaimError::Closed)) => {
@@ -130,7 +130,7 @@ where
                     }
                     Err((back, ClaimError::Full | ClaimError::Gated)) => {
                         event = back;
-                        if !shared.wait_for_room(1, Some(deadline), Intake::Outside) {
+                        if !shared.wait_for_room(1, Some(deadline), &lane) {
                             return Err(EnqueueError::Timeout(event));
                         }
                     }
@@ -146,17 +146,30 @@ where
     E: Event + Send + 'static,
     Err: 'static,
 {
-    /// The fast path of every single enqueue: claim one slot and write it, or give the event
-    /// back with the reason.
+    /// The shared lane, claimed by `intake`.
     #[inline(always)]
-    fn try_enqueue(&self, event: E, intake: Intake) -> Result<Enqueued, (E, ClaimError)> {
-        match self.ring.claim(1, intake) {
+    pub(crate) fn lane(&self, intake: Intake) -> SharedLane<'_, E> {
+        SharedLane {
+            ring: &self.ring,
+            intake,
+        }
+    }
+
+    /// The fast path of every single enqueue: claim one slot of `lane` and write it, or give
+    /// the event back with the reason.
+    #[inline(always)]
+    pub(crate) fn try_enqueue(
+        &self,
+        event: E,
+        lane: &impl Lane<E>,
+    ) -> Result<Enqueued, (E, ClaimError)> {
+        match lane.claim(1) {
             Ok(sequence) => {
                 // SAFETY: `sequence` was claimed just above, and is written once.
-                unsafe { self.ring.write(sequence, event) };
-                self.idle_consumers.wake_after_claim();
+                unsafe { lane.ring().write(sequence, event) };
+                lane.wake_consumers(&self.idle_consumers);
                 Ok(Enqueued {
-                    sequence,
+                    sequence: sequence | lane.tag(),
                     dropped: 0,
                 })
             }
@@ -164,15 +177,29 @@ where
         }
     }
 
+    /// [`EventStore::enqueue_timeout`] on `lane`: the deadline is only worked out if there is
+    /// no room at once.
+    pub(crate) fn enqueue_timeout(
+        &self,
+        event: E,
+        timeout: Duration,
+        lane: &impl Lane<E>,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        self.try_enqueue(event, lane).or_else(|(event, refusal)| {
+            let deadline = Instant::now().checked_add(timeout);
+            self.enqueue_slow(event, refusal, deadline, lane)
+        })
+    }
+
     /// The full-ring and closed paths of `enqueue`, out of line to keep the fast path small.
     #[cold]
     #[inline(never)]
-    fn enqueue_slow(
+    pub(crate) fn enqueue_slow(
         &self,
         mut event: E,
         mut refusal: ClaimError,
         deadline: Option<Instant>,
-        intake: Intake,
+        lane: &impl Lane<E>,
     ) -> Result<Enqueued, EnqueueError<E>> {
         let mut dropped = 0;
         // The evicted event is dropped once our own is in: its `Drop` is user code, which
@@ -190,10 +217,11 @@ where
                     break Err(EnqueueError::Full(event));
                 }
                 (ClaimError::Full, OverrunPolicy::DropOldest) => {
-                    match self.ring.evict_oldest(1, intake) {
+                    match lane.evict_oldest(1) {
                         Eviction::Evicted(sequence, old) => {
                             self.counters.add_dropped(1);
                             dropped += 1;
+                            let sequence = sequence | lane.tag();
                             // An earlier eviction of this call (another enqueue took its room).
                             if let Some((seq, previous)) = evicted.replace((sequence, old)) {
                                 self.drop_event(Some(seq), previous);
@@ -209,13 +237,13 @@ where
                 (ClaimError::Gated, OverrunPolicy::DropOldest) => backoff.snooze(),
                 // (`Gated` only happens under `DropOldest`.)
                 (ClaimError::Full | ClaimError::Gated, OverrunPolicy::Block) => {
-                    if !self.wait_for_room(1, deadline, intake) {
+                    if !self.wait_for_room(1, deadline, lane) {
                         self.counters.add_rejected(Rejection::Timeout, 1);
                         break Err(EnqueueError::Timeout(event));
                     }
                 }
             }
-            match self.try_enqueue(event, intake) {
+            match self.try_enqueue(event, lane) {
                 Ok(enqueued) => {
                     break Ok(Enqueued {
                         dropped,
@@ -231,31 +259,33 @@ where
         outcome
     }
 
-    fn enqueue_batch(
+    /// An all-or-nothing batch into `lane` (see [`EventStore::enqueue_batch`]).
+    pub(crate) fn enqueue_batch(
         &self,
         batch: &mut Vec<E>,
         deadline: Option<Instant>,
-        intake: Intake,
+        lane: &impl Lane<E>,
     ) -> Result<Enqueued, BatchError> {
+        let ring = lane.ring();
         let len = batch.len();
         if len == 0 {
             return Ok(Enqueued {
-                sequence: self.ring.tail(),
+                sequence: ring.tail() | lane.tag(),
                 dropped: 0,
             });
         }
         let n = len as u64;
-        if n > self.ring.capacity() {
-            let capacity = self.ring.capacity() as usize;
+        if n > ring.capacity() {
+            let capacity = ring.capacity() as usize;
             return Err(self.refuse_batch(
                 n,
                 Rejection::Full,
                 BatchError::TooLarge { len, capacity },
             ));
         }
-        match self.ring.claim(n, intake) {
+        match lane.claim(n) {
             // SAFETY: `[first, first + n)` was claimed just above, for this batch.
-            Ok(first) => Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
+            Ok(first) => Ok(unsafe { self.write_claimed_batch(lane, first, batch, 0) }),
             Err(ClaimError::Closed) => {
                 Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed))
             }
@@ -263,8 +293,8 @@ where
                 OverrunPolicy::ReturnError => {
                     Err(self.refuse_batch(n, Rejection::Full, BatchError::Full { len }))
                 }
-                OverrunPolicy::DropOldest => self.enqueue_batch_evicting(batch, intake),
-                OverrunPolicy::Block => self.enqueue_batch_waiting(batch, deadline, intake),
+                OverrunPolicy::DropOldest => self.enqueue_batch_evicting(batch, lane),
+                OverrunPolicy::Block => self.enqueue_batch_waiting(batch, deadline, lane),
             },
         }
     }
@@ -283,16 +313,16 @@ where
         &self,
         batch: &mut Vec<E>,
         deadline: Option<Instant>,
-        intake: Intake,
+        lane: &impl Lane<E>,
     ) -> Result<Enqueued, BatchError> {
         let (len, n) = (batch.len(), batch.len() as u64);
         loop {
-            if !self.wait_for_room(n, deadline, intake) {
+            if !self.wait_for_room(n, deadline, lane) {
                 return Err(self.refuse_batch(n, Rejection::Timeout, BatchError::Timeout { len }));
             }
-            match self.ring.claim(n, intake) {
+            match lane.claim(n) {
                 // SAFETY: `[first, first + n)` was claimed just above, for this batch.
-                Ok(first) => return Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
+                Ok(first) => return Ok(unsafe { self.write_claimed_batch(lane, first, batch, 0) }),
                 Err(ClaimError::Closed) => {
                     return Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed));
                 }
@@ -313,21 +343,21 @@ where
     fn enqueue_batch_evicting(
         &self,
         batch: &mut Vec<E>,
-        intake: Intake,
+        lane: &impl Lane<E>,
     ) -> Result<Enqueued, BatchError> {
         let n = batch.len() as u64;
         let backoff = Backoff::new();
         // Take the gate, or claim outright if room appeared meanwhile.
         loop {
-            match self.ring.try_gate(intake) {
+            match lane.try_gate() {
                 Ok(true) => break,
                 Err(_) => return Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed)),
                 // Another batch holds the gate: wait for it like any other enqueue.
                 Ok(false) => backoff.snooze(),
             }
-            match self.ring.claim(n, intake) {
+            match lane.claim(n) {
                 // SAFETY: `[first, first + n)` was claimed just above, for this batch.
-                Ok(first) => return Ok(unsafe { self.write_claimed_batch(first, batch, 0) }),
+                Ok(first) => return Ok(unsafe { self.write_claimed_batch(lane, first, batch, 0) }),
                 Err(ClaimError::Closed) => {
                     return Err(self.refuse_batch(n, Rejection::Closed, BatchError::Closed));
                 }
@@ -338,16 +368,16 @@ where
         // the head. At most `n` evictions are needed, so `evicted` stays within `n`.
         let mut evicted = Vec::new();
         let outcome = loop {
-            match self.ring.claim_gated(n, intake) {
+            match lane.claim_gated(n) {
                 Ok(first) => {
                     let dropped = evicted.len() as u64;
                     // SAFETY: `[first, first + n)` was claimed just above, for this batch.
-                    break Ok(unsafe { self.write_claimed_batch(first, batch, dropped) });
+                    break Ok(unsafe { self.write_claimed_batch(lane, first, batch, dropped) });
                 }
-                Err(ClaimError::Full) => match self.ring.evict_oldest(n, intake) {
+                Err(ClaimError::Full) => match lane.evict_oldest(n) {
                     Eviction::Evicted(sequence, old) => {
                         self.counters.add_dropped(1);
-                        evicted.push((sequence, old));
+                        evicted.push((sequence | lane.tag(), old));
                     }
                     Eviction::Unwritten => backoff.snooze(),
                     Eviction::NotNeeded => {}
@@ -363,25 +393,30 @@ where
         outcome
     }
 
-    /// Blocks until `n` slots are free or the ring closes to `intake` (true), or `deadline` passes
+    /// Blocks until `n` slots of `lane` are free or it closes (true), or `deadline` passes
     /// (false).
-    fn wait_for_room(&self, n: u64, deadline: Option<Instant>, intake: Intake) -> bool {
-        let ring = &self.ring;
+    fn wait_for_room(&self, n: u64, deadline: Option<Instant>, lane: &impl Lane<E>) -> bool {
         self.blocked
-            .wait(deadline, || ring.refuses(intake) || ring.has_room(n))
+            .wait(deadline, || lane.refuses() || lane.ring().has_room(n))
     }
 
     /// Writes `batch` into `[first, first + batch.len())`, emptying it.
     ///
     /// # Safety
-    /// The caller claimed that range, for this batch, and has not written it.
+    /// The caller claimed that range of `lane`, for this batch, and has not written it.
     #[inline]
-    unsafe fn write_claimed_batch(&self, first: u64, batch: &mut Vec<E>, dropped: u64) -> Enqueued {
+    unsafe fn write_claimed_batch(
+        &self,
+        lane: &impl Lane<E>,
+        first: u64,
+        batch: &mut Vec<E>,
+        dropped: u64,
+    ) -> Enqueued {
         // SAFETY: per the contract.
-        unsafe { self.ring.write_batch(first, batch) };
-        self.idle_consumers.wake_after_claim();
+        unsafe { lane.ring().write_batch(first, batch) };
+        lane.wake_consumers(&self.idle_consumers);
         Enqueued {
-            sequence: first,
+            sequence: first | lane.tag(),
             dropped,
         }
     }

@@ -174,6 +174,10 @@ where
             routes: &mut handlers.routes,
             state,
         };
-        self.publish_in_caller(self.shared.ring.tail(), deadline, &mut locals)
+        let mut report = PublishReport::default();
+        for (lane, limit) in self.shared.tails() {
+            report += self.publish_in_caller(lane, limit, deadline, &mut locals);
+        }
+        report
     }
 }

@@ -13,6 +13,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::ring::Ring;
 use crate::sync::AtomicU64;
 use crate::wait::Sleepers;
+use lanes::{ProducerLane, Source};
 use routes::RouteTable;
 
 mod buffers;
@@ -21,9 +22,11 @@ mod context;
 mod dispatcher;
 mod disposal;
 mod enqueue;
+mod lanes;
 mod layers;
 mod local;
 mod options;
+mod producer;
 mod publish;
 mod reports;
 mod routes;
@@ -38,16 +41,22 @@ pub(crate) use buffers::BufferPool;
 pub use consumer::{ConsumerThread, WaitStrategy};
 pub use context::Context;
 pub use dispatcher::{Dispatcher, Variant};
+pub use lanes::PRODUCER_LANE;
 pub(crate) use layers::{Layer, WeakStore};
 pub use local::LocalDispatcher;
 pub use options::{Builder, DispatchMode, OverrunPolicy};
+pub use producer::Producer;
 pub use reports::{Enqueued, ErrorKind, ErrorReport, PublishReport};
 pub(crate) use run::Outcomes;
 pub use settle::{Settle, SettleReport};
 
 /// The state every handle of a store shares.
 struct Shared<E: Event, Err> {
+    /// The shared lane: any producer claims here with a CAS.
     ring: Ring<E>,
+    /// The [`Producer`]'s lane, for a store built with one (and a process that can use
+    /// asymmetric barriers).
+    producer_lane: Option<ProducerLane<E>>,
     /// The handlers, looked up per event (the seam where subscriptions will swap them).
     routes: RouteTable<E, Err>,
     policy: OverrunPolicy,
@@ -57,9 +66,9 @@ struct Shared<E: Event, Err> {
     pool: Option<Arc<rayon::ThreadPool>>,
     /// The most events [`DispatchMode::Async`] hands to the pool before they finish.
     max_in_flight: u64,
-    /// The highest tail an async `publish` asked to be dispatched up to: the pool's jobs hand
-    /// out what is left below it as they finish.
-    async_limit: AtomicU64,
+    /// Per lane (shared, producer), the highest tail an async `publish` asked to be dispatched
+    /// up to: the pool's jobs hand out what is left below it as they finish.
+    async_limits: [AtomicU64; 2],
     /// Emptied buffers for publishers to reuse, so publishing allocates nothing in steady state.
     buffers: BufferPool<E>,
     /// Producers blocked on a full ring (`Block`).
@@ -115,6 +124,49 @@ impl<E: Event, Err> Clone for EventStore<E, Err> {
     }
 }
 
+impl<E: Event, Err> Shared<E, Err> {
+    /// The lanes publishers take from: the producer lane first (when there is one), then the
+    /// shared one.
+    #[inline]
+    fn sources(&self) -> impl Iterator<Item = Source<'_, E>> {
+        let producer = self.producer_lane.as_ref().map(Source::producer);
+        producer
+            .into_iter()
+            .chain(std::iter::once(Source::shared(&self.ring)))
+    }
+
+    /// Every lane with its tail now: what a publish that starts now may take.
+    #[inline]
+    fn tails(&self) -> impl Iterator<Item = (Source<'_, E>, u64)> {
+        let tails = [
+            self.producer_lane
+                .as_ref()
+                .map(|lane| (Source::producer(lane), lane.ring().tail())),
+            Some((Source::shared(&self.ring), self.ring.tail())),
+        ];
+        tails.into_iter().flatten()
+    }
+
+    /// Events ever taken out, over every lane (the head is read before the tail in each, as
+    /// every count of pending events does, so that pending is never understated).
+    #[inline]
+    fn head(&self) -> u64 {
+        self.sources().map(|s| s.ring.head()).sum()
+    }
+
+    /// Events ever claimed, over every lane.
+    #[inline]
+    fn tail(&self) -> u64 {
+        self.sources().map(|s| s.ring.tail()).sum()
+    }
+
+    /// True when some lane has a claimed event not yet taken.
+    #[inline]
+    fn has_pending(&self) -> bool {
+        self.sources().any(|s| s.ring.head() < s.ring.tail())
+    }
+}
+
 impl<E, Err> EventStore<E, Err>
 where
     E: Event + Send + 'static,
@@ -122,17 +174,17 @@ where
 {
     /// A snapshot of the counters.
     pub fn metrics(&self) -> Metrics {
-        let head = self.shared.ring.head();
-        let tail = self.shared.ring.tail();
+        let head = self.shared.head();
+        let tail = self.shared.tail();
         let mut metrics = self.shared.counters.snapshot(head, tail);
         self.shared.layers.add_metrics(&mut metrics);
         metrics
     }
 
-    /// Events waiting in the ring.
+    /// Events waiting in the ring (in both lanes, for a store with a [`Producer`]).
     pub fn pending(&self) -> u64 {
-        let head = self.shared.ring.head();
-        self.shared.ring.tail().saturating_sub(head)
+        let head = self.shared.head();
+        self.shared.tail().saturating_sub(head)
     }
 
     /// The ring's capacity.

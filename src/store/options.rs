@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use super::Dispatcher;
 use super::buffers::BufferPool;
+use super::lanes::ProducerLane;
 use super::layers::Layers;
 use super::reports::ErrorHook;
 use super::routes::RouteTable;
-use super::{ErrorReport, EventStore, Shared};
+use super::{ErrorReport, EventStore, Producer, Shared};
 use crate::error::BuildError;
 use crate::event::{BoxError, Event};
 use crate::metrics::Counters;
@@ -116,6 +117,48 @@ where
 
     /// Allocates the ring and builds the store.
     pub fn build(self) -> Result<EventStore<E, Err>, BuildError> {
+        self.build_lanes(false)
+    }
+
+    /// Builds the store and its one [`Producer`]: a handle that is `Send` but not `Clone`, and
+    /// enqueues through `&mut self`, so the type system makes it the only producer of its lane
+    /// and its claim is a plain store of the tail instead of a CAS. Everything else (the
+    /// store's own `enqueue`, handlers' follow-ups, the timer, transactions) still goes in
+    /// through the store's shared ring, which publishers drain alongside the producer's.
+    ///
+    /// The fast claim needs asymmetric barriers (Linux `membarrier`, see
+    /// [`Producer::is_single_producer_lane`]); without them the producer claims on the shared
+    /// ring like every other producer, with the same semantics. The producer lane allocates a
+    /// second ring of the same capacity.
+    ///
+    /// ```
+    /// use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+    /// struct Quote(u64);
+    /// impl Event for Quote {
+    ///     type Projection = ();
+    ///     fn projection(&self) {}
+    /// }
+    /// let (store, mut feed) = EventStore::builder(Dispatcher::<Quote>::new())
+    ///     .capacity(1024)
+    ///     .policy(OverrunPolicy::DropOldest)
+    ///     .build_with_producer()?;
+    /// let feed_thread = std::thread::spawn(move || {
+    ///     for price in 0..100 {
+    ///         feed.enqueue(Quote(price)).map_err(|e| e.kind())?;
+    ///     }
+    ///     Ok::<_, ringbus::EnqueueErrorKind>(())
+    /// });
+    /// feed_thread.join().unwrap()?;
+    /// assert_eq!(store.publish().dispatched, 100);
+    /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    /// ```
+    #[allow(clippy::type_complexity)] // a pair, named where it is destructured
+    pub fn build_with_producer(self) -> Result<(EventStore<E, Err>, Producer<E, Err>), BuildError> {
+        let store = self.build_lanes(true)?;
+        Ok((store.clone(), Producer::new(store)))
+    }
+
+    fn build_lanes(self, producer_lane: bool) -> Result<EventStore<E, Err>, BuildError> {
         let capacity = self.capacity;
         if capacity == 0 {
             return Err(BuildError::ZeroCapacity);
@@ -133,13 +176,19 @@ where
         if max_in_flight == 0 {
             return Err(BuildError::ZeroMaxInFlight);
         }
-        let ring = Ring::try_new(capacity).ok_or(BuildError::AllocationFailed {
+        let no_memory = || BuildError::AllocationFailed {
             capacity,
             bytes: capacity.saturating_mul(std::mem::size_of::<E>() + 8),
-        })?;
+        };
+        let ring = Ring::try_new(capacity).ok_or_else(no_memory)?;
+        let producer_lane = match producer_lane {
+            true => ProducerLane::try_new(capacity).ok_or_else(no_memory)?,
+            false => None,
+        };
         Ok(EventStore {
             shared: Arc::new(Shared {
                 ring,
+                producer_lane,
                 routes: RouteTable::new(self.dispatcher),
                 policy: self.policy,
                 mode: self.mode,
@@ -147,7 +196,7 @@ where
                 on_error: self.on_error,
                 pool: self.pool,
                 max_in_flight: max_in_flight as u64,
-                async_limit: AtomicU64::new(0),
+                async_limits: [AtomicU64::new(0), AtomicU64::new(0)],
                 buffers: BufferPool::new(capacity as u64),
                 blocked: Sleepers::new(),
                 idle_consumers: Sleepers::new(),

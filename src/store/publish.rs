@@ -8,6 +8,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
+use super::lanes::Source;
 use super::local::{LocalHandlers, NoLocal};
 use super::run::{Discard, Outcomes};
 use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport};
@@ -53,8 +54,10 @@ where
         let backoff = Backoff::new();
         // Until another thread's in-progress enqueue ahead of the transaction is written and
         // taken, the take stops short of `range.end`: wait for it, as `close` does.
+        let lane = Source::shared(&self.shared.ring);
         while self.shared.ring.head() < range.end {
-            let Some((first, n)) = self.take_in_flight(range.end, SYNC_CHUNK, &mut buf) else {
+            let Some((first, n)) = self.take_in_flight(lane, range.end, SYNC_CHUNK, &mut buf)
+            else {
                 backoff.snooze();
                 continue;
             };
@@ -68,11 +71,12 @@ where
         (PublishReport::from_tally(dispatched, tally), mine)
     }
 
-    /// A sync publish in the caller, whatever the store's mode, of the events below `limit`,
-    /// in chunks of [`SYNC_CHUNK`], each copied out then run in order, with `locals` run after
-    /// the store's handlers (`publish_with`; [`NoLocal`] for a plain sync publish).
+    /// A sync publish in the caller, whatever the store's mode, of the events of `lane` below
+    /// `limit`, in chunks of [`SYNC_CHUNK`], each copied out then run in order, with `locals`
+    /// run after the store's handlers (`publish_with`; [`NoLocal`] for a plain sync publish).
     pub(super) fn publish_in_caller(
         &self,
+        lane: Source<'_, E>,
         limit: u64,
         deadline: Option<Instant>,
         locals: &mut impl LocalHandlers<E, Err>,
@@ -81,13 +85,11 @@ where
         let (mut dispatched, mut tally) = (0, Tally::default());
         while !expired(deadline) {
             // Sized to what is pending, so that the in-flight count is usually exact.
-            let max = limit
-                .saturating_sub(self.shared.ring.head())
-                .min(SYNC_CHUNK);
+            let max = limit.saturating_sub(lane.ring.head()).min(SYNC_CHUNK);
             if max == 0 {
                 break;
             }
-            let Some((first, n)) = self.take_in_flight(limit, max, &mut buf) else {
+            let Some((first, n)) = self.take_in_flight(lane, limit, max, &mut buf) else {
                 break;
             };
             tally += self.run_taken(first, n, &mut buf, deadline, &mut Discard, locals);
@@ -125,7 +127,7 @@ where
     pub(super) fn publish_by_mode(&self, deadline: Option<Instant>) -> PublishReport {
         // Nothing pending: return before touching the buffer pool, so that a thread spinning
         // on `publish` (the lowest-latency way to run a bus) costs two loads per spin.
-        if self.shared.ring.head() >= self.shared.ring.tail() {
+        if !self.shared.has_pending() {
             return PublishReport::default();
         }
         match self.shared.mode {
@@ -135,26 +137,37 @@ where
         }
     }
 
-    /// Sync publish: chunks of [`SYNC_CHUNK`] events, copied out, then run in order.
+    /// Sync publish: each lane's events below its tail at the call, in chunks of
+    /// [`SYNC_CHUNK`] events, copied out, then run in order.
     fn publish_sync(&self, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.shared.ring.tail();
-        if limit.saturating_sub(self.shared.ring.head()) == 1 {
-            return self.publish_one(limit, deadline);
+        let mut report = PublishReport::default();
+        for (lane, limit) in self.shared.tails() {
+            report += match limit.saturating_sub(lane.ring.head()) {
+                0 => continue,
+                1 => self.publish_one(lane, limit, deadline),
+                _ => self.publish_in_caller(lane, limit, deadline, &mut NoLocal),
+            };
         }
-        self.publish_in_caller(limit, deadline, &mut NoLocal)
+        report
     }
 
-    /// Sync publish of the one pending event: straight from the ring to the stack, without a
-    /// pooled buffer. The common case for a thread spinning on `publish`.
-    fn publish_one(&self, limit: u64, deadline: Option<Instant>) -> PublishReport {
+    /// Sync publish of the one pending event of `lane`: straight from the ring to the stack,
+    /// without a pooled buffer. The common case for a thread spinning on `publish`.
+    fn publish_one(
+        &self,
+        lane: Source<'_, E>,
+        limit: u64,
+        deadline: Option<Instant>,
+    ) -> PublishReport {
         if expired(deadline) {
             return PublishReport::default();
         }
         self.shared.counters.in_flight.count(1);
-        let Some((sequence, event)) = self.shared.ring.take_one(limit) else {
+        let Some((sequence, event)) = lane.ring.take_one(limit) else {
             self.shared.counters.in_flight.release(1);
             return PublishReport::default();
         };
+        let sequence = sequence | lane.tag;
         self.made_room();
         let mut tally = Tally::default();
         let events = std::slice::from_ref(&event);
@@ -174,24 +187,25 @@ where
     /// Parallel publish: takes everything pending in one claim, then forks it out if it is
     /// worth it (see [`Self::run_parallel`]).
     fn publish_parallel(&self, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.shared.ring.tail();
         let mut dispatched = 0;
         let mut tally = Tally::default();
-        while !expired(deadline) {
-            let want = limit.saturating_sub(self.shared.ring.head());
-            if want == 0 {
-                break;
-            }
-            let mut buf = self.shared.buffers.get();
-            let Some((first, n)) = self.take_in_flight(limit, want, &mut buf) else {
+        for (lane, limit) in self.shared.tails() {
+            while !expired(deadline) {
+                let want = limit.saturating_sub(lane.ring.head());
+                if want == 0 {
+                    break;
+                }
+                let mut buf = self.shared.buffers.get();
+                let Some((first, n)) = self.take_in_flight(lane, limit, want, &mut buf) else {
+                    self.shared.buffers.put(buf);
+                    break;
+                };
+                let t = self.run_parallel(first, &mut buf, deadline);
+                self.finished(n, t);
                 self.shared.buffers.put(buf);
-                break;
-            };
-            let t = self.run_parallel(first, &mut buf, deadline);
-            self.finished(n, t);
-            self.shared.buffers.put(buf);
-            dispatched += n;
-            tally += t;
+                dispatched += n;
+                tally += t;
+            }
         }
         PublishReport::from_tally(dispatched, tally)
     }
@@ -200,11 +214,12 @@ where
     /// out as many as [`Builder::max_in_flight`](super::Builder::max_in_flight) allows; the
     /// pool's jobs hand out the rest as they finish (see [`Self::hand_out`]).
     fn publish_async(&self, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.shared.ring.tail();
-        // SeqCst, with a fence: either this publish's `reserve` below sees the room a
-        // finishing job released, or that job, reading the limit after its release, sees
-        // this one (a Dekker pair; the fence keeps it so under loom too).
-        self.shared.async_limit.fetch_max(limit, Ordering::SeqCst);
+        for (lane, limit) in self.shared.tails() {
+            // SeqCst, with a fence: either this publish's `reserve` below sees the room a
+            // finishing job released, or that job, reading the limit after its release, sees
+            // this one (a Dekker pair; the fence keeps it so under loom too).
+            self.shared.async_limits[lane.index].fetch_max(limit, Ordering::SeqCst);
+        }
         fence(Ordering::SeqCst);
         PublishReport {
             dispatched: self.hand_out(deadline),
@@ -220,10 +235,18 @@ where
     /// producer waiting for room under `Block` gets it without another `publish` (a single
     /// thread that both enqueues and publishes would otherwise wait forever).
     fn hand_out(&self, deadline: Option<Instant>) -> u64 {
+        self.shared
+            .sources()
+            .map(|lane| self.hand_out_lane(lane, deadline))
+            .sum()
+    }
+
+    /// [`hand_out`](Self::hand_out) for one lane.
+    fn hand_out_lane(&self, lane: Source<'_, E>, deadline: Option<Instant>) -> u64 {
         let mut dispatched = 0;
         while !expired(deadline) {
-            let limit = self.shared.async_limit.load(Ordering::SeqCst);
-            let want = limit.saturating_sub(self.shared.ring.head());
+            let limit = self.shared.async_limits[lane.index].load(Ordering::SeqCst);
+            let want = limit.saturating_sub(lane.ring.head());
             if want == 0 {
                 break;
             }
@@ -238,7 +261,7 @@ where
                 break;
             };
             let mut buf = self.shared.buffers.get();
-            let Some((first, n)) = self.take_reserved(limit, room, &mut buf) else {
+            let Some((first, n)) = self.take_reserved(lane, limit, room, &mut buf) else {
                 self.shared.buffers.put(buf);
                 break;
             };
@@ -260,20 +283,33 @@ where
         dispatched
     }
 
-    /// Counts up to `max` events in flight, then takes them (those below `limit`, written)
-    /// out of the ring into `buf`: see [`take_reserved`](Self::take_reserved).
+    /// Counts up to `max` events in flight, then takes them (those of `lane` below `limit`,
+    /// written) out of its ring into `buf`: see [`take_reserved`](Self::take_reserved).
     #[inline]
-    fn take_in_flight(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
+    fn take_in_flight(
+        &self,
+        lane: Source<'_, E>,
+        limit: u64,
+        max: u64,
+        buf: &mut Vec<E>,
+    ) -> Option<(u64, u64)> {
         self.shared.counters.in_flight.count(max);
-        self.take_reserved(limit, max, buf)
+        self.take_reserved(lane, limit, max, buf)
     }
 
-    /// Takes up to `max` events below `limit`, already counted in flight by the caller, out of
-    /// the ring into `buf`; releases the count of those it did not get, and makes the room
-    /// known to blocked producers.
+    /// Takes up to `max` events of `lane` below `limit`, already counted in flight by the
+    /// caller, out of its ring into `buf`; releases the count of those it did not get, and
+    /// makes the room known to blocked producers. Returns the first sequence, with the lane's
+    /// tag, and how many.
     #[inline]
-    fn take_reserved(&self, limit: u64, max: u64, buf: &mut Vec<E>) -> Option<(u64, u64)> {
-        let taken = self.shared.ring.take_batch(limit, max, buf);
+    fn take_reserved(
+        &self,
+        lane: Source<'_, E>,
+        limit: u64,
+        max: u64,
+        buf: &mut Vec<E>,
+    ) -> Option<(u64, u64)> {
+        let taken = lane.ring.take_batch(limit, max, buf);
         let n = taken.map_or(0, |(_, n)| n);
         if n < max {
             self.shared.counters.in_flight.release(max - n);
@@ -281,7 +317,7 @@ where
         if n > 0 {
             self.made_room();
         }
-        taken
+        taken.map(|(first, n)| (first | lane.tag, n))
     }
 
     /// Wakes producers blocked on a full ring, after a take made room (only `Block` has any).

@@ -131,7 +131,7 @@ where
 
     /// Nothing pending, nothing in flight, judged as `close` does (see `still_at`).
     fn is_quiet(&self) -> bool {
-        let head = self.shared.ring.head();
+        let head = self.shared.head();
         self.shared.counters.in_flight.is_idle() && self.still_at(head)
     }
 }

@@ -59,6 +59,9 @@ where
     pub fn close(&self, timeout: Duration) -> Result<PublishReport, TimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         self.shared.ring.close();
+        if let Some(lane) = &self.shared.producer_lane {
+            lane.close();
+        }
         self.shared.blocked.wake_all();
         self.shut_down_layers();
         let mut report = self.settle_for_close(deadline)?;
@@ -80,10 +83,11 @@ where
     /// Publishes until every event accepted so far is taken, or `deadline` passes: `publish`
     /// leaves events behind an enqueue still being written, and `close` must not.
     fn publish_all(&self, deadline: Option<Instant>) -> PublishReport {
-        let limit = self.shared.ring.tail();
+        let limits = self.shared.tails().collect::<Vec<_>>();
+        let behind = || limits.iter().any(|(lane, limit)| lane.ring.head() < *limit);
         let mut report = PublishReport::default();
         let mut idle = IdleWait::new(deadline);
-        while self.shared.ring.head() < limit && !expired(deadline) {
+        while behind() && !expired(deadline) {
             let r = self.publish_by_mode(deadline);
             if r.dispatched == 0 {
                 // An enqueue is between its claim and its write (it finishes in nanoseconds
@@ -103,7 +107,7 @@ where
         let mut report = PublishReport::default();
         loop {
             report += self.publish_all(deadline);
-            let head = self.shared.ring.head();
+            let head = self.shared.head();
             self.wait_idle(deadline)?;
             if self.still_at(head) {
                 return Ok(report);
@@ -120,7 +124,9 @@ where
     /// follow-up between them and run its handler after both. A publisher counts in flight
     /// before it moves the head, so a take the in-flight check missed moved the head.
     pub(super) fn still_at(&self, head: u64) -> bool {
-        self.shared.ring.tail() == head && self.shared.ring.head() == head
+        // Sums over the lanes: each lane's head never passes its tail and neither goes back,
+        // so the sums are equal only when every lane's are.
+        self.shared.tail() == head && self.shared.head() == head
     }
 
     /// Runs one pending job of the store's pool if this thread is one of its workers and a
@@ -167,9 +173,9 @@ where
 
     /// What is left, for a [`TimeoutError`].
     fn timeout_error(&self) -> TimeoutError {
-        let head = self.shared.ring.head();
+        let head = self.shared.head();
         TimeoutError {
-            pending: self.shared.ring.tail().saturating_sub(head),
+            pending: self.shared.tail().saturating_sub(head),
             in_flight: self.shared.counters.in_flight.get(),
         }
     }
@@ -181,7 +187,11 @@ impl<E: Event, Err> Drop for Shared<E, Err> {
     /// No user code (`projection()`, the hook, an event's `Drop`) can unwind out of here.
     fn drop(&mut self) {
         // `&mut self`: no other thread is left, every claimed event is written.
-        while let Some((sequence, event)) = self.ring.take_one(self.ring.tail()) {
+        let pending = self.sources().flat_map(|lane| {
+            std::iter::from_fn(move || lane.ring.take_one(lane.ring.tail()))
+                .map(move |(sequence, event)| (sequence | lane.tag, event))
+        });
+        for (sequence, event) in pending {
             if self.on_error.is_some() {
                 match panics::catch(|| event.projection()) {
                     Ok(projection) => {

@@ -1,13 +1,15 @@
-//! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; plus, in
-//! W-tick, ringbus-batch (its `enqueue_batch` variant) and ringbus-local (`publish_with`
-//! handlers on the caller's `&mut` state).
+//! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; ringbus-sp,
+//! the same fed by its single [`ringbus::Producer`]; plus, in W-tick, ringbus-batch (its
+//! `enqueue_batch` variant) and ringbus-local (`publish_with` handlers on the caller's `&mut`
+//! state).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use crossbeam_utils::Backoff;
 use ringbus::{
-    DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher, Metrics, OverrunPolicy,
+    Builder, DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher, Metrics,
+    OverrunPolicy,
 };
 
 use crate::common::handlers::{Sink, Work, dispatcher};
@@ -15,18 +17,102 @@ use crate::common::payload::{Ev, KEYS, event};
 use crate::common::peer::{CAPACITY, Consumer, Peer, Producer};
 use crate::common::runner::Tick;
 
+fn builder(work: Work, sink: &Arc<Sink>, policy: OverrunPolicy, mode: DispatchMode) -> Builder<Ev> {
+    EventStore::builder(dispatcher(work, sink))
+        .capacity(CAPACITY)
+        .policy(policy)
+        .mode(mode)
+}
+
 fn store(
     work: Work,
     sink: &Arc<Sink>,
     policy: OverrunPolicy,
     mode: DispatchMode,
 ) -> EventStore<Ev> {
-    EventStore::builder(dispatcher(work, sink))
-        .capacity(CAPACITY)
-        .policy(policy)
-        .mode(mode)
+    builder(work, sink, policy, mode)
         .build()
         .expect("a power-of-two capacity")
+}
+
+/// A sync store and its single producer.
+fn with_producer(
+    work: Work,
+    sink: &Arc<Sink>,
+    policy: OverrunPolicy,
+) -> (EventStore<Ev>, ringbus::Producer<Ev>) {
+    let (store, producer) = builder(work, sink, policy, DispatchMode::Sync)
+        .build_with_producer()
+        .expect("a power-of-two capacity");
+    assert!(
+        producer.is_single_producer_lane(),
+        "no membarrier here: ringbus-sp would measure the shared ring"
+    );
+    (store, producer)
+}
+
+/// ringbus-sp: a `DropOldest` store fed by its single `Producer` (a plain store of the tail
+/// per claim, no CAS), then `publish`.
+pub struct RingbusSp {
+    store: EventStore<Ev>,
+    producer: ringbus::Producer<Ev>,
+}
+
+impl Peer for RingbusSp {
+    const NAME: &'static str = "ringbus-sp";
+
+    fn new(work: Work, sink: &Arc<Sink>) -> Self {
+        let (store, producer) = with_producer(work, sink, OverrunPolicy::DropOldest);
+        Self { store, producer }
+    }
+
+    #[inline(always)]
+    fn tick(&mut self, first: u64, n: u64) {
+        for i in first..first + n {
+            self.producer.enqueue(event(i)).expect("room for a tick");
+        }
+        self.store.publish();
+    }
+
+    #[inline(always)]
+    fn push_drop_oldest(&mut self, ev: Ev) {
+        black_box(
+            self.producer
+                .enqueue(ev)
+                .expect("DropOldest always accepts"),
+        );
+    }
+
+    fn metrics(&self) -> Option<Metrics> {
+        Some(self.store.metrics())
+    }
+
+    /// Not a W-mp system (two producers); the shared-ring ends, for the trait's sake.
+    fn mp(sink: &Arc<Sink>) -> (impl Producer + Clone, impl Consumer) {
+        Ringbus::mp(sink)
+    }
+
+    /// The single producer retries on `Full` (`ReturnError`); the consumer spins on `publish`.
+    fn latency(sink: &Arc<Sink>) -> (impl Producer, impl Consumer) {
+        let (store, producer) = with_producer(Work::Latency, sink, OverrunPolicy::ReturnError);
+        (Single(producer), Shared(Arc::new(store)))
+    }
+}
+
+/// The single producer's end, moved to its thread.
+struct Single(ringbus::Producer<Ev>);
+
+impl Producer for Single {
+    fn put_waiting(&mut self, _: Ev, _: &Backoff) {
+        unreachable!("ringbus-sp is not a W-mp system")
+    }
+
+    #[inline(always)]
+    fn put_spinning(&mut self, mut ev: Ev) {
+        while let Err(EnqueueError::Full(back)) = self.0.enqueue(ev) {
+            ev = back;
+        }
+    }
 }
 
 /// A `DropOldest` store on one thread: per-event `enqueue`, then `publish`.

@@ -22,7 +22,7 @@ pub const WORKLOAD: Workload<RunLatency> = Workload {
 };
 
 fn cells() -> Vec<LatencyCell> {
-    ringbus_and_peers!(cell)
+    ringbus_and_peers!(single cell)
 }
 
 fn cell<P: Peer>() -> LatencyCell {

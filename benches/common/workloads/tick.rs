@@ -4,7 +4,7 @@
 use crate::common::baselines::{Base, Direct};
 use crate::common::handlers::Work;
 use crate::common::peer::Peer;
-use crate::common::peers::ringbus::{Ringbus, RingbusBatch, RingbusLocal};
+use crate::common::peers::ringbus::{Ringbus, RingbusBatch, RingbusLocal, RingbusSp};
 use crate::common::registry::{Throughput, Workload, peers};
 use crate::common::runner::{PeerTick, TickRunner};
 
@@ -25,6 +25,7 @@ fn cells() -> Vec<Throughput> {
             TickRunner::boxed(Direct::new(Work::Tiny, TICK), TICK)
         }),
         cell::<Ringbus>(),
+        cell::<RingbusSp>(),
         Throughput::new(RingbusBatch::NAME, |_| {
             TickRunner::boxed(RingbusBatch::new(Work::Tiny), TICK)
         }),

@@ -1,0 +1,152 @@
+//! [`Producer`]: the one producer of a store's producer lane, enforced by the type system.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::lanes::ExclusiveLane;
+use super::{Enqueued, EventStore, Shared};
+use crate::error::{BatchError, EnqueueError};
+use crate::event::Event;
+
+/// The single producer of a store built with
+/// [`Builder::build_with_producer`](super::Builder::build_with_producer).
+///
+/// `Send` (move it to the feed thread) but not `Clone`, and every enqueue takes `&mut self`:
+/// there is never a second producer on its lane, so its claim is a plain store of the tail,
+/// where [`EventStore::enqueue`] needs a CAS (`lock cmpxchg` on x86). The rest of the contract
+/// is the store's: the [`OverrunPolicy`](crate::OverrunPolicy) (evicting, waiting, refusing),
+/// all-or-nothing batches, [`close`](EventStore::close) (after which every enqueue is refused
+/// with the event handed back; an enqueue racing the close either gets in and is dispatched
+/// by it, or is refused), and the accounting.
+///
+/// **Order.** The producer's events are in its program order, and their sequence numbers
+/// ([`Enqueued::sequence`], [`Context::sequence`](crate::Context::sequence)) count the
+/// producer lane on their own, tagged with [`PRODUCER_LANE`](crate::PRODUCER_LANE)(crate::PRODUCER_LANE). Between the producer's events
+/// and those of the shared ring (the store's `enqueue`, follow-ups, the timer, commits) there
+/// is no order: a publisher takes from both lanes, the producer's first.
+///
+/// **Progress.** An enqueue with room is wait-free: no read-modify-write, no loop. Under
+/// `DropOldest` a full lane costs an eviction (one CAS on the lane's head, which publishers
+/// also move); under `Block` the producer sleeps until a publisher makes room. The write may
+/// wait, as on the shared ring, for a publisher still copying the previous lap's event out of
+/// that slot.
+///
+/// **One producer, checked by the compiler.** A second handle cannot be made:
+///
+/// ```compile_fail,E0599
+/// # use ringbus::{Dispatcher, Event, EventStore};
+/// # struct Quote;
+/// # impl Event for Quote { type Projection = (); fn projection(&self) {} }
+/// let (_store, producer) = EventStore::builder(Dispatcher::<Quote>::new()).build_with_producer()?;
+/// let second = producer.clone(); // no `Clone`
+/// # Ok::<(), ringbus::BuildError>(())
+/// ```
+///
+/// nor can two threads share one to enqueue (enqueueing takes `&mut self`):
+///
+/// ```compile_fail,E0596
+/// # use ringbus::{Dispatcher, Event, EventStore};
+/// # struct Quote;
+/// # impl Event for Quote { type Projection = (); fn projection(&self) {} }
+/// let (_store, producer) = EventStore::builder(Dispatcher::<Quote>::new()).build_with_producer()?;
+/// let shared = std::sync::Arc::new(producer);
+/// shared.enqueue(Quote); // cannot borrow data in an `Arc` as mutable
+/// # Ok::<(), ringbus::BuildError>(())
+/// ```
+pub struct Producer<E: Event + Send + 'static, Err: 'static = crate::BoxError> {
+    store: EventStore<E, Err>,
+}
+
+impl<E, Err> Producer<E, Err>
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    pub(super) fn new(store: EventStore<E, Err>) -> Self {
+        Self { store }
+    }
+
+    /// This producer's lane, with the store's state: `None` when it has no lane of its own.
+    #[inline(always)]
+    fn exclusive(&mut self) -> Option<(&Shared<E, Err>, ExclusiveLane<'_, E>)> {
+        let shared = &*self.store.shared;
+        let lane = shared.producer_lane.as_ref()?;
+        // SAFETY: `&mut self` makes this the lane's one producer while the `ExclusiveLane`
+        // lives, and it lives no longer than that borrow.
+        Some((shared, unsafe { ExclusiveLane::new(lane) }))
+    }
+
+    /// Puts an event in the producer lane (see [`EventStore::enqueue`]).
+    ///
+    /// # Errors
+    /// [`EnqueueError::Closed`] after [`close`](EventStore::close); [`EnqueueError::Full`]
+    /// when the lane is full under `ReturnError`. The event comes back in the error.
+    #[inline]
+    pub fn enqueue(&mut self, event: E) -> Result<Enqueued, EnqueueError<E>> {
+        match self.exclusive() {
+            Some((shared, lane)) => shared
+                .try_enqueue(event, &lane)
+                .or_else(|(event, refusal)| shared.enqueue_slow(event, refusal, None, &lane)),
+            None => self.store.enqueue(event),
+        }
+    }
+
+    /// [`enqueue`](Self::enqueue), waiting at most `timeout` for room under `Block` (see
+    /// [`EventStore::enqueue_timeout`]).
+    pub fn enqueue_timeout(
+        &mut self,
+        event: E,
+        timeout: Duration,
+    ) -> Result<Enqueued, EnqueueError<E>> {
+        match self.exclusive() {
+            Some((shared, lane)) => shared.enqueue_timeout(event, timeout, &lane),
+            None => self.store.enqueue_timeout(event, timeout),
+        }
+    }
+
+    /// Puts a whole batch in the producer lane, all or nothing (see
+    /// [`EventStore::enqueue_batch`]).
+    pub fn enqueue_batch(&mut self, batch: &mut Vec<E>) -> Result<Enqueued, BatchError> {
+        match self.exclusive() {
+            Some((shared, lane)) => shared.enqueue_batch(batch, None, &lane),
+            None => self.store.enqueue_batch(batch),
+        }
+    }
+
+    /// [`enqueue_batch`](Self::enqueue_batch), waiting at most `timeout` for room under
+    /// `Block` (see [`EventStore::enqueue_batch_timeout`]).
+    pub fn enqueue_batch_timeout(
+        &mut self,
+        batch: &mut Vec<E>,
+        timeout: Duration,
+    ) -> Result<Enqueued, BatchError> {
+        let deadline = Instant::now().checked_add(timeout);
+        match self.exclusive() {
+            Some((shared, lane)) => shared.enqueue_batch(batch, deadline, &lane),
+            None => self.store.enqueue_batch_timeout(batch, timeout),
+        }
+    }
+
+    /// The store this producer feeds.
+    pub fn store(&self) -> &EventStore<E, Err> {
+        &self.store
+    }
+
+    /// True when this producer has its own lane and claims with a plain store; false when
+    /// the process cannot use asymmetric barriers (not Linux, a kernel before 4.14, or a
+    /// sandbox that filters `membarrier`) and it claims on the shared ring with a CAS.
+    pub fn is_single_producer_lane(&self) -> bool {
+        self.store.shared.producer_lane.is_some()
+    }
+}
+
+impl<E: Event + Send + 'static, Err: 'static> fmt::Debug for Producer<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field(
+                "single_producer_lane",
+                &self.store.shared.producer_lane.is_some(),
+            )
+            .finish_non_exhaustive()
+    }
+}
