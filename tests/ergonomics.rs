@@ -17,10 +17,14 @@ use ringbus::{
 mod support {
     pub mod deadline;
     pub mod ev;
+    pub mod hostile;
+    pub mod plan;
     pub mod watchdog;
 }
 use support::deadline::deadline;
 use support::ev::Ev;
+use support::hostile::{Hostile, quiet};
+use support::plan::{Census, Reported, Tally};
 use support::watchdog::watchdog;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -586,33 +590,50 @@ fn rejected_is_split_by_reason() {
 }
 
 /// Producers keep enqueueing from outside while `close` runs and handlers add follow-ups, on
-/// tiny rings, with more threads than cores: every event is accounted for, every accepted
-/// chain ends (finished, cut by an eviction, or its follow-up refused for want of room), and
-/// nothing gets in after `close` returns. (Not under `Block`: a handler that blocks on its own
-/// full store while every publisher is inside a handler deadlocks, as the crate docs warn;
-/// `Block` follow-ups during close are in the test above.)
+/// tiny rings, with more threads than cores, with hostile events (5 in 16, heads and follow-ups
+/// alike: `projection()` panics, the handler panics after its step with a string or with a
+/// payload whose `Drop` panics, `Drop` panics): every event is accounted for, every accepted
+/// chain ends (finished, cut by an eviction or by its projection's panic, or its follow-up
+/// refused for want of room), every planned panic of an accepted event is counted and reported
+/// once, and nothing gets in after `close` returns. (Not under `Block`: a handler that blocks on
+/// its own full store while every publisher is inside a handler deadlocks, as the crate docs
+/// warn; `Block` follow-ups during close are in the test above.)
 #[test]
 fn close_races_outside_producers_while_follow_ups_finish() {
+    quiet();
     watchdog("close_race", LIMIT, |abort| {
+        let mut told_in_all = Census::default();
         for capacity in [1usize, 2, 4] {
             for policy in [OverrunPolicy::DropOldest, OverrunPolicy::ReturnError] {
                 let chains_done = Arc::new(AtomicU64::new(0));
                 let follow_up_refused = Arc::new(AtomicU64::new(0));
-                let mut dispatcher = Dispatcher::<Ev>::new();
+                let (ran, follow_ups) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+                let reported = Arc::new(Reported::default());
+                let mut dispatcher = Dispatcher::<Hostile>::new();
                 let (done, refused) = (chains_done.clone(), follow_up_refused.clone());
-                dispatcher.on(0, move |ctx, ev| {
+                let (r, f) = (ran.clone(), follow_ups.clone());
+                dispatcher.on(0, move |ctx, hostile| {
+                    let ev = hostile.ev;
+                    r.record(&ev);
                     if ev.index < 2 {
-                        if ctx.enqueue(Ev::new(ev.producer, ev.index + 1)).is_err() {
-                            refused.fetch_add(1, Ordering::SeqCst);
+                        let next = Ev::new(ev.producer, ev.index + 1);
+                        match ctx.enqueue(Hostile::planned(next)) {
+                            Ok(_) => f.record(&next),
+                            Err(e) => {
+                                e.into_inner().defuse();
+                                refused.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
                     } else {
                         done.fetch_add(1, Ordering::SeqCst);
                     }
+                    hostile.act(); // after the chain's step: a panic here does not cut it
                     Ok(())
                 });
                 let store = EventStore::builder(dispatcher)
                     .capacity(capacity)
                     .policy(policy)
+                    .on_error(reported.hook())
                     .build()
                     .unwrap();
                 let producers: Vec<_> = (0..4)
@@ -620,25 +641,34 @@ fn close_races_outside_producers_while_follow_ups_finish() {
                         let store = store.clone();
                         let abort = abort.clone();
                         thread::spawn(move || {
-                            let mut accepted = 0u64;
+                            let (mut accepted, mut planned) = (0u64, Census::default());
                             for i in 0..2_000u64 {
                                 if abort.load(Ordering::Relaxed) {
                                     break;
                                 }
+                                let ev = Ev::new(p * 10_000 + i, 0);
                                 let r = store.enqueue_timeout(
-                                    Ev::new(p * 10_000 + i, 0),
+                                    Hostile::planned(ev),
                                     Duration::from_millis(50),
                                 );
                                 match r {
-                                    Ok(_) => accepted += 1,
-                                    Err(EnqueueError::Closed(_)) => break,
-                                    Err(_) => {}
+                                    Ok(_) => {
+                                        accepted += 1;
+                                        planned += Census::of(&ev);
+                                    }
+                                    Err(EnqueueError::Closed(back)) => {
+                                        back.defuse();
+                                        break;
+                                    }
+                                    Err(e) => {
+                                        e.into_inner().defuse();
+                                    }
                                 }
                                 if i % 64 == 0 {
                                     thread::yield_now();
                                 }
                             }
-                            accepted
+                            (accepted, planned)
                         })
                     })
                     .collect();
@@ -655,31 +685,96 @@ fn close_races_outside_producers_while_follow_ups_finish() {
                     .collect();
                 thread::sleep(Duration::from_millis(5));
                 store.close(Duration::from_secs(20)).unwrap();
-                let accepted: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+                let (mut accepted, mut planned) = (0, Census::default());
+                for producer in producers {
+                    let (a, p) = producer.join().unwrap();
+                    accepted += a;
+                    planned += p;
+                }
                 for p in publishers {
                     p.join().unwrap();
                 }
                 let m = store.metrics();
-                assert!(m.is_balanced(), "{capacity} {policy:?}: {m:?}");
-                assert_eq!(m.pending + m.in_flight, 0, "{capacity} {policy:?}");
+                let tag = format!("{capacity} {policy:?}");
+                assert!(m.is_balanced(), "{tag}: {m:?}");
+                assert_eq!(m.pending + m.in_flight, 0, "{tag}");
+                let (ran_events, ran) = ran.get();
+                let (follow_ups, planned_follow_ups) = follow_ups.get();
+                planned += planned_follow_ups;
+                let told = reported.census();
+                // Events whose `projection()` panicked never reach the handler.
+                let bad_projections = told.projection_panics;
+                assert_eq!(ran.projection_panics, 0, "{tag}");
+                assert_eq!(m.published, accepted + follow_ups, "{tag}: {m:?}");
+                assert_eq!(
+                    ran_events + bad_projections + m.dropped,
+                    m.published,
+                    "{tag}: {m:?}"
+                );
                 // Each accepted chain ends exactly once: it finished, one of its events was
-                // evicted, or a follow-up was refused (full ring).
+                // evicted or failed in its projection, or a follow-up was refused (full ring).
                 assert_eq!(
                     chains_done.load(Ordering::SeqCst)
                         + follow_up_refused.load(Ordering::SeqCst)
-                        + m.dropped,
+                        + m.dropped
+                        + bad_projections,
                     accepted,
-                    "{capacity} {policy:?}: {m:?}"
+                    "{tag}: {m:?}"
+                );
+                // Each failed event failed once: in its handler, or in its projection.
+                let failures = ran.in_handlers() + bad_projections;
+                assert_eq!(
+                    (m.failed, m.handler_errors, m.panics),
+                    (failures, failures, failures),
+                    "{tag}: {m:?}"
+                );
+                // Every accepted event, head or follow-up, is dropped by the store once.
+                assert_eq!(m.drop_panics, planned.drop_panics, "{tag}: {m:?}");
+                // The hook was told of nothing unplanned, and of each panic once, by kind.
+                assert_eq!(reported.unexpected(), Vec::<String>::new(), "{tag}");
+                assert_eq!(
+                    told,
+                    Census {
+                        drop_panics: planned.drop_panics,
+                        projection_panics: bad_projections,
+                        ..ran
+                    },
+                    "{tag}"
                 );
                 match policy {
-                    // Evicting makes room: no follow-up is refused before the seal.
+                    // Evicting makes room: no follow-up is refused before the seal. The
+                    // planned projection panics that did not happen were evicted.
                     OverrunPolicy::DropOldest => {
-                        assert_eq!(follow_up_refused.load(Ordering::SeqCst), 0)
+                        assert_eq!(follow_up_refused.load(Ordering::SeqCst), 0);
+                        let evicted = planned.projection_panics.checked_sub(bad_projections);
+                        assert!(evicted.is_some_and(|e| e <= m.dropped), "{tag}: {m:?}");
                     }
-                    _ => assert_eq!(m.dropped, 0),
+                    // Nothing evicted: every accepted event's plan came true.
+                    _ => {
+                        assert_eq!(m.dropped, 0);
+                        assert_eq!(told, planned, "{tag}");
+                    }
                 }
-                assert!(store.enqueue(Ev::new(0, 0)).is_err());
+                assert!(
+                    store
+                        .enqueue(Hostile::new(Ev::new(0, 0), false, false))
+                        .is_err()
+                );
+                told_in_all += told;
             }
         }
+        // Not vacuous: every kind of misbehaviour happened.
+        let c = told_in_all;
+        assert!(
+            [
+                c.projection_panics,
+                c.handler_panics,
+                c.bomb_panics,
+                c.drop_panics
+            ]
+            .iter()
+            .all(|&n| n > 0),
+            "{c:?}"
+        );
     });
 }

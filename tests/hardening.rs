@@ -16,9 +16,11 @@ use ringbus::{
 
 mod support {
     pub mod ev;
+    pub mod hostile;
     pub mod watchdog;
 }
 use support::ev::Ev;
+use support::hostile::{Bomb, Hostile, quiet};
 use support::watchdog::watchdog;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -36,58 +38,16 @@ fn describe(kind: &ErrorKind<'_, ringbus::BoxError>) -> String {
     }
 }
 
-/// An event that misbehaves on demand.
-struct Hostile {
-    /// `projection()` panics.
-    bad_projection: bool,
-    /// `Drop` panics.
-    bad_drop: bool,
-}
-
+/// [`Hostile`]'s cases here: routed to key 0, with one misbehaviour at most.
 impl Hostile {
     fn fine() -> Self {
-        Self {
-            bad_projection: false,
-            bad_drop: false,
-        }
+        Self::new(Ev::new(0, 0), false, false)
     }
     fn bad_drop() -> Self {
-        Self {
-            bad_projection: false,
-            bad_drop: true,
-        }
+        Self::new(Ev::new(0, 0), false, true)
     }
     fn bad_projection() -> Self {
-        Self {
-            bad_projection: true,
-            bad_drop: false,
-        }
-    }
-}
-
-impl Event for Hostile {
-    type Projection = u8;
-    fn projection(&self) -> u8 {
-        if self.bad_projection {
-            panic!("projection exploded");
-        }
-        0
-    }
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        if self.bad_drop && !thread::panicking() {
-            panic!("drop exploded");
-        }
-    }
-}
-
-/// A panic payload whose own `Drop` panics.
-struct Bomb;
-impl Drop for Bomb {
-    fn drop(&mut self) {
-        panic!("the payload's drop exploded");
+        Self::new(Ev::new(0, 0), true, false)
     }
 }
 
@@ -117,27 +77,6 @@ fn hostile_store(
         .build()
         .unwrap();
     (store, reports)
-}
-
-/// Keeps the default panic hook from printing the planned panics of these tests.
-fn quiet() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let planned = ["exploded", "planned"];
-            let text = info
-                .payload()
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| info.payload().downcast_ref::<String>().cloned());
-            match text {
-                Some(t) if planned.iter().any(|p| t.contains(p)) => {}
-                None if info.payload().is::<Bomb>() => {}
-                _ => default(info),
-            }
-        }));
-    });
 }
 
 fn one_thread_pool() -> Arc<rayon::ThreadPool> {
