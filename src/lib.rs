@@ -67,11 +67,17 @@
 //!   which deadlocks a thread, or a handler, that both enqueues and publishes.)
 //! - **`Block` on a full ring** parks until a publisher makes room (or the deadline, or
 //!   `close`).
+//! - **[`Producer::enqueue`] with room** (the single producer's lane) is wait-free: a plain
+//!   store of the tail, no read-modify-write and no retry loop; its write waits, as above, only
+//!   for a publisher still copying the previous lap's event out of that slot. A full lane goes
+//!   to the overrun policy as on the shared ring (an eviction is one CAS on the lane's head).
 //! - **`publish_wait`** is `publish`, then, on an empty ring, spins, yields and parks until a
 //!   producer's claim wakes it (no lost wake-up: loom `publish_wait_is_woken_by_a_producer`),
 //!   its timeout, or the seal.
 //! - **`close`, a transaction's `commit`** wait for enqueues already in progress ahead of them
-//!   (nanoseconds, unless that producer is descheduled), and `close` / `drain` for in-flight
+//!   (nanoseconds, unless that producer is descheduled; for the single producer, `close` waits
+//!   while it is between its check of the closed mark and its tail store, a few instructions,
+//!   after one `membarrier` system call), and `close` / `drain` for in-flight
 //!   handlers. On a thread of the store's dispatch pool ([`Builder::thread_pool`]), `drain`
 //!   and `close` run the pool's pending jobs while they wait, so they never wait for work
 //!   queued behind themselves; without a pool of its own (rayon's global pool), they run the
@@ -86,6 +92,18 @@
 //! enqueue path one plain load (x86) of a counter of sleeping consumers: the claim itself is
 //! the full barrier the handshake needs (`src/wait.rs`).
 //!
+//! # A single producer
+//! [`Builder::build_with_producer`] returns the store and its one [`Producer`]: `Send`, not
+//! `Clone`, enqueueing through `&mut self`, so the compiler guarantees it is alone on its
+//! *lane*, a second ring its claims write with a plain store instead of the CAS every other
+//! producer pays (`lock cmpxchg` on x86: most of an uncontended enqueue's cost). The store's
+//! own `enqueue`, handlers' follow-ups, the timer and transactions keep using the shared ring;
+//! publishers and consumers take from both lanes, the producer's first. `close` and a consumer
+//! going to sleep meet the producer's fence-free claim through an asymmetric barrier: the
+//! producer pays a compiler fence, they pay a Linux `membarrier` (`src/barrier.rs`). Where that
+//! is unavailable (not Linux, or filtered by a sandbox) the producer claims on the shared ring,
+//! with the same semantics ([`Producer::is_single_producer_lane`] says which).
+//!
 //! # Routing
 //! When the store is built, the dispatcher's routes are frozen into a small open-addressed table
 //! (at least twice as many slots as projections, hashed with one multiply per word), so routing
@@ -96,9 +114,12 @@
 //! # Ordering
 //! - Every accepted event gets a unique [sequence number](Context::sequence) (0, 1, 2, ...), its
 //!   position in the store's single total order. Events of one producer are in its program order;
-//!   a [batch](EventStore::enqueue_batch) is contiguous.
+//!   a [batch](EventStore::enqueue_batch) is contiguous. A store with a [`Producer`] has two
+//!   lanes, each with its own order and numbering: the producer's sequences carry the
+//!   [`PRODUCER_LANE`] bit, and between the two lanes there is no order (a publish takes the
+//!   producer lane's events first, then the shared ring's).
 //! - `publish` dispatches the events whose enqueue completed before it was called (its snapshot
-//!   of the tail), in order, stopping early only at an enqueue that another thread has begun
+//!   of the tail, of each lane), in order, stopping early only at an enqueue that another thread has begun
 //!   (claimed its sequence) but not finished: that event and the ones behind it wait for the
 //!   next call. A publisher never waits for a producer, so a producer preempted mid-enqueue
 //!   cannot stall it. In particular, every event enqueued by threads that have all returned from
@@ -282,6 +303,7 @@
 //! ```text
 //! lib.rs            this spec, and the re-exports
 //! sync.rs           std's or loom's atomics, cells, locks (loom models test the shipped code)
+//! barrier.rs        asymmetric barriers (compiler fence / Linux membarrier)
 //! ring.rs           the ring: slots, stamps, claims on head and tail, eviction, the gate
 //! wait.rs           waiting: producers blocked on a full ring, drain/close polling
 //! event.rs          Event, TypeKey, BoxError; event_enum.rs: the event_enum! macro
@@ -289,7 +311,8 @@
 //! panics.rs         containing panics from user code
 //! error.rs          the errors, and HandlerFailure
 //! store/            EventStore: options, dispatcher (Dispatcher, Variant), routes (the
-//!                   frozen table), context, enqueue, publish, run (handlers), local
+//!                   frozen table), context, lanes (the shared ring and the single
+//!                   producer's), producer (Producer), enqueue, publish, run (handlers), local
 //!                   (LocalDispatcher, publish_with), settle, shutdown, disposal (drops, the
 //!                   on_error hook), buffers, reports, layers (the seam)
 //! transaction.rs    layer: Transaction, CommitError (on enqueue_batch and publish_until)

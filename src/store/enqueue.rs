@@ -219,7 +219,7 @@ where
                 (ClaimError::Full, OverrunPolicy::DropOldest) => {
                     match lane.evict_oldest(1) {
                         Eviction::Evicted(sequence, old) => {
-                            self.counters.add_dropped(1);
+                            lane.count_dropped(&self.counters, 1);
                             dropped += 1;
                             let sequence = sequence | lane.tag();
                             // An earlier eviction of this call (another enqueue took its room).
@@ -376,7 +376,7 @@ where
                 }
                 Err(ClaimError::Full) => match lane.evict_oldest(n) {
                     Eviction::Evicted(sequence, old) => {
-                        self.counters.add_dropped(1);
+                        lane.count_dropped(&self.counters, 1);
                         evicted.push((sequence | lane.tag(), old));
                     }
                     Eviction::Unwritten => backoff.snooze(),

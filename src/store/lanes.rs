@@ -15,7 +15,8 @@ use crossbeam_utils::CachePadded;
 
 use crate::barrier;
 use crate::ring::{ClaimError, Eviction, Intake, Ring};
-use crate::sync::{AtomicBool, Backoff, Ordering};
+use crate::metrics::Counters;
+use crate::sync::{AtomicBool, AtomicU64, Backoff, Ordering};
 use crate::wait::Sleepers;
 
 /// The bit that marks a sequence number as the producer lane's (its own count, from 0); the
@@ -40,6 +41,8 @@ pub(crate) trait Lane<E> {
     fn tag(&self) -> u64;
     /// Wakes consumers asleep in `publish_wait`, right after a claim on this lane.
     fn wake_consumers(&self, sleepers: &Sleepers);
+    /// Counts `n` events this lane's producer evicted.
+    fn count_dropped(&self, counters: &Counters, n: u64);
 }
 
 /// The shared lane, claimed by `intake`.
@@ -77,6 +80,9 @@ impl<E> Lane<E> for SharedLane<'_, E> {
     fn wake_consumers(&self, sleepers: &Sleepers) {
         sleepers.wake_after_claim();
     }
+    fn count_dropped(&self, counters: &Counters, n: u64) {
+        counters.add_dropped(n);
+    }
 }
 
 /// The single producer's lane: a ring whose tail only the [`Producer`](super::Producer)
@@ -95,6 +101,9 @@ pub(crate) struct ProducerLane<E> {
     producing: CachePadded<AtomicBool>,
     /// Set once by `close`.
     closed: AtomicBool,
+    /// Events the producer evicted from this lane (only it writes; `metrics` adds it to the
+    /// store's count).
+    dropped: CachePadded<AtomicU64>,
 }
 
 impl<E> ProducerLane<E> {
@@ -109,6 +118,7 @@ impl<E> ProducerLane<E> {
             ring,
             producing: CachePadded::new(AtomicBool::new(false)),
             closed: AtomicBool::new(false),
+            dropped: CachePadded::new(AtomicU64::new(0)),
         }))
     }
 
@@ -116,6 +126,11 @@ impl<E> ProducerLane<E> {
     #[inline(always)]
     pub(crate) fn ring(&self) -> &Ring<E> {
         &self.ring
+    }
+
+    /// Events the producer evicted from this lane.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// True once [`close`](Self::close) has begun.
@@ -219,6 +234,13 @@ impl<E> Lane<E> for ExclusiveLane<'_, E> {
         // sleeping consumer's `sleeper_barrier`.
         barrier::light();
         sleepers.wake_if_any();
+    }
+    #[inline]
+    fn count_dropped(&self, _: &Counters, n: u64) {
+        // One writer: a load and a store, no `lock` prefix (a full lane under `DropOldest`
+        // evicts on every enqueue).
+        let dropped = &self.0.dropped;
+        dropped.store(dropped.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 }
 

@@ -177,6 +177,9 @@ where
         let head = self.shared.head();
         let tail = self.shared.tail();
         let mut metrics = self.shared.counters.snapshot(head, tail);
+        if let Some(lane) = &self.shared.producer_lane {
+            metrics.dropped += lane.dropped();
+        }
         self.shared.layers.add_metrics(&mut metrics);
         metrics
     }
