@@ -87,6 +87,19 @@ impl Sleepers {
 
     /// Blocks until `ready()` or `deadline`; returns `ready()`'s last answer.
     pub(crate) fn wait(&self, deadline: Option<Instant>, ready: impl Fn() -> bool) -> bool {
+        self.wait_registered(deadline, || {}, ready)
+    }
+
+    /// [`wait`](Self::wait), running `registered` once, right after this thread registers
+    /// as a sleeper and before its first check under the lock: where a waker's progress is a
+    /// plain store, the asymmetric barrier goes here, once, not in `ready()` (which also runs
+    /// on every spin before registering, where a barrier orders nothing).
+    pub(crate) fn wait_registered(
+        &self,
+        deadline: Option<Instant>,
+        registered: impl FnOnce(),
+        ready: impl Fn() -> bool,
+    ) -> bool {
         let backoff = Backoff::new();
         while !backoff.is_completed() {
             if ready() {
@@ -97,6 +110,9 @@ impl Sleepers {
         self.count.fetch_add(1, Ordering::SeqCst);
         // Orders our registration before `ready()` reads the condition; pairs with `wake`.
         fence(Ordering::SeqCst);
+        // Once is enough: a waker whose store this barrier did not make visible sees our
+        // registration, which stands until we leave below, and wakes us under the lock.
+        registered();
         let mut guard = sync::lock(&self.lock);
         let outcome = loop {
             if ready() {

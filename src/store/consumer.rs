@@ -84,14 +84,18 @@ where
             if sealed() {
                 return report; // sealed and empty: nothing will ever come
             }
-            let woken = shared.idle_consumers.wait(deadline, || {
-                // The producer lane's claim is a plain store: make the registration and that
-                // store meet (see `ProducerLane::sleeper_barrier`).
-                if let Some(lane) = &shared.producer_lane {
-                    lane.sleeper_barrier();
-                }
-                shared.has_pending() || sealed()
-            });
+            let woken = shared.idle_consumers.wait_registered(
+                deadline,
+                || {
+                    // The producer lane's claim is a plain store: make the registration and
+                    // that store meet (see `ProducerLane::sleeper_barrier`). Once, after
+                    // registering: not on every spin before it.
+                    if let Some(lane) = &shared.producer_lane {
+                        lane.sleeper_barrier();
+                    }
+                },
+                || shared.has_pending() || sealed(),
+            );
             if !woken {
                 return report;
             }
