@@ -90,7 +90,8 @@
 //! thread of the store's, with an explicit [`WaitStrategy`] (busy-spin, spin-then-yield, or
 //! spin-yield-park, the low-CPU default), until the store is closed. The wake-up costs the
 //! enqueue path one plain load (x86) of a counter of sleeping consumers: the claim itself is
-//! the full barrier the handshake needs (`src/wait.rs`).
+//! the full barrier the handshake needs (`src/wait.rs`); for the single producer's fence-free
+//! claim, the consumer pays one `membarrier` each time it goes to sleep instead.
 //!
 //! # A single producer
 //! [`Builder::build_with_producer`] returns the store and its one [`Producer`]: `Send`, not

@@ -724,7 +724,9 @@ fn single_producer_races_close_under_drop_oldest() {
 }
 
 /// `publish_wait` racing the single producer, whose claim is a plain store: no lost wake-up
-/// (a lost one is a deadlock under loom). Fails without the consumer's barrier.
+/// (a lost one is a deadlock under loom). Fails without the producer's light barrier before its
+/// check of the sleepers. (Loom cannot tell the consumer's `membarrier` from the SeqCst fence
+/// `Sleepers` already runs after registering: both are fences here.)
 #[test]
 fn publish_wait_is_woken_by_the_single_producer() {
     model(2, || {
@@ -759,6 +761,15 @@ fn both_lanes_drain_under_block() {
         let outcomes = [feed.join().unwrap(), other.join().unwrap()];
         let mut seen = seen.lock().unwrap().clone();
         assert_eq!(seen.len(), 3);
+        // One publisher: each lane ran in its order (checked on the log as run).
+        let lane = |tagged: bool| -> Vec<u64> {
+            let seqs = seen.iter().map(|&(seq, _)| seq);
+            seqs.filter(|seq| (seq & PRODUCER_LANE != 0) == tagged)
+                .collect()
+        };
+        for tagged in [false, true] {
+            assert!(lane(tagged).windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        }
         seen.sort_by_key(|&(seq, _)| seq);
         check(&seen, &outcomes, store.metrics(), 3);
     });

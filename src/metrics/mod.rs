@@ -33,7 +33,8 @@ pub(crate) use in_flight::InFlight;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Metrics {
-    /// Events accepted into the ring (GoEventBus's `published`).
+    /// Events accepted into the ring, both lanes of a store with a
+    /// [`Producer`](crate::Producer) (GoEventBus's `published`).
     pub published: u64,
     /// Events whose handlers all returned `Ok`.
     pub processed: u64,

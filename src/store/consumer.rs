@@ -41,7 +41,9 @@ where
     ///
     /// It spins briefly, yields, then parks; a producer wakes it right after its claim. Costs
     /// the enqueue path one plain load (x86) of a counter of sleeping consumers when nobody
-    /// sleeps: the claim is already the full barrier the handshake needs.
+    /// sleeps: a CAS claim is already the full barrier the handshake needs; against a
+    /// [`Producer`](crate::Producer)'s plain-store claim, the consumer runs one `membarrier`
+    /// per sleep instead.
     ///
     /// ```
     /// use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};

@@ -50,8 +50,12 @@ pub struct Context<'a, E: Event, Err = BoxError> {
 }
 
 impl<'a, E: Event, Err> Context<'a, E, Err> {
-    /// The event's sequence number: its position in the store's total order of enqueues,
-    /// starting at 0. Unique per store.
+    /// The event's sequence number: its position in its lane's total order of enqueues,
+    /// starting at 0; unique per store. The shared ring's count from 0; a [`Producer`]'s
+    /// lane's count from 0 too, with the [`PRODUCER_LANE`] bit set.
+    ///
+    /// [`Producer`]: crate::Producer
+    /// [`PRODUCER_LANE`]: crate::PRODUCER_LANE
     pub fn sequence(&self) -> u64 {
         self.sequence
     }

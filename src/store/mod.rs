@@ -190,7 +190,7 @@ where
         self.shared.tail().saturating_sub(head)
     }
 
-    /// The ring's capacity.
+    /// The ring's capacity (the shared ring's; a [`Producer`]'s lane has as many slots).
     pub fn capacity(&self) -> usize {
         self.shared.ring.capacity() as usize
     }

@@ -21,9 +21,12 @@ use crate::event::Event;
 ///
 /// **Order.** The producer's events are in its program order, and their sequence numbers
 /// ([`Enqueued::sequence`], [`Context::sequence`](crate::Context::sequence)) count the
-/// producer lane on their own, tagged with [`PRODUCER_LANE`](crate::PRODUCER_LANE)(crate::PRODUCER_LANE). Between the producer's events
-/// and those of the shared ring (the store's `enqueue`, follow-ups, the timer, commits) there
-/// is no order: a publisher takes from both lanes, the producer's first.
+/// producer lane on their own, tagged with [`PRODUCER_LANE`](crate::PRODUCER_LANE) (without a
+/// lane of its own, see [`is_single_producer_lane`](Self::is_single_producer_lane), they are
+/// the shared ring's, untagged). Between the producer's events and those of the shared ring
+/// (the store's `enqueue`, follow-ups, the timer, commits) there is no order: a publisher
+/// takes from both lanes, the producer's first; a commit runs the lane's events accepted
+/// before it, then the shared ring's up to its own.
 ///
 /// **Progress.** An enqueue with room is wait-free: no read-modify-write, no loop. Under
 /// `DropOldest` a full lane costs an eviction (one CAS on the lane's head, which publishers

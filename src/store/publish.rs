@@ -40,9 +40,10 @@ where
 
     /// A commit's dispatch: runs, in the caller and in sequence order, every event still
     /// pending below `range.end` (a sync publish that stops there, whatever the store's
-    /// mode), and tells `outcomes` of each handler failure. Returns what it did and how many
-    /// of the events in `range` it ran itself: the others were taken out of the ring by
-    /// another thread first.
+    /// mode), after the producer lane's events pending when it starts, and tells `outcomes` of
+    /// each handler failure. Returns what it did and how many of the events in `range` (the
+    /// shared ring's) it ran itself: the others were taken out of the ring by another thread
+    /// first.
     pub(crate) fn publish_until(
         &self,
         range: Range<u64>,
@@ -51,21 +52,35 @@ where
         let mut buf = self.shared.buffers.get();
         let (mut dispatched, mut mine) = (0, 0);
         let mut tally = Tally::default();
-        let backoff = Backoff::new();
-        // Until another thread's in-progress enqueue ahead of the transaction is written and
-        // taken, the take stops short of `range.end`: wait for it, as `close` does.
-        let lane = Source::shared(&self.shared.ring);
-        while self.shared.ring.head() < range.end {
-            let Some((first, n)) = self.take_in_flight(lane, range.end, SYNC_CHUNK, &mut buf)
-            else {
-                backoff.snooze();
-                continue;
-            };
-            tally += self.run_taken(first, n, &mut buf, None, outcomes, &mut NoLocal);
-            dispatched += n;
-            mine += (first + n)
-                .min(range.end)
-                .saturating_sub(first.max(range.start));
+        // The producer lane's events accepted before the commit run first, as everything
+        // pending before a transaction does (the lane has no order against the shared ring,
+        // but "before the commit" is an order in time). Its tail is read after the commit's
+        // claim.
+        let lanes = [
+            self.shared
+                .producer_lane
+                .as_ref()
+                .map(|lane| (Source::producer(lane), lane.ring().tail())),
+            Some((Source::shared(&self.shared.ring), range.end)),
+        ];
+        for (lane, limit) in lanes.into_iter().flatten() {
+            let backoff = Backoff::new();
+            // Until another thread's in-progress enqueue ahead of the limit is written and
+            // taken, the take stops short of it: wait for it, as `close` does.
+            while lane.ring.head() < limit {
+                let Some((first, n)) = self.take_in_flight(lane, limit, SYNC_CHUNK, &mut buf)
+                else {
+                    backoff.snooze();
+                    continue;
+                };
+                tally += self.run_taken(first, n, &mut buf, None, outcomes, &mut NoLocal);
+                dispatched += n;
+                if lane.tag == 0 {
+                    mine += (first + n)
+                        .min(range.end)
+                        .saturating_sub(first.max(range.start));
+                }
+            }
         }
         self.shared.buffers.put(buf);
         (PublishReport::from_tally(dispatched, tally), mine)

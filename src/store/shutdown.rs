@@ -58,10 +58,12 @@ where
     /// and fails if anything is pending or in flight.
     pub fn close(&self, timeout: Duration) -> Result<PublishReport, TimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
-        self.shared.ring.close();
+        // The producer lane first: once `is_closed` (the shared ring's mark) says closed,
+        // the producer is refused too.
         if let Some(lane) = &self.shared.producer_lane {
             lane.close();
         }
+        self.shared.ring.close();
         self.shared.blocked.wake_all();
         self.shut_down_layers();
         let mut report = self.settle_for_close(deadline)?;
