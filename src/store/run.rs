@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
-
 use super::Context;
 use super::dispatcher::Handler;
+use super::fork::Plan;
 use super::local::{LocalHandlers, NoLocal};
 use super::routes::Routes;
 use super::{ErrorKind, EventStore};
@@ -22,7 +21,8 @@ const PROBE_EVENTS: usize = 16;
 /// Estimated handler time below which a parallel publish stays in the caller: waking rayon's
 /// workers and joining them costs tens of microseconds on a small machine.
 const PARALLEL_MIN_WORK: Duration = Duration::from_micros(50);
-/// Work per rayon task, so that splitting does not cost more than it saves.
+/// Work per chunk of a fork, so that taking a chunk (one shared `fetch_add`) costs nothing
+/// next to running it.
 const PARALLEL_TASK_WORK: Duration = Duration::from_micros(10);
 
 /// The per-event outcome seam: what a run of handlers tells its caller about each handler
@@ -103,8 +103,9 @@ where
     ///
     /// The first [`PROBE_EVENTS`] run here, timed, to estimate the cost of the rest (twice
     /// when the first estimate says fork, keeping the lower). Below [`PARALLEL_MIN_WORK`] of
-    /// estimated work the rest runs here too; above it the rest is split into tasks of about
-    /// [`PARALLEL_TASK_WORK`] each.
+    /// estimated work the rest runs here too; above it the rest is split into chunks of about
+    /// [`PARALLEL_TASK_WORK`] each (see [`Plan`]) that this thread and the pool's helpers
+    /// take as they come (see [`Self::fork`]).
     pub(super) fn run_parallel(
         &self,
         first: u64,
@@ -140,7 +141,10 @@ where
         }
         let rest = &mut buf[probe..];
         let rest_first = first + probe as u64;
-        if !self.worth_forking(per_event, rest.len()) {
+        if self.worth_forking(per_event, rest.len()) {
+            let plan = Plan::new(per_event, rest.len(), threads, PARALLEL_TASK_WORK);
+            tally += self.fork(rest_first, rest, deadline, plan);
+        } else {
             self.run_events(
                 rest_first,
                 rest,
@@ -149,24 +153,6 @@ where
                 &mut Discard,
                 &mut NoLocal,
             );
-        } else {
-            let per_task =
-                (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)).max(1) as usize;
-            let mut fork = || {
-                rest.par_chunks_mut(per_task)
-                    .enumerate()
-                    .map(|(i, chunk)| {
-                        let mut t = Tally::default();
-                        let seq = rest_first + (i * per_task) as u64;
-                        self.run_events(seq, chunk, deadline, &mut t, &mut Discard, &mut NoLocal);
-                        t
-                    })
-                    .reduce(Tally::default, |a, b| a + b)
-            };
-            tally += match &self.shared.pool {
-                Some(pool) => pool.install(fork),
-                None => fork(),
-            };
         }
         self.shared.drop_events(first, buf);
         tally
