@@ -188,18 +188,20 @@
 //! `RUST_BACKTRACE`.
 //!
 //! # Parallel dispatch
-//! [`DispatchMode::Parallel`] first runs 16 events of the batch in the caller and times them.
-//! If the rest would take under 50 µs at that rate, it runs in the caller too: waking rayon's
-//! workers and joining them costs tens of microseconds, more than tiny handlers save. If it
-//! would take longer, 16 more events are timed and the cheaper estimate is kept (a preemption
-//! during one probe must not fork a cheap batch), and if the rest is still worth it, it is cut
-//! into chunks of about 10 µs each (at least 4 per pool thread) that the caller and up to one
+//! [`DispatchMode::Parallel`] first takes 32 events of the batch, runs 16 of them in the caller
+//! and times them. If the rest would take under 50 µs at that rate, it runs in the caller too,
+//! exactly as a sync publish runs it (chunks of up to 256): waking rayon's workers costs tens
+//! of microseconds, more than tiny handlers save, so a batch too cheap to fork costs the probe
+//! (its timing and its own claim) and nothing more. If it would take longer, 16 more events
+//! are timed and the cheaper estimate is kept (a preemption during one probe must not fork a
+//! cheap batch), and if the rest is still worth it, it is taken in one claim and cut into
+//! chunks of about 10 µs each (at least 4 per pool thread), which the caller and up to one
 //! fewer helpers than the pool has threads take as they come. The caller starts on them at
 //! once and waits only for chunks a helper has already started, never for a pool thread to
-//! wake up or become free: with the pool busy or its threads slow to wake, the caller runs
-//! the batch itself, at the cost of the spawn. Batches of 32 events or fewer always run in the
-//! caller. The estimate is made afresh for every batch, so it follows the handlers' real
-//! cost.
+//! wake up or become free: with the pool busy, or its threads slow to wake, the caller runs the
+//! batch itself, at the cost of the spawn. Batches of 32 events or fewer always run in the
+//! caller. The estimate is made afresh for every publish (and every async batch), so it
+//! follows the handlers' real cost.
 //!
 //! # Async dispatch and backpressure
 //! [`DispatchMode::Async`] hands batches to the pool and returns; at most
