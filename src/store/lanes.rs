@@ -14,8 +14,8 @@
 use crossbeam_utils::CachePadded;
 
 use crate::barrier;
-use crate::ring::{ClaimError, Eviction, Intake, Ring};
 use crate::metrics::Counters;
+use crate::ring::{ClaimError, Eviction, Intake, Ring};
 use crate::sync::{AtomicBool, AtomicU64, Backoff, Ordering};
 use crate::wait::Sleepers;
 
