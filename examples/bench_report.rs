@@ -370,6 +370,19 @@ fn goals(results: &Results) -> String {
             Some(sync / par >= 1.7),
         );
     }
+    if let (Some(rayon), Some(par)) = (
+        get("W-parallel-1us", "rayon"),
+        get("W-parallel-1us", "ringbus-parallel"),
+    ) {
+        check(
+            format!(
+                "W-parallel 1 us handlers: parallel within 10% of a bare rayon par_iter: \
+                 {par:.1} vs {rayon:.1} ns ({:.2}x)",
+                par / rayon
+            ),
+            Some(par <= 1.1 * rayon),
+        );
+    }
     if let (Some(sync), Some(par)) = (
         get("W-parallel-tiny", "ringbus"),
         get("W-parallel-tiny", "ringbus-parallel"),

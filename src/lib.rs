@@ -41,7 +41,8 @@
 //! Per path, what a thread may wait for (tests: `tests/stress.rs`'s oversubscription section
 //! runs every policy with more threads than cores on rings of 1, 2 and 4 slots):
 //! - **`publish`** never waits for a producer: it takes only events already written. It is
-//!   lock-free. In [`DispatchMode::Parallel`] it then waits for its own fork-join.
+//!   lock-free. In [`DispatchMode::Parallel`] it then waits for its own fork-join: for
+//!   chunks that pool threads have started, never for a pool thread to start one.
 //! - **`enqueue` with room** is lock-free: one CAS on the tail, then the write. The write may
 //!   wait for the previous lap's publisher to finish copying that slot out (a bounded copy of
 //!   at most 256 events, no user code), so a publisher descheduled mid-copy delays it by as
@@ -188,14 +189,20 @@
 //! `RUST_BACKTRACE`.
 //!
 //! # Parallel dispatch
-//! [`DispatchMode::Parallel`] first runs 16 events of the batch in the caller and times them.
-//! If the rest would take under 50 µs at that rate, it runs in the caller too: waking rayon's
-//! workers and joining them costs tens of microseconds, more than tiny handlers save. If it
-//! would take longer, 16 more events are timed and the cheaper estimate is kept (a preemption
-//! during one probe must not fork a cheap batch), and if the rest is still worth it, it is
-//! forked on the pool in tasks of about 10 µs each. Batches of 32 events or fewer always run in
-//! the caller. The estimate is made afresh for every batch, so it follows the handlers' real
-//! cost.
+//! [`DispatchMode::Parallel`] first takes 32 events of the batch, runs 16 of them in the caller
+//! and times them. If the rest would take under 50 µs at that rate, it runs in the caller too,
+//! exactly as a sync publish runs it (chunks of up to 256): waking rayon's workers costs tens
+//! of microseconds, more than tiny handlers save, so a batch too cheap to fork costs the probe
+//! (its timing and its own claim) and nothing more. If it would take longer, 16 more events
+//! are timed and the cheaper estimate is kept (a preemption during one probe must not fork a
+//! cheap batch), and if the rest is still worth it, it is taken in one claim and cut into
+//! chunks of about 10 µs each (at least 4 per pool thread), which the caller and up to one
+//! fewer helpers than the pool has threads take as they come. The caller starts on them at
+//! once and waits only for chunks a helper has already started, never for a pool thread to
+//! wake up or become free: with the pool busy, or its threads slow to wake, the caller runs the
+//! batch itself, at the cost of the spawn. Batches of 32 events or fewer always run in the
+//! caller. The estimate is made afresh for every publish (and every async batch), so it
+//! follows the handlers' real cost.
 //!
 //! # Async dispatch and backpressure
 //! [`DispatchMode::Async`] hands batches to the pool and returns; at most

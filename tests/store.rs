@@ -495,6 +495,75 @@ fn parallel_small_batches_run_in_the_caller_and_large_slow_ones_fork() {
     );
 }
 
+/// A forked batch does not wait for the pool to have a free thread: the caller takes chunks
+/// itself and waits only for chunks a helper has started. Here every pool thread is busy for
+/// the whole publish (each waits for the test to let it go, for at most 10 s), so the caller
+/// must run the whole batch. The old fork handed the batch to the pool and slept until the
+/// pool's threads were free again: 10 s here.
+#[test]
+fn parallel_publish_does_not_wait_for_a_busy_pool() {
+    let _deadline = deadline("parallel_publish_does_not_wait_for_a_busy_pool", DEADLINE);
+    const THREADS: usize = 2;
+    let threads = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let mut d = Dispatcher::<Ev>::new();
+    let seen = threads.clone();
+    d.on(0, move |_, _| {
+        let until = Instant::now() + Duration::from_micros(50);
+        while Instant::now() < until {}
+        seen.lock().unwrap().insert(thread::current().id());
+        Ok(())
+    });
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(THREADS)
+            .build()
+            .unwrap(),
+    );
+    // Occupy every pool thread until the publish has returned (or 10 s have passed).
+    let busy = Arc::new(Barrier::new(THREADS + 1));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Arc::new(Mutex::new(released));
+    let timed_out = Arc::new(AtomicUsize::new(0));
+    for _ in 0..THREADS {
+        let (busy, released, timed_out) = (busy.clone(), released.clone(), timed_out.clone());
+        pool.spawn(move || {
+            busy.wait();
+            let got = released
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10));
+            if got.is_err() {
+                timed_out.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    busy.wait();
+    let store = EventStore::builder(d)
+        .mode(DispatchMode::Parallel)
+        .thread_pool(pool)
+        .build()
+        .unwrap();
+    for n in 0..400 {
+        store.enqueue(Ev::new(0, n)).unwrap();
+    }
+    let report = store.publish();
+    for _ in 0..THREADS {
+        release.send(()).unwrap();
+    }
+    assert_eq!(report.processed, 400);
+    assert_eq!(
+        timed_out.load(Ordering::Relaxed),
+        0,
+        "the publish waited for the busy pool"
+    );
+    assert_eq!(
+        *threads.lock().unwrap(),
+        [thread::current().id()].into_iter().collect(),
+        "with every pool thread busy, the caller runs the batch"
+    );
+    assert!(store.metrics().is_balanced());
+}
+
 #[test]
 fn async_publish_returns_at_once_and_drain_waits() {
     let _deadline = deadline("async_publish_returns_at_once_and_drain_waits", DEADLINE);

@@ -63,3 +63,32 @@ impl Tick for Direct {
         self.sink.expect_total(made, Self::NAME);
     }
 }
+
+/// No queue, in parallel: the direct loop's handlers over the same events, made once, with a
+/// bare `rayon` `par_iter` on the global pool. The mark W-parallel's `ringbus-parallel` is held
+/// to where the work is large enough to split.
+pub struct Rayon(Direct);
+
+impl Rayon {
+    /// The row's name in criterion, the table and the JSON.
+    pub const NAME: &'static str = "rayon";
+
+    /// `events` events through `work` handlers.
+    pub fn new(work: Work, events: usize) -> Self {
+        Self(Direct::new(work, events))
+    }
+}
+
+impl Tick for Rayon {
+    /// The same events every tick: `first` and `n` only count them.
+    #[inline(always)]
+    fn tick(&mut self, _first: u64, _n: u64) {
+        use rayon::prelude::*;
+        let table = &self.0.table;
+        self.0.events.par_iter().for_each(|ev| dispatch(table, ev));
+    }
+
+    fn check(&self, made: u64) {
+        self.0.sink.expect_total(made, Self::NAME);
+    }
+}

@@ -22,6 +22,7 @@ mod context;
 mod dispatcher;
 mod disposal;
 mod enqueue;
+mod fork;
 mod lanes;
 mod layers;
 mod local;

@@ -6,11 +6,11 @@
 //! releases the count.
 
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::lanes::Source;
 use super::local::{LocalHandlers, NoLocal};
-use super::run::{Discard, Outcomes};
+use super::run::{Discard, Outcomes, PROBE_EVENTS};
 use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport};
 use crate::event::Event;
 use crate::metrics::Tally;
@@ -199,30 +199,83 @@ where
         PublishReport::from_tally(1, tally)
     }
 
-    /// Parallel publish: takes everything pending in one claim, then forks it out if it is
-    /// worth it (see [`Self::run_parallel`]).
+    /// Parallel publish: each lane's events below its tail at the call (see
+    /// [`publish_lane_parallel`](Self::publish_lane_parallel)).
     fn publish_parallel(&self, deadline: Option<Instant>) -> PublishReport {
-        let mut dispatched = 0;
-        let mut tally = Tally::default();
+        let mut report = PublishReport::default();
         for (lane, limit) in self.shared.tails() {
-            while !expired(deadline) {
-                let want = limit.saturating_sub(lane.ring.head());
-                if want == 0 {
-                    break;
-                }
-                let mut buf = self.shared.buffers.get();
-                let Some((first, n)) = self.take_in_flight(lane, limit, want, &mut buf) else {
-                    self.shared.buffers.put(buf);
-                    break;
-                };
-                let t = self.run_parallel(first, &mut buf, deadline);
-                self.finished(n, t);
-                self.shared.buffers.put(buf);
-                dispatched += n;
-                tally += t;
-            }
+            report += self.publish_lane_parallel(lane, limit, deadline);
         }
-        PublishReport::from_tally(dispatched, tally)
+        report
+    }
+
+    /// Parallel publish of `lane`'s events below `limit`: takes the probe's events, times them
+    /// (see [`probe`](Self::probe)), then either forks the rest, taken in one claim (see
+    /// [`run_rest`](Self::run_rest)), or runs it as a sync publish does, in [`SYNC_CHUNK`]s: a
+    /// batch too cheap to fork costs the probe's timing and one more claim, and then what a
+    /// sync publish costs (the chunks stay in L1 between copy-out and handlers, where one claim
+    /// of the whole batch would not).
+    fn publish_lane_parallel(
+        &self,
+        lane: Source<'_, E>,
+        limit: u64,
+        deadline: Option<Instant>,
+    ) -> PublishReport {
+        let pending = limit.saturating_sub(lane.ring.head());
+        let threads = self.pool_threads();
+        let probe = 2 * PROBE_EVENTS as u64;
+        if pending == 0 {
+            return PublishReport::default();
+        }
+        if threads < 2 || pending <= probe || expired(deadline) {
+            return self.publish_in_caller(lane, limit, deadline, &mut NoLocal);
+        }
+        let mut buf = self.shared.buffers.get();
+        let Some((first, n)) = self.take_in_flight(lane, limit, probe, &mut buf) else {
+            self.shared.buffers.put(buf);
+            return PublishReport::default();
+        };
+        let mut tally = Tally::default();
+        // A short take (a producer still writing the next event) is not probed: the publish
+        // stops at that event anyway, as a sync one would.
+        let (per_event, probed) = if n == probe {
+            self.probe(first, &buf, pending as usize, deadline, &mut tally)
+        } else {
+            (Duration::ZERO, 0)
+        };
+        // The rest of the probe's take, when one probe said the batch is too cheap to fork.
+        self.run_events(
+            first + probed as u64,
+            &buf[probed..],
+            deadline,
+            &mut tally,
+            &mut Discard,
+            &mut NoLocal,
+        );
+        self.shared.drop_events(first, &mut buf);
+        self.finished(n, tally);
+        let mut report = PublishReport::from_tally(n, tally);
+        let left = limit.saturating_sub(lane.ring.head()) as usize;
+        if !self.worth_forking(per_event, left) {
+            self.shared.buffers.put(buf);
+            report += self.publish_in_caller(lane, limit, deadline, &mut NoLocal);
+            return report;
+        }
+        while !expired(deadline) {
+            let want = limit.saturating_sub(lane.ring.head());
+            if want == 0 {
+                break;
+            }
+            let Some((first, n)) = self.take_in_flight(lane, limit, want, &mut buf) else {
+                break;
+            };
+            let t = self.run_rest(first, &mut buf, deadline, per_event, threads);
+            self.shared.drop_events(first, &mut buf);
+            self.finished(n, t);
+            report += PublishReport::from_tally(n, t);
+        }
+        self.shared.buffers.put(buf);
+        report
     }
 
     /// Async publish: asks for every event pending now to be handed to the pool, and hands

@@ -5,10 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
-
 use super::Context;
 use super::dispatcher::Handler;
+use super::fork::Plan;
 use super::local::{LocalHandlers, NoLocal};
 use super::routes::Routes;
 use super::{ErrorKind, EventStore};
@@ -18,11 +17,12 @@ use crate::metrics::Tally;
 use crate::panics::{self, Payload, dispose, panic_message};
 
 /// Events a parallel publish runs in the caller, timed, to estimate the batch's cost.
-const PROBE_EVENTS: usize = 16;
+pub(super) const PROBE_EVENTS: usize = 16;
 /// Estimated handler time below which a parallel publish stays in the caller: waking rayon's
 /// workers and joining them costs tens of microseconds on a small machine.
 const PARALLEL_MIN_WORK: Duration = Duration::from_micros(50);
-/// Work per rayon task, so that splitting does not cost more than it saves.
+/// Work per chunk of a fork, so that taking a chunk (one shared `fetch_add`) costs nothing
+/// next to running it.
 const PARALLEL_TASK_WORK: Duration = Duration::from_micros(10);
 
 /// The per-event outcome seam: what a run of handlers tells its caller about each handler
@@ -99,81 +99,103 @@ where
         tally
     }
 
-    /// Runs `buf`'s events on the rayon pool when the batch is worth forking, emptying `buf`.
+    /// Runs `buf`'s events on the rayon pool when the batch is worth forking, emptying `buf`
+    /// (an async job's batch; a parallel `publish` probes before it takes the batch, see
+    /// `publish_parallel`).
     ///
     /// The first [`PROBE_EVENTS`] run here, timed, to estimate the cost of the rest (twice
-    /// when the first estimate says fork, keeping the lower). Below [`PARALLEL_MIN_WORK`] of
-    /// estimated work the rest runs here too; above it the rest is split into tasks of about
-    /// [`PARALLEL_TASK_WORK`] each.
+    /// when the first estimate says fork, keeping the lower; see [`Self::probe`]). Below
+    /// [`PARALLEL_MIN_WORK`] of estimated work the rest runs here too; above it the rest is
+    /// split into chunks of about [`PARALLEL_TASK_WORK`] each (see [`Plan`]) that this thread
+    /// and the pool's helpers take as they come (see [`Self::fork`]).
     pub(super) fn run_parallel(
         &self,
         first: u64,
         buf: &mut Vec<E>,
         deadline: Option<Instant>,
     ) -> Tally {
-        let threads = self
-            .shared
-            .pool
-            .as_ref()
-            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads());
+        let threads = self.pool_threads();
         if threads < 2 || buf.len() <= 2 * PROBE_EVENTS {
             return self.run_in_order(first, buf, deadline);
         }
-        // Time a probe; if it looks worth forking, time a second one and trust the cheaper:
-        // a preemption inside one probe would otherwise make a cheap batch look expensive.
         let mut tally = Tally::default();
-        let mut per_event = Duration::MAX;
-        let mut probe = 0;
-        while probe < 2 * PROBE_EVENTS && self.worth_forking(per_event, buf.len() - probe) {
-            let started = Instant::now();
-            let run = &buf[probe..probe + PROBE_EVENTS];
-            self.run_events(
-                first + probe as u64,
-                run,
-                deadline,
-                &mut tally,
-                &mut Discard,
-                &mut NoLocal,
-            );
-            per_event = per_event.min(started.elapsed() / PROBE_EVENTS as u32);
-            probe += PROBE_EVENTS;
-        }
-        let rest = &mut buf[probe..];
-        let rest_first = first + probe as u64;
-        if !self.worth_forking(per_event, rest.len()) {
-            self.run_events(
-                rest_first,
-                rest,
-                deadline,
-                &mut tally,
-                &mut Discard,
-                &mut NoLocal,
-            );
-        } else {
-            let per_task =
-                (PARALLEL_TASK_WORK.as_nanos() / per_event.as_nanos().max(1)).max(1) as usize;
-            let mut fork = || {
-                rest.par_chunks_mut(per_task)
-                    .enumerate()
-                    .map(|(i, chunk)| {
-                        let mut t = Tally::default();
-                        let seq = rest_first + (i * per_task) as u64;
-                        self.run_events(seq, chunk, deadline, &mut t, &mut Discard, &mut NoLocal);
-                        t
-                    })
-                    .reduce(Tally::default, |a, b| a + b)
-            };
-            tally += match &self.shared.pool {
-                Some(pool) => pool.install(fork),
-                None => fork(),
-            };
-        }
+        let (per_event, probed) = self.probe(first, buf, buf.len(), deadline, &mut tally);
+        let rest = &mut buf[probed..];
+        tally += self.run_rest(first + probed as u64, rest, deadline, per_event, threads);
         self.shared.drop_events(first, buf);
         tally
     }
 
+    /// Threads of the pool a parallel run forks on.
+    pub(super) fn pool_threads(&self) -> usize {
+        self.shared
+            .pool
+            .as_ref()
+            .map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+
+    /// Runs [`PROBE_EVENTS`] of `events` (sequences from `first`), timed; if `pending` events
+    /// at that rate look worth forking, times [`PROBE_EVENTS`] more and keeps the cheaper
+    /// estimate: a preemption inside one probe would otherwise make a cheap batch look
+    /// expensive. Returns the estimate per event and how many events ran (`events` holds at
+    /// least `2 * PROBE_EVENTS`).
+    pub(super) fn probe(
+        &self,
+        first: u64,
+        events: &[E],
+        pending: usize,
+        deadline: Option<Instant>,
+        tally: &mut Tally,
+    ) -> (Duration, usize) {
+        let mut per_event = Duration::MAX;
+        let mut probed = 0;
+        while probed < 2 * PROBE_EVENTS
+            && self.worth_forking(per_event, pending.saturating_sub(probed))
+        {
+            let started = Instant::now();
+            let run = &events[probed..probed + PROBE_EVENTS];
+            self.run_events(
+                first + probed as u64,
+                run,
+                deadline,
+                tally,
+                &mut Discard,
+                &mut NoLocal,
+            );
+            per_event = per_event.min(started.elapsed() / PROBE_EVENTS as u32);
+            probed += PROBE_EVENTS;
+        }
+        (per_event, probed)
+    }
+
+    /// Runs `events` (sequences from `first`, estimated at `per_event` each): forked on a
+    /// pool of `threads` if that is worth it, else in order here. Does not drop them.
+    pub(super) fn run_rest(
+        &self,
+        first: u64,
+        events: &mut [E],
+        deadline: Option<Instant>,
+        per_event: Duration,
+        threads: usize,
+    ) -> Tally {
+        if threads >= 2 && self.worth_forking(per_event, events.len()) {
+            let plan = Plan::new(per_event, events.len(), threads, PARALLEL_TASK_WORK);
+            return self.fork(first, events, deadline, plan);
+        }
+        let mut tally = Tally::default();
+        self.run_events(
+            first,
+            events,
+            deadline,
+            &mut tally,
+            &mut Discard,
+            &mut NoLocal,
+        );
+        tally
+    }
+
     /// True if `n` events at `per_event` each are enough work to pay for a fork.
-    fn worth_forking(&self, per_event: Duration, n: usize) -> bool {
+    pub(super) fn worth_forking(&self, per_event: Duration, n: usize) -> bool {
         per_event.as_nanos().saturating_mul(n as u128) >= PARALLEL_MIN_WORK.as_nanos()
     }
 

@@ -1,10 +1,11 @@
 //! W-parallel-tiny and W-parallel-1us: W-tick's ringbus with `DispatchMode::Parallel`
-//! (ringbus-parallel) against the same store in sync, with tiny and with ~1 µs handlers.
+//! (ringbus-parallel) against the same store in sync and against a bare `rayon` `par_iter` over
+//! the same events and handlers with no ring (rayon), with tiny and with ~1 µs handlers.
 
 use ringbus::DispatchMode;
 
 use super::tick::TICK;
-use crate::common::baselines::Direct;
+use crate::common::baselines::{Direct, Rayon};
 use crate::common::calibrate::Calibration;
 use crate::common::handlers::Work;
 use crate::common::peer::Peer;
@@ -38,6 +39,9 @@ fn cells<const SPIN_1US: bool>() -> Vec<Throughput> {
     vec![
         Throughput::new(Direct::NAME, |cal| {
             TickRunner::boxed(Direct::new(work::<SPIN_1US>(cal), TICK), TICK)
+        }),
+        Throughput::new(Rayon::NAME, |cal| {
+            TickRunner::boxed(Rayon::new(work::<SPIN_1US>(cal), TICK), TICK)
         }),
         Throughput::new(Ringbus::NAME, |cal| {
             TickRunner::boxed(PeerTick::<Ringbus>::new(work::<SPIN_1US>(cal)), TICK)
