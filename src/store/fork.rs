@@ -17,9 +17,6 @@
 
 use std::ptr::NonNull;
 use std::sync::Arc;
-// Plain std atomics, not `crate::sync`'s: the gate is shared with rayon's threads, which no
-// loom model runs.
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::EventStore;
@@ -27,7 +24,9 @@ use super::local::NoLocal;
 use super::run::Discard;
 use crate::event::Event;
 use crate::metrics::Tally;
-use crossbeam_utils::Backoff;
+// `crate::sync`'s atomics, so that a loom model can check the gate (`tests` below); no loom
+// model runs a fork itself (rayon's threads are not loom's).
+use crate::sync::{AtomicUsize, Backoff, Ordering};
 use std::sync::Mutex;
 
 /// How a forked batch is shared out.
@@ -308,5 +307,40 @@ mod tests {
             assert_eq!(gate.0.load(Ordering::Acquire), Gate::CLOSED);
         });
         assert!(!gate.enter());
+    }
+}
+
+/// The gate under loom: a helper that got in reads the batch only before it leaves, and the
+/// caller writes it again only after `close_and_wait`; loom checks the two never overlap (it
+/// tracks the cell's accesses), and that a helper after the close stays out.
+/// `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_` (CI runs it).
+#[cfg(all(test, loom))]
+mod loom_gate {
+    use super::Gate;
+    use crate::sync::UnsafeCell;
+    use loom::sync::Arc;
+
+    #[test]
+    fn loom_gate_keeps_helpers_inside_the_batch_s_lifetime() {
+        loom::model(|| {
+            let gate = Arc::new(Gate::default());
+            let batch = Arc::new(UnsafeCell::new(1u64));
+            let helper = {
+                let (gate, batch) = (gate.clone(), batch.clone());
+                loom::thread::spawn(move || {
+                    if gate.enter() {
+                        // SAFETY: inside the gate, the caller does not touch the batch.
+                        let seen = batch.with_mut(|p| unsafe { *p });
+                        assert_eq!(seen, 1);
+                        gate.leave();
+                    }
+                })
+            };
+            gate.close_and_wait();
+            // SAFETY: the gate is closed and empty: no helper reads the batch any more.
+            batch.with_mut(|p| unsafe { *p = 2 });
+            helper.join().unwrap();
+            assert!(!gate.enter());
+        });
     }
 }
