@@ -1,15 +1,18 @@
 //! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; ringbus-sp,
-//! the same fed by its single [`ringbus::Producer`]; plus, in W-tick, ringbus-batch (its
+//! the same fed by its single [`ringbus::Producer`]; ringbus-consumer, consumed by the store's
+//! own thread (`spawn_consumer`); plus, in W-tick, ringbus-batch (its
 //! `enqueue_batch` variant) and ringbus-local (`publish_with` handlers on the caller's `&mut`
 //! state).
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
 
 use crossbeam_utils::Backoff;
 use ringbus::{
-    Builder, DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher, Metrics,
-    OverrunPolicy,
+    Builder, ConsumerThread, DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher,
+    Metrics, OverrunPolicy, WaitStrategy,
 };
 
 use crate::common::handlers::{Sink, Work, dispatcher};
@@ -112,6 +115,102 @@ impl Producer for Single {
         while let Err(EnqueueError::Full(back)) = self.0.enqueue(ev) {
             ev = back;
         }
+    }
+}
+
+/// ringbus-consumer: the store's own consumer thread (`spawn_consumer`) in place of the
+/// harness's publish loop. Only the two-thread workloads list it (W-mp, W-latency): a
+/// one-thread cell has no consumer to hand over, so the type has no values.
+#[derive(Debug)]
+pub enum RingbusConsumer {}
+
+impl Peer for RingbusConsumer {
+    const NAME: &'static str = "ringbus-consumer";
+
+    fn new(_: Work, _: &Arc<Sink>) -> Self {
+        unreachable!("ringbus-consumer has no one-thread cells")
+    }
+
+    fn tick(&mut self, _: u64, _: u64) {
+        match *self {}
+    }
+
+    fn push_drop_oldest(&mut self, _: Ev) {
+        match *self {}
+    }
+
+    /// `Block` producers on the shared ring, as [`Ringbus`]'s; the consumer thread waits
+    /// `SpinYield` (a throughput user's pick: it gives the core back to the producers when
+    /// the ring runs dry, and never pays a wake-up).
+    fn mp(sink: &Arc<Sink>) -> (impl Producer + Clone, impl Consumer) {
+        let store = store(Work::Tiny, sink, OverrunPolicy::Block, DispatchMode::Sync);
+        let consumer = Dedicated::spawn(&store, WaitStrategy::SpinYield, sink);
+        (Shared(Arc::new(store)), consumer)
+    }
+
+    /// ringbus-sp's producer; the consumer thread spins (`BusySpin`).
+    fn latency(sink: &Arc<Sink>) -> (impl Producer, impl Consumer) {
+        let (store, producer) = with_producer(Work::Latency, sink, OverrunPolicy::ReturnError);
+        let consumer = Dedicated::spawn(&store, WaitStrategy::BusySpin, sink);
+        (Single(producer), consumer)
+    }
+}
+
+/// How long the harness's thread sleeps between looks at the sink while a store's own
+/// consumer thread works: it must not take that thread's core (2 vCPUs here), and it adds at
+/// most this much to a W-mp run of tens of milliseconds.
+const LOOK: Duration = Duration::from_micros(50);
+
+/// The harness's handle on a store's own consumer thread: waits until the sink has seen every
+/// event, then closes the store and joins the thread.
+struct Dedicated {
+    store: EventStore<Ev>,
+    thread: Option<ConsumerThread>,
+    sink: Arc<Sink>,
+    seen: u64,
+}
+
+impl Dedicated {
+    fn spawn(store: &EventStore<Ev>, strategy: WaitStrategy, sink: &Arc<Sink>) -> Self {
+        Self {
+            store: store.clone(),
+            thread: Some(store.spawn_consumer(strategy)),
+            sink: Arc::clone(sink),
+            seen: 0,
+        }
+    }
+}
+
+impl Consumer for Dedicated {
+    /// What the store's thread handled since the last look.
+    fn poll(&mut self) -> u64 {
+        let seen = self.sink.total();
+        let new = seen - self.seen;
+        self.seen = seen;
+        new
+    }
+
+    /// Sleeps [`LOOK`] between looks until the sink has seen `total`, then closes the store
+    /// (nothing left: microseconds) and joins the thread; returns what the store dispatched.
+    fn take_all(&mut self, total: u64) -> u64 {
+        while self.sink.total() < total {
+            thread::sleep(LOOK);
+        }
+        let closing = self
+            .store
+            .close(Duration::from_secs(10))
+            .expect("every event already handled");
+        let thread = self.thread.take().expect("one run per store");
+        thread.join().dispatched + closing.dispatched
+    }
+
+    /// The same: the store's thread does the spinning.
+    fn spin_all(&mut self, total: u64) -> u64 {
+        self.take_all(total)
+    }
+
+    fn metrics(&self) -> Option<Metrics> {
+        Some(self.store.metrics())
     }
 }
 
