@@ -210,9 +210,11 @@ impl Dedicated {
             if done >= total {
                 break;
             }
-            let rest = start
-                .elapsed()
-                .mul_f64((total - done) as f64 / done.max(1) as f64);
+            // No rate before the first event: look again soon.
+            let rest = match done {
+                0 => Duration::ZERO,
+                _ => start.elapsed().mul_f64((total - done) as f64 / done as f64),
+            };
             thread::sleep(rest.mul_f64(looks.share).clamp(looks.min, looks.max));
         }
         let closing = self
