@@ -48,8 +48,13 @@ impl Sink {
     /// Asserts that `system`'s handlers saw exactly `expected` events: the sum of all
     /// counters, since every event's `a` is 1. Called after a run, outside the timed region.
     pub fn expect_total(&self, expected: u64, system: &str) {
-        let total: u64 = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-        assert_eq!(total, expected, "{system} lost or duplicated events");
+        assert_eq!(self.total(), expected, "{system} lost or duplicated events");
+    }
+
+    /// Events the handlers have seen so far (every event's `a` is 1): what a thread waiting
+    /// for another's consumer watches.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
     #[inline(always)]

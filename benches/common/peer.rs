@@ -66,7 +66,8 @@ pub trait Producer: Send {
     fn put_spinning(&mut self, ev: Ev);
 }
 
-/// A consumer end, lent to its own thread.
+/// A consumer end, lent to its own thread (or, for a system that runs its own consumer
+/// thread, the harness's handle on it: it waits while that thread works).
 pub trait Consumer: Send {
     /// Takes whatever is there out through the handlers without waiting; returns how many.
     fn poll(&mut self) -> u64;
@@ -84,6 +85,16 @@ pub trait Consumer: Send {
                 done += n;
                 backoff.reset();
             }
+        }
+        done
+    }
+
+    /// W-latency: handles `total` events, busy-polling without yielding; returns how many.
+    /// By default [`Consumer::poll`] in a tight loop.
+    fn spin_all(&mut self, total: u64) -> u64 {
+        let mut done = 0;
+        while done < total {
+            done += self.poll();
         }
         done
     }

@@ -77,19 +77,11 @@ macro_rules! peers {
 }
 pub(crate) use peers;
 
-/// `vec![f::<Ringbus>(), ...]` then [`peers!`]: the systems of W-mp and W-tx; with
-/// `single` first, ringbus-sp (its single producer) after ringbus: W-enqueue and W-latency.
+/// `vec![f::<Ringbus>(), ...]` for the named ringbus systems of `peers::ringbus`, then
+/// [`peers!`]: `ringbus_and_peers!(cell; Ringbus, RingbusSp)`.
 macro_rules! ringbus_and_peers {
-    ($f:ident) => {{
-        let mut cells = vec![$f::<$crate::common::peers::ringbus::Ringbus>()];
-        cells.extend($crate::common::registry::peers!($f));
-        cells
-    }};
-    (single $f:ident) => {{
-        let mut cells = vec![
-            $f::<$crate::common::peers::ringbus::Ringbus>(),
-            $f::<$crate::common::peers::ringbus::RingbusSp>(),
-        ];
+    ($f:ident; $($system:ident),+) => {{
+        let mut cells = vec![$($f::<$crate::common::peers::ringbus::$system>()),+];
         cells.extend($crate::common::registry::peers!($f));
         cells
     }};

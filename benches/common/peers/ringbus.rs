@@ -1,15 +1,18 @@
 //! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; ringbus-sp,
-//! the same fed by its single [`ringbus::Producer`]; plus, in W-tick, ringbus-batch (its
+//! the same fed by its single [`ringbus::Producer`]; ringbus-consumer, consumed by the store's
+//! own thread (`spawn_consumer`); plus, in W-tick, ringbus-batch (its
 //! `enqueue_batch` variant) and ringbus-local (`publish_with` handlers on the caller's `&mut`
 //! state).
 
 use std::hint::black_box;
 use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 use ringbus::{
-    Builder, DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher, Metrics,
-    OverrunPolicy,
+    Builder, ConsumerThread, DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher,
+    Metrics, OverrunPolicy, WaitStrategy,
 };
 
 use crate::common::handlers::{Sink, Work, dispatcher};
@@ -112,6 +115,137 @@ impl Producer for Single {
         while let Err(EnqueueError::Full(back)) = self.0.enqueue(ev) {
             ev = back;
         }
+    }
+}
+
+/// ringbus-consumer: the store's own consumer thread (`spawn_consumer`) in place of the
+/// harness's publish loop. Only the two-thread workloads list it (W-mp, W-latency): a
+/// one-thread cell has no consumer to hand over, so the type has no values.
+#[derive(Debug)]
+pub enum RingbusConsumer {}
+
+impl Peer for RingbusConsumer {
+    const NAME: &'static str = "ringbus-consumer";
+
+    fn new(_: Work, _: &Arc<Sink>) -> Self {
+        unreachable!("ringbus-consumer has no one-thread cells")
+    }
+
+    fn tick(&mut self, _: u64, _: u64) {
+        match *self {}
+    }
+
+    fn push_drop_oldest(&mut self, _: Ev) {
+        match *self {}
+    }
+
+    /// `Block` producers on the shared ring, as [`Ringbus`]'s; the consumer thread waits
+    /// `SpinYield` (a throughput user's pick: it gives the core back to the producers when
+    /// the ring runs dry, and never pays a wake-up).
+    fn mp(sink: &Arc<Sink>) -> (impl Producer + Clone, impl Consumer) {
+        let store = store(Work::Tiny, sink, OverrunPolicy::Block, DispatchMode::Sync);
+        let consumer = Dedicated::spawn(&store, WaitStrategy::SpinYield, sink);
+        (Shared(Arc::new(store)), consumer)
+    }
+
+    /// ringbus-sp's producer; the consumer thread spins (`BusySpin`).
+    fn latency(sink: &Arc<Sink>) -> (impl Producer, impl Consumer) {
+        let (store, producer) = with_producer(Work::Latency, sink, OverrunPolicy::ReturnError);
+        let consumer = Dedicated::spawn(&store, WaitStrategy::BusySpin, sink);
+        (Single(producer), consumer)
+    }
+}
+
+/// How the harness's thread sleeps while a store's own consumer thread works: each time
+/// `share` of what the rest should take at the rate so far, within `min..=max`. Each wake-up
+/// takes a core from the working threads for a moment (2 vCPUs here), and the last sleep may
+/// end up to about `min` after the last event.
+struct Looks {
+    share: f64,
+    min: Duration,
+    max: Duration,
+}
+
+/// W-mp, where the end is timed: a look every 50 µs cost W-mp up to 1.5x; this, a few dozen
+/// wake-ups a run, each at most 2 ms apart.
+const MP_LOOKS: Looks = Looks {
+    share: 0.5,
+    min: Duration::from_micros(50),
+    max: Duration::from_millis(2),
+};
+
+/// W-latency, where only each event's latency counts, not the end: the fewest wake-ups (each
+/// one put p99 from ~2 µs to 7 to 14 µs with `MP_LOOKS`).
+const LATENCY_LOOKS: Looks = Looks {
+    share: 1.0,
+    min: Duration::from_millis(1),
+    max: Duration::from_secs(1),
+};
+
+/// The harness's handle on a store's own consumer thread: waits until the sink has seen every
+/// event, then closes the store and joins the thread.
+struct Dedicated {
+    store: EventStore<Ev>,
+    thread: Option<ConsumerThread>,
+    sink: Arc<Sink>,
+    seen: u64,
+}
+
+impl Dedicated {
+    fn spawn(store: &EventStore<Ev>, strategy: WaitStrategy, sink: &Arc<Sink>) -> Self {
+        Self {
+            store: store.clone(),
+            thread: Some(store.spawn_consumer(strategy)),
+            sink: Arc::clone(sink),
+            seen: 0,
+        }
+    }
+
+    /// Sleeps as `looks` says until the sink has seen `total`, then closes the store (nothing
+    /// left: microseconds) and joins the thread; returns what the store dispatched.
+    fn finish(&mut self, total: u64, looks: &Looks) -> u64 {
+        let start = Instant::now();
+        loop {
+            let done = self.sink.total();
+            if done >= total {
+                break;
+            }
+            // No rate before the first event: look again soon.
+            let rest = match done {
+                0 => Duration::ZERO,
+                _ => start.elapsed().mul_f64((total - done) as f64 / done as f64),
+            };
+            thread::sleep(rest.mul_f64(looks.share).clamp(looks.min, looks.max));
+        }
+        let closing = self
+            .store
+            .close(Duration::from_secs(10))
+            .expect("every event already handled");
+        let thread = self.thread.take().expect("one run per store");
+        thread.join().dispatched + closing.dispatched
+    }
+}
+
+impl Consumer for Dedicated {
+    /// What the store's thread handled since the last look.
+    fn poll(&mut self) -> u64 {
+        let seen = self.sink.total();
+        let new = seen - self.seen;
+        self.seen = seen;
+        new
+    }
+
+    fn take_all(&mut self, total: u64) -> u64 {
+        self.finish(total, &MP_LOOKS)
+    }
+
+    /// The store's thread does the spinning.
+    fn spin_all(&mut self, total: u64) -> u64 {
+        self.finish(total, &LATENCY_LOOKS)
+    }
+
+    fn metrics(&self) -> Option<Metrics> {
+        Some(self.store.metrics())
     }
 }
 

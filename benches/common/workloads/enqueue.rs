@@ -18,7 +18,7 @@ pub const WORKLOAD: Workload = Workload {
 };
 
 fn cells() -> Vec<Throughput> {
-    ringbus_and_peers!(single cell)
+    ringbus_and_peers!(cell; Ringbus, RingbusSp)
 }
 
 fn cell<P: Peer>() -> Throughput {

@@ -22,7 +22,7 @@ pub const WORKLOAD: Workload<RunLatency> = Workload {
 };
 
 fn cells() -> Vec<LatencyCell> {
-    ringbus_and_peers!(single cell)
+    ringbus_and_peers!(cell; Ringbus, RingbusSp, RingbusConsumer)
 }
 
 fn cell<P: Peer>() -> LatencyCell {
@@ -30,7 +30,8 @@ fn cell<P: Peer>() -> LatencyCell {
 }
 
 /// One producer thread stamps `n` events [`GAP`] apart, one consumer thread busy-polls
-/// (ringbus: spins on `publish()`); the handler records `now - stamp`. Returns the `n`
+/// (ringbus: spins on `publish()`; ringbus-consumer: the store's own thread, `BusySpin`,
+/// while this one sleeps between looks at the sink); the handler records `now - stamp`. Returns the `n`
 /// latencies in ns, sorted. Both sides spin without yielding, as a latency-sensitive deployment
 /// would; each system's blocking consumer idiom (`recv`) is not used, since parking and waking
 /// would dominate a 1 µs gap.
@@ -63,10 +64,7 @@ fn run<P: Peer>(n: usize) -> Vec<u64> {
             }
         });
         start.wait();
-        let mut done = 0;
-        while done < n64 {
-            done += consumer.poll();
-        }
+        assert_eq!(consumer.spin_all(n64), n64);
     });
     sink.expect_total(n64, P::NAME);
     sink.sorted_samples()

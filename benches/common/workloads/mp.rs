@@ -27,7 +27,7 @@ pub const WORKLOAD: Workload = Workload {
 };
 
 fn cells() -> Vec<Throughput> {
-    ringbus_and_peers!(cell)
+    ringbus_and_peers!(cell; Ringbus, RingbusConsumer)
 }
 
 fn cell<P: Peer>() -> Throughput {

@@ -21,7 +21,7 @@ fn cells() -> Vec<Throughput> {
     let mut cells = vec![Throughput::new(Direct::NAME, |_| {
         TickRunner::boxed(Direct::new(Work::Tiny, TX), TX)
     })];
-    cells.extend(ringbus_and_peers!(cell));
+    cells.extend(ringbus_and_peers!(cell; Ringbus));
     cells
 }
 
