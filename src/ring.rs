@@ -263,17 +263,6 @@ impl<T> Ring<T> {
         self.tail.load(Ordering::Acquire) & GATED != 0
     }
 
-    /// True when the event at the head is written: what a take would find first. A hint (the
-    /// take itself decides), read from the head slot's stamp alone, so that a consumer
-    /// spinning on an empty ring waits on the one line a producer's write changes, and finds
-    /// the stamp already in its cache when the take reads it.
-    #[inline]
-    pub(crate) fn written_at_head(&self) -> bool {
-        // Relaxed: a hint; `claim_written` reads both again with the orderings it needs.
-        let head = self.head.load(Ordering::Relaxed);
-        self.stamp(head).load(Ordering::Relaxed) == 2 * head + 1
-    }
-
     /// True when `n` slots are free (as far as the counters show; the gate is not looked at).
     #[inline]
     pub(crate) fn has_room(&self, n: u64) -> bool {

@@ -166,12 +166,6 @@ impl<E: Event, Err> Shared<E, Err> {
     fn has_pending(&self) -> bool {
         self.sources().any(|s| s.ring.head() < s.ring.tail())
     }
-
-    /// True when some lane's oldest event is written: a publish would take something.
-    #[inline]
-    fn has_written(&self) -> bool {
-        self.sources().any(|s| s.ring.written_at_head())
-    }
 }
 
 impl<E, Err> EventStore<E, Err>

@@ -140,16 +140,9 @@ where
 {
     #[inline]
     pub(super) fn publish_by_mode(&self, deadline: Option<Instant>) -> PublishReport {
-        // Nothing to take: return before touching the buffer pool, so that a thread spinning
-        // on `publish` (the lowest-latency way to run a bus) costs two loads per spin, of the
-        // head slot's stamp, the line a producer's write changes. (A take stops at the first
-        // unwritten event anyway. An async publish also records how far the pool's jobs are
-        // to hand out, so it looks at the tail.)
-        let idle = match self.shared.mode {
-            DispatchMode::Async => !self.shared.has_pending(),
-            DispatchMode::Sync | DispatchMode::Parallel => !self.shared.has_written(),
-        };
-        if idle {
+        // Nothing pending: return before touching the buffer pool, so that a thread spinning
+        // on `publish` (the lowest-latency way to run a bus) costs two loads per spin.
+        if !self.shared.has_pending() {
             return PublishReport::default();
         }
         match self.shared.mode {
