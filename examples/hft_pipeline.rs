@@ -197,20 +197,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     };
     feed.join().expect("feed thread");
-    // `close` dispatches what is still pending on this thread, beside the consumer thread:
-    // handlers would run on two threads at once, out of order. Let the consumer thread catch
-    // up first (the feed is done, nothing new comes), so that `close` only seals.
-    while store.pending() > 0 {
-        std::thread::yield_now();
-    }
-    let closing = store.close(Duration::from_secs(10))?;
+    // Closing through the consumer thread: it dispatches what is left, this thread only
+    // waits, so every handler runs on the consumer thread, in order.
+    consumer.close(Duration::from_secs(10))?;
     let report = consumer.join();
     let elapsed = start.elapsed();
 
     let m = store.metrics();
     assert!(m.is_balanced() && m.processed == events);
     assert_eq!(
-        closing.dispatched, 0,
+        report.dispatched, events,
         "the consumer thread handled every event"
     );
     let mut samples: Vec<u64> = lat.samples.iter().map(|l| l.load(Relaxed)).collect();
@@ -225,8 +221,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pct(1.0),
     );
     println!(
-        "metrics: published={} processed={} failed={} dropped={} (consumer thread {}, close {})",
-        m.published, m.processed, m.failed, m.dropped, report.dispatched, closing.dispatched
+        "metrics: published={} processed={} failed={} dropped={} (consumer thread {})",
+        m.published, m.processed, m.failed, m.dropped, report.dispatched
     );
     for (i, s) in symbols.iter().enumerate() {
         let get = |a: &AtomicU64| a.load(Relaxed);

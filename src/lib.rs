@@ -89,7 +89,9 @@
 //! [`EventStore::publish_wait`] publishes, or sleeps until a producer puts an event in (or its
 //! timeout, or the seal of `close`). [`EventStore::spawn_consumer`] runs such a loop on a
 //! thread of the store's, with an explicit [`WaitStrategy`] (busy-spin, spin-then-yield, or
-//! spin-yield-park, the low-CPU default), until the store is closed. The wake-up costs the
+//! spin-yield-park, the low-CPU default), until the store is closed;
+//! [`ConsumerThread::close`] closes the store leaving the dispatching to that thread, so every
+//! handler runs there, in order. The wake-up costs the
 //! enqueue path one plain load (x86) of a counter of sleeping consumers: the claim itself is
 //! the full barrier the handshake needs (`src/wait.rs`); for the single producer's fence-free
 //! claim, the consumer pays one `membarrier` each time it goes to sleep instead.

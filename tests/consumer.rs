@@ -249,3 +249,59 @@ fn a_dedicated_consumer_runs_everything_under_every_policy_and_strategy() {
         );
     });
 }
+
+/// `ConsumerThread::close`: the caller only waits, so every handler (the events accepted
+/// before the close and the follow-ups their handlers add during it) runs on the consumer
+/// thread, in sequence order; then the thread stops and `join` reports all of it.
+#[test]
+fn closing_through_the_consumer_thread_runs_everything_there_in_order() {
+    for strategy in [
+        WaitStrategy::BusySpin,
+        WaitStrategy::SpinYield,
+        WaitStrategy::SpinYieldPark,
+    ] {
+        watchdog(&format!("consumer close {strategy:?}"), LIMIT, move |_| {
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut dispatcher = Dispatcher::<Ev>::new();
+            let l = log.clone();
+            dispatcher.on(0, move |ctx, ev| {
+                l.lock()
+                    .unwrap()
+                    .push((thread::current().id(), ctx.sequence()));
+                // Each head event (producer 0) adds one follow-up (producer 1).
+                if ev.producer == 0 {
+                    ctx.enqueue(Ev::new(1, ev.index)).map_err(|e| e.kind())?;
+                }
+                Ok(())
+            });
+            // Room for every event and follow-up: a handler's follow-up must not wait under
+            // `Block` for room only its own thread would make.
+            let store = EventStore::builder(dispatcher)
+                .capacity(4096)
+                .policy(OverrunPolicy::Block)
+                .build()
+                .unwrap();
+            let consumer = store.spawn_consumer(strategy);
+            for i in 0..1_000 {
+                store.enqueue(Ev::new(0, i)).unwrap();
+            }
+            consumer.close(Duration::from_secs(30)).unwrap();
+            let report = consumer.join();
+            let log = log.lock().unwrap();
+            assert_eq!(log.len(), 2_000, "{strategy:?}");
+            assert_eq!(
+                report.dispatched, 2_000,
+                "{strategy:?}: all on the consumer thread"
+            );
+            let me = thread::current().id();
+            assert!(
+                log.iter().all(|(id, _)| *id != me),
+                "ran on the closing thread"
+            );
+            assert!(log.windows(2).all(|w| w[0].1 < w[1].1), "in sequence order");
+            let m = store.metrics();
+            assert_eq!((m.processed, m.pending, m.in_flight), (2_000, 0, 0));
+            assert!(store.enqueue(Ev::new(0, 0)).is_err(), "closed");
+        });
+    }
+}

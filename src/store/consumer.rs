@@ -6,7 +6,9 @@ use std::fmt;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::shutdown::Closer;
 use super::{EventStore, PublishReport};
+use crate::error::TimeoutError;
 use crate::event::Event;
 use crate::ring::Intake;
 use crate::sync::Backoff;
@@ -118,7 +120,11 @@ where
             .name("ringbus-consumer".into())
             .spawn(move || store.consume(strategy))
             .expect("failed to spawn the ringbus consumer thread");
-        ConsumerThread { thread }
+        let store = self.clone();
+        ConsumerThread {
+            thread,
+            close: Box::new(move |timeout| store.close_by(timeout, Closer::Consumer).map(drop)),
+        }
     }
 
     fn consume(&self, strategy: WaitStrategy) -> PublishReport {
@@ -151,9 +157,25 @@ where
 /// detaches the thread (it still stops when the store is closed).
 pub struct ConsumerThread {
     thread: JoinHandle<PublishReport>,
+    /// Closes the store, leaving the dispatching to the thread.
+    close: Box<dyn Fn(Duration) -> Result<(), TimeoutError> + Send + Sync>,
 }
 
 impl ConsumerThread {
+    /// Closes the store ([`EventStore::close`]'s three steps and timeout), but leaves the
+    /// dispatching to this thread: the caller only waits until what was accepted (and the
+    /// follow-ups) has run, so every handler runs on the consumer thread, in order, never on
+    /// the caller's beside it. [`join`](Self::join) then returns everything the thread
+    /// dispatched. (`store.close` works too, but then the caller publishes alongside the
+    /// consumer thread while it waits.)
+    ///
+    /// # Errors
+    /// [`TimeoutError`] as [`EventStore::close`]: the store stays closed to outside
+    /// producers, and the thread keeps dispatching.
+    pub fn close(&self, timeout: Duration) -> Result<(), TimeoutError> {
+        (self.close)(timeout)
+    }
+
     /// Waits for the thread to stop (after the store's `close`) and returns everything it
     /// dispatched. A handler panic never reaches it (handlers' panics are caught), so the
     /// thread itself does not panic.

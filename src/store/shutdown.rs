@@ -57,6 +57,15 @@ where
     /// it can be left, and their follow-ups are refused. A zero timeout dispatches nothing
     /// and fails if anything is pending or in flight.
     pub fn close(&self, timeout: Duration) -> Result<PublishReport, TimeoutError> {
+        self.close_by(timeout, Closer::Caller)
+    }
+
+    /// [`close`](Self::close), with the dispatching of step 2 done by `closer`.
+    pub(super) fn close_by(
+        &self,
+        timeout: Duration,
+        closer: Closer,
+    ) -> Result<PublishReport, TimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         // The producer lane first: once `is_closed` (the shared ring's mark) says closed,
         // the producer is refused too.
@@ -66,15 +75,25 @@ where
         self.shared.ring.close();
         self.shared.blocked.wake_all();
         self.shut_down_layers();
-        let mut report = self.settle_for_close(deadline)?;
+        let mut report = self.settle_for_close(deadline, closer)?;
         self.shared.ring.seal();
         // Follow-ups blocked on a full ring: they are refused now. Sleeping consumers: nothing
         // will come any more.
         self.shared.blocked.wake_all();
         self.shared.idle_consumers.wake_all();
-        report += self.settle_for_close(deadline)?;
+        report += self.settle_for_close(deadline, closer)?;
         Ok(report)
     }
+}
+
+/// Who dispatches what a closing store accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Closer {
+    /// The thread calling `close` (it publishes).
+    Caller,
+    /// The store's dedicated consumer thread (`ConsumerThread::close`): the caller only
+    /// waits, so handlers keep running on that one thread, in order.
+    Consumer,
 }
 
 impl<E, Err> EventStore<E, Err>
@@ -82,15 +101,19 @@ where
     E: Event + Send + 'static,
     Err: 'static,
 {
-    /// Publishes until every event accepted so far is taken, or `deadline` passes: `publish`
-    /// leaves events behind an enqueue still being written, and `close` must not.
-    fn publish_all(&self, deadline: Option<Instant>) -> PublishReport {
+    /// Until every event accepted so far is taken, or `deadline` passes, publishes (`Caller`:
+    /// `publish` leaves events behind an enqueue still being written, and `close` must not)
+    /// or waits for the consumer thread to (`Consumer`).
+    fn publish_all(&self, deadline: Option<Instant>, closer: Closer) -> PublishReport {
         let limits = self.shared.tails().collect::<Vec<_>>();
         let behind = || limits.iter().any(|(lane, limit)| lane.ring.head() < *limit);
         let mut report = PublishReport::default();
         let mut idle = IdleWait::new(deadline);
         while behind() && !expired(deadline) {
-            let r = self.publish_by_mode(deadline);
+            let r = match closer {
+                Closer::Caller => self.publish_by_mode(deadline),
+                Closer::Consumer => PublishReport::default(),
+            };
             if r.dispatched == 0 {
                 // An enqueue is between its claim and its write (it finishes in nanoseconds
                 // unless its thread was preempted), or async work is at its bound.
@@ -105,10 +128,14 @@ where
 
     /// Dispatches and waits until nothing is pending or in flight (handlers may add
     /// follow-ups), or fails at `deadline`.
-    fn settle_for_close(&self, deadline: Option<Instant>) -> Result<PublishReport, TimeoutError> {
+    fn settle_for_close(
+        &self,
+        deadline: Option<Instant>,
+        closer: Closer,
+    ) -> Result<PublishReport, TimeoutError> {
         let mut report = PublishReport::default();
         loop {
-            report += self.publish_all(deadline);
+            report += self.publish_all(deadline, closer);
             let head = self.shared.head();
             self.wait_idle(deadline)?;
             if self.still_at(head) {
