@@ -371,6 +371,7 @@ mod panics;
 mod ring;
 mod schedule;
 mod store;
+mod subscribe;
 mod sync;
 mod transaction;
 mod wait;
@@ -386,4 +387,5 @@ pub use store::{
     EventStore, LocalDispatcher, OverrunPolicy, PRODUCER_LANE, Producer, PublishReport, Settle,
     SettleReport, Variant, WaitStrategy,
 };
+pub use subscribe::{Clock, ManualClock, SubscriptionId, SystemClock};
 pub use transaction::{CommitError, CommitReport, Transaction};
