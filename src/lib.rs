@@ -387,5 +387,7 @@ pub use store::{
     EventStore, LocalDispatcher, OverrunPolicy, PRODUCER_LANE, Producer, PublishReport, Settle,
     SettleReport, Variant, WaitStrategy,
 };
-pub use subscribe::{Clock, ManualClock, SubscriptionId, SystemClock};
+pub use subscribe::{
+    Clock, ManualClock, RetryPolicy, RetryPolicyError, SubscriptionId, SystemClock,
+};
 pub use transaction::{CommitError, CommitReport, Transaction};

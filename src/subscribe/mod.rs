@@ -4,16 +4,20 @@
 //! Each concept lives in its own file and stands alone, with its own tests:
 //! - `clock.rs`: [`Clock`], where the layer reads the time; [`SystemClock`], and
 //!   [`ManualClock`] for tests that move time by hand instead of sleeping.
+//! - `retry.rs`: [`RetryPolicy`], attempts and exponential backoff with a cap and optional
+//!   jitter.
 //!
 //! None of them touches the ring or the dispatch path. Wiring them in (runtime subscriptions
 //! on the route-table seam, retries through the timer, dead letters and breakers on the
 //! per-event outcome hook) is the subscription layer's integration, built on these.
 
 mod clock;
+mod retry;
 
 use std::fmt;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use retry::{RetryPolicy, RetryPolicyError};
 
 /// Names one subscription of a store; unique within it, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
