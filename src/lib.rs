@@ -388,6 +388,7 @@ pub use store::{
     SettleReport, Variant, WaitStrategy,
 };
 pub use subscribe::{
-    Clock, ManualClock, RetryPolicy, RetryPolicyError, SubscriptionId, SystemClock,
+    BreakerConfigError, BreakerState, CircuitBreaker, Clock, ConsecutiveFailures, ManualClock,
+    RetryPolicy, RetryPolicyError, SubscriptionId, SystemClock,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

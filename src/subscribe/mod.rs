@@ -6,16 +6,20 @@
 //!   [`ManualClock`] for tests that move time by hand instead of sleeping.
 //! - `retry.rs`: [`RetryPolicy`], attempts and exponential backoff with a cap and optional
 //!   jitter.
+//! - `breaker.rs`: the [`CircuitBreaker`] trait and [`ConsecutiveFailures`], the classic
+//!   closed / open / half-open breaker.
 //!
 //! None of them touches the ring or the dispatch path. Wiring them in (runtime subscriptions
 //! on the route-table seam, retries through the timer, dead letters and breakers on the
 //! per-event outcome hook) is the subscription layer's integration, built on these.
 
+mod breaker;
 mod clock;
 mod retry;
 
 use std::fmt;
 
+pub use breaker::{BreakerConfigError, BreakerState, CircuitBreaker, ConsecutiveFailures};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use retry::{RetryPolicy, RetryPolicyError};
 
