@@ -388,7 +388,7 @@ pub use store::{
     SettleReport, Variant, WaitStrategy,
 };
 pub use subscribe::{
-    BreakerConfigError, BreakerState, CircuitBreaker, Clock, ConsecutiveFailures, ManualClock,
-    RetryPolicy, RetryPolicyError, SubscriptionId, SystemClock,
+    BreakerConfigError, BreakerState, CircuitBreaker, Clock, ConsecutiveFailures, DeadLetter,
+    DeadLetterOverrun, ManualClock, RetryPolicy, RetryPolicyError, SubscriptionId, SystemClock,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

@@ -8,6 +8,8 @@
 //!   jitter.
 //! - `breaker.rs`: the [`CircuitBreaker`] trait and [`ConsecutiveFailures`], the classic
 //!   closed / open / half-open breaker.
+//! - `dead_letters.rs`: [`DeadLetter`], and the bounded queue that holds them under a
+//!   [`DeadLetterOverrun`] policy, counting what it drops.
 //!
 //! None of them touches the ring or the dispatch path. Wiring them in (runtime subscriptions
 //! on the route-table seam, retries through the timer, dead letters and breakers on the
@@ -15,12 +17,14 @@
 
 mod breaker;
 mod clock;
+mod dead_letters;
 mod retry;
 
 use std::fmt;
 
 pub use breaker::{BreakerConfigError, BreakerState, CircuitBreaker, ConsecutiveFailures};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use dead_letters::{DeadLetter, DeadLetterOverrun};
 pub use retry::{RetryPolicy, RetryPolicyError};
 
 /// Names one subscription of a store; unique within it, never reused.
