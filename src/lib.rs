@@ -373,6 +373,7 @@ mod panics;
 mod ring;
 mod schedule;
 mod store;
+mod subscribe;
 mod sync;
 mod transaction;
 mod wait;
@@ -387,5 +388,9 @@ pub use store::{
     Builder, ConsumerThread, Context, DispatchMode, Dispatcher, Enqueued, ErrorKind, ErrorReport,
     EventStore, LocalDispatcher, OverrunPolicy, PRODUCER_LANE, Producer, PublishReport, Settle,
     SettleReport, Variant, WaitStrategy,
+};
+pub use subscribe::{
+    BreakerConfigError, BreakerState, CircuitBreaker, Clock, ConsecutiveFailures, DeadLetter,
+    DeadLetterOverrun, ManualClock, RetryPolicy, RetryPolicyError, SubscriptionId, SystemClock,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};
