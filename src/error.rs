@@ -171,6 +171,14 @@ pub enum HandlerFailure<Err> {
     /// The handler panicked with this message (`"<non-string panic>"` when the payload was not
     /// a string).
     Panic(String),
+    /// A subscription's handler returned after its time budget had passed (its result, even
+    /// `Ok`, is disregarded).
+    Timeout {
+        /// How long the handler ran.
+        elapsed: std::time::Duration,
+        /// Its budget.
+        budget: std::time::Duration,
+    },
 }
 
 impl<Err: fmt::Display> fmt::Display for HandlerFailure<Err> {
@@ -178,6 +186,9 @@ impl<Err: fmt::Display> fmt::Display for HandlerFailure<Err> {
         match self {
             Self::Error(e) => e.fmt(f),
             Self::Panic(msg) => write!(f, "handler panicked: {msg}"),
+            Self::Timeout { elapsed, budget } => {
+                write!(f, "handler ran {elapsed:?}, past its budget of {budget:?}")
+            }
         }
     }
 }

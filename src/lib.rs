@@ -225,7 +225,8 @@
 //! # Accounting
 //! Each event accepted by the store ends up in exactly one of: processed, failed, dropped,
 //! unrouted, or still pending / in flight. So once the store is quiescent,
-//! `published == processed + failed + dropped + unrouted + pending + in_flight`
+//! `published == processed + failed + dead_lettered + filtered + dropped + unrouted + pending
+//! + in_flight + retrying`
 //! ([`Metrics::is_balanced`]), and `in_flight == 0` after a successful [`drain`](EventStore::drain).
 //! Refused events are counted in [`Metrics::rejected`], split by reason
 //! (`rejected_full`, `rejected_closed`, `rejected_timeout`), and are not part of `published`. [`Metrics::drop_panics`] counts panics in the `Drop` of events (or

@@ -130,7 +130,8 @@ pub(crate) fn sleep(duration: std::time::Duration) {
     }
 }
 
-/// Locks `mutex`, ignoring poison: the data behind our mutexes is `()` and cannot be torn.
+/// Locks `mutex`, ignoring poison: the data behind our mutexes is `()`, or data whose every
+/// update is a single step no panic can interrupt halfway (each user says why).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

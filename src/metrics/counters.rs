@@ -13,6 +13,10 @@ pub(crate) struct Tally {
     pub(crate) unrouted: u64,
     pub(crate) handler_errors: u64,
     pub(crate) panics: u64,
+    /// Events the store-wide filter turned away.
+    pub(crate) filtered: u64,
+    /// Events whose failure went to the dead-letter queue.
+    pub(crate) dead_lettered: u64,
 }
 
 impl std::ops::Add for Tally {
@@ -24,6 +28,8 @@ impl std::ops::Add for Tally {
             unrouted: self.unrouted + o.unrouted,
             handler_errors: self.handler_errors + o.handler_errors,
             panics: self.panics + o.panics,
+            filtered: self.filtered + o.filtered,
+            dead_lettered: self.dead_lettered + o.dead_lettered,
         }
     }
 }
@@ -62,6 +68,14 @@ struct Outcomes {
     unrouted: AtomicU64,
     handler_errors: AtomicU64,
     panics: AtomicU64,
+    filtered: AtomicU64,
+    dead_lettered: AtomicU64,
+    /// Events held past their run by a pending retry (a gauge: up when held, down when done).
+    retrying: AtomicU64,
+    /// Handler calls a circuit breaker skipped.
+    skipped: AtomicU64,
+    /// Retry attempts run.
+    retries: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +106,30 @@ impl Counters {
         bump(&self.outcomes.unrouted, t.unrouted);
         bump(&self.outcomes.handler_errors, t.handler_errors);
         bump(&self.outcomes.panics, t.panics);
+        bump(&self.outcomes.filtered, t.filtered);
+        bump(&self.outcomes.dead_lettered, t.dead_lettered);
+    }
+
+    /// An event is held past its run for a retry (see `store/held.rs`).
+    pub(crate) fn hold(&self) {
+        self.outcomes.retrying.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A held event's last retry finished: it leaves `retrying` for the place `t` says
+    /// (recorded first, so that a snapshot never sees it in neither).
+    pub(crate) fn release(&self, t: Tally) {
+        self.record(t);
+        self.outcomes.retrying.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A circuit breaker skipped `n` handler calls.
+    pub(crate) fn add_skipped(&self, n: u64) {
+        bump(&self.outcomes.skipped, n);
+    }
+
+    /// `n` retry attempts ran.
+    pub(crate) fn add_retries(&self, n: u64) {
+        bump(&self.outcomes.retries, n);
     }
 
     pub(crate) fn add_dropped(&self, n: u64) {
@@ -135,6 +173,13 @@ impl Counters {
             scheduled: 0,
             cancelled: 0,
             drop_panics: load(&self.overrun.drop_panics),
+            filtered: load(&self.outcomes.filtered),
+            dead_lettered: load(&self.outcomes.dead_lettered),
+            retrying: load(&self.outcomes.retrying),
+            skipped: load(&self.outcomes.skipped),
+            retries: load(&self.outcomes.retries),
+            dead_letters: 0,
+            dead_letters_dropped: 0,
         }
     }
 }

@@ -18,7 +18,11 @@ pub(crate) use in_flight::InFlight;
 /// `unrouted`, `pending` or `in_flight`, so once the store is quiescent (no enqueue or publish
 /// running) [`is_balanced`](Self::is_balanced) holds:
 ///
-/// `published == processed + failed + dropped + unrouted + pending + in_flight`
+/// `published == processed + failed + dead_lettered + filtered + dropped + unrouted + pending
+///   + in_flight + retrying`
+///
+/// (`dead_lettered`, `filtered` and `retrying` are 0 for a store that uses no subscription
+/// with a retry policy or dead letters and no store-wide filter.)
 ///
 /// and `in_flight` is 0 once [`drain`](crate::EventStore::drain) has returned `Ok`.
 ///
@@ -74,6 +78,24 @@ pub struct Metrics {
     /// projection's `Drop` both panic counts twice. Not part of the balance: such an event was
     /// already counted once, as processed, failed, unrouted, dropped or cancelled.
     pub drop_panics: u64,
+    /// Events the store-wide filter ([`Builder::filter`](crate::Builder::filter)) turned away
+    /// before routing: no handler ran for them.
+    pub filtered: u64,
+    /// Events with at least one failure that went to the dead-letter queue (a handler that
+    /// exhausted its retries, failed permanently, or panicked, as its subscription says).
+    pub dead_lettered: u64,
+    /// Events held past their run because a retry of one of their handlers is pending. Each
+    /// leaves for `processed`, `failed` or `dead_lettered` when its last retry finishes.
+    pub retrying: u64,
+    /// Handler calls skipped because the subscription's circuit breaker was open (a
+    /// handler-level count, like `handler_errors`: not part of the balance).
+    pub skipped: u64,
+    /// Retry attempts run (handler-level, not part of the balance).
+    pub retries: u64,
+    /// Dead letters in the queue now.
+    pub dead_letters: u64,
+    /// Dead letters the queue dropped when full (its [`DeadLetterOverrun`](crate::DeadLetterOverrun)).
+    pub dead_letters_dropped: u64,
 }
 
 impl Metrics {
@@ -82,9 +104,12 @@ impl Metrics {
         self.published
             == self.processed
                 + self.failed
+                + self.dead_lettered
+                + self.filtered
                 + self.dropped
                 + self.unrouted
                 + self.pending
                 + self.in_flight
+                + self.retrying
     }
 }

@@ -2,8 +2,10 @@
 //! publish's deadline, and its own store.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::held::Held;
 use super::{Enqueued, EventStore};
 use crate::error::{BatchError, EnqueueError};
 use crate::event::{BoxError, Event};
@@ -47,6 +49,8 @@ pub struct Context<'a, E: Event, Err = BoxError> {
     pub(crate) sequence: u64,
     pub(crate) projection: &'a E::Projection,
     pub(crate) deadline: Option<Instant>,
+    /// The event's hold, once a subscriber's retry asked for one (`store/held.rs`).
+    pub(crate) held: OnceLock<Arc<Held>>,
 }
 
 impl<'a, E: Event, Err> Context<'a, E, Err> {
@@ -82,6 +86,27 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
     /// Use [`enqueue`](Self::enqueue) for follow-ups that must get in while the store closes.
     pub fn store(&self) -> &'a EventStore<E, Err> {
         self.store
+    }
+
+    /// A share of this event's hold, taken (and counted in `retrying`) on first use: a retry
+    /// job keeps the event's outcome open until it releases its share.
+    pub(crate) fn hold(&self) -> Arc<Held> {
+        let held = self
+            .held
+            .get_or_init(|| Arc::new(Held::new(&self.store.shared.counters)));
+        held.share();
+        Arc::clone(held)
+    }
+
+    /// This context for a handler with its own time budget: the earlier of the two deadlines.
+    pub(crate) fn with_budget(&self, budget: Instant) -> Context<'a, E, Err> {
+        Context {
+            store: self.store,
+            sequence: self.sequence,
+            projection: self.projection,
+            deadline: earlier(self.deadline, Some(budget)),
+            held: OnceLock::new(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! panicking hook. Both run user code outside the handlers.
 
 use super::{ErrorKind, ErrorReport, Shared};
+use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::panics::{self, Payload, drop_caught};
 
@@ -25,6 +26,21 @@ impl<E: Event, Err> Shared<E, Err> {
                 panics::dispose(payload);
             }
         }
+    }
+
+    /// Reports a handler's failure to the `on_error` hook.
+    pub(crate) fn report_failure(
+        &self,
+        projection: &E::Projection,
+        sequence: u64,
+        failure: &HandlerFailure<Err>,
+    ) {
+        let kind = match failure {
+            HandlerFailure::Error(err) => ErrorKind::Handler(err),
+            HandlerFailure::Panic(message) => ErrorKind::Panic(message),
+            HandlerFailure::Timeout { .. } => ErrorKind::Timeout,
+        };
+        self.report(Some(projection), Some(sequence), kind);
     }
 
     /// Drops an event the store is done with, containing a panic in its `Drop` (counted in

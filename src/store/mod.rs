@@ -23,6 +23,7 @@ mod dispatcher;
 mod disposal;
 mod enqueue;
 mod fork;
+mod held;
 mod lanes;
 mod layers;
 mod local;
@@ -48,8 +49,13 @@ pub use local::LocalDispatcher;
 pub use options::{Builder, DispatchMode, OverrunPolicy};
 pub use producer::Producer;
 pub use reports::{Enqueued, ErrorKind, ErrorReport, PublishReport};
+pub(crate) use held::{Held, Standing};
+pub(crate) use routes::{Delivery, Subscriber};
 pub(crate) use run::Outcomes;
 pub use settle::{Settle, SettleReport};
+
+/// The store-wide filter: true lets the event through.
+type StoreFilter<E> = Box<dyn Fn(&E) -> bool + Send + Sync>;
 
 /// The state every handle of a store shares.
 struct Shared<E: Event, Err> {
@@ -58,8 +64,10 @@ struct Shared<E: Event, Err> {
     /// The [`Producer`]'s lane, for a store built with one (and a process that can use
     /// asymmetric barriers).
     producer_lane: Option<ProducerLane<E>>,
-    /// The handlers, looked up per event (the seam where subscriptions will swap them).
+    /// The handlers, looked up per event; runtime subscriptions swap in new versions.
     routes: RouteTable<E, Err>,
+    /// The store-wide filter ([`Builder::filter`]): events it turns away reach no handler.
+    filter: Option<StoreFilter<E>>,
     policy: OverrunPolicy,
     mode: DispatchMode,
     counters: Counters,

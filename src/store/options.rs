@@ -61,6 +61,7 @@ pub struct Builder<E: Event, Err = BoxError> {
     pool: Option<Arc<rayon::ThreadPool>>,
     max_in_flight: Option<usize>,
     on_error: Option<ErrorHook<E::Projection, Err>>,
+    filter: Option<super::StoreFilter<E>>,
 }
 
 impl<E, Err> Builder<E, Err>
@@ -112,6 +113,19 @@ where
         F: Fn(&ErrorReport<'_, E::Projection, Err>) + Send + Sync + 'static,
     {
         self.on_error = Some(Box::new(hook));
+        self
+    }
+
+    /// A store-wide filter, asked before routing each event: an event it returns `false` for
+    /// reaches no handler and is counted in [`Metrics::filtered`](crate::Metrics::filtered).
+    /// It runs on the publishing thread; a panic in it counts the event failed (and is
+    /// reported like a panicking `projection()`). Subscriptions have filters of their own
+    /// ([`SubscriptionBuilder::filter`](crate::SubscriptionBuilder::filter)).
+    pub fn filter<F>(mut self, filter: F) -> Self
+    where
+        F: Fn(&E) -> bool + Send + Sync + 'static,
+    {
+        self.filter = Some(Box::new(filter));
         self
     }
 
@@ -190,6 +204,7 @@ where
                 ring,
                 producer_lane,
                 routes: RouteTable::new(self.dispatcher),
+                filter: self.filter,
                 policy: self.policy,
                 mode: self.mode,
                 counters: Counters::default(),
@@ -234,6 +249,7 @@ where
             pool: None,
             max_in_flight: None,
             on_error: None,
+            filter: None,
         }
     }
 }

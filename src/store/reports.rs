@@ -103,6 +103,9 @@ pub enum ErrorKind<'a, Err> {
     /// (processed, failed, unrouted, dropped, discarded or cancelled). Counted in
     /// [`Metrics::drop_panics`](crate::Metrics::drop_panics).
     DropPanic(&'a str),
+    /// A subscription's handler ran past its time budget
+    /// ([`SubscriptionBuilder::deadline`](crate::SubscriptionBuilder::deadline)).
+    Timeout,
 }
 
 /// The [`Builder::on_error`](crate::Builder::on_error) callback.

@@ -15,8 +15,13 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::{ArcSwap, Guard};
+
+use super::Context;
 use super::dispatcher::{Dispatcher, Handler};
+use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::panics;
 
@@ -69,38 +74,163 @@ impl Hasher for MulHasher {
     }
 }
 
-/// The route table a store dispatches through: the seam where the subscription layer will
-/// swap in a new table at run time (an atomically replaced snapshot). Today it holds the
-/// dispatcher's routes, frozen when the store is built.
+/// What the run loop calls for an event: a handler registered on the [`Dispatcher`], or a
+/// runtime subscription, which has a life of its own behind the [`Subscriber`] seam (the
+/// subscription layer, `src/subscribe/`).
+pub(crate) enum Entry<E: Event, Err> {
+    Handler(Handler<E, Err>),
+    Subscriber(Arc<dyn Subscriber<E, Err>>),
+}
+
+impl<E: Event, Err> Clone for Entry<E, Err> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Handler(h) => Self::Handler(Arc::clone(h)),
+            Self::Subscriber(s) => Self::Subscriber(Arc::clone(s)),
+        }
+    }
+}
+
+impl<E: Event, Err> Entry<E, Err> {
+    fn is_subscription(&self, id: u64) -> bool {
+        matches!(self, Self::Subscriber(s) if s.id() == id)
+    }
+}
+
+/// A runtime subscription as the run loop sees it: it decides itself whether its handler runs
+/// (its filter, `once`, its circuit breaker) and what becomes of a failure (a retry, a dead
+/// letter), and says which in its [`Delivery`].
+pub(crate) trait Subscriber<E: Event, Err>: Send + Sync {
+    /// The subscription's id, unique in its store.
+    fn id(&self) -> u64;
+
+    /// Delivers `event` to the subscription. A panic of its handler is the subscriber's to
+    /// contain (it may retry it); one that escapes counts as the handler's panic.
+    fn deliver(&self, ctx: &Context<'_, E, Err>, event: &E) -> Delivery<Err>;
+}
+
+/// What a [`Subscriber`] did with an event.
+pub(crate) enum Delivery<Err> {
+    /// Its handler succeeded, or did not run (filtered out, `once` already used, breaker
+    /// open): no effect on the event's outcome.
+    Done,
+    /// Its handler failed, for good: reported and counted like a dispatcher handler's failure.
+    Failed(HandlerFailure<Err>),
+    /// Its handler failed, and the failure went to the dead-letter queue: the event ends
+    /// dead-lettered.
+    DeadLettered(HandlerFailure<Err>),
+    /// Its handler failed and a retry is scheduled: reported, and the event's outcome waits on
+    /// the hold the subscriber took ([`Context::hold`]).
+    Deferred(HandlerFailure<Err>),
+}
+
+/// One version of the route table, as the run loop uses it.
+pub(crate) type Table<E, Err> = Routes<<E as Event>::Projection, Entry<E, Err>>;
+
+/// The route table a store dispatches through: an atomically swapped snapshot
+/// (`arc_swap::ArcSwap`), built from the dispatcher's routes when the store is built, and
+/// rebuilt by each runtime subscribe and unsubscribe.
 ///
 /// The run loop [`load`](Self::load)s the table once per run of events (a sync chunk of at
 /// most 256, a parallel task, or a batch that parallel mode keeps in the caller), never per
 /// event, and holds what it loaded for the run: a table swapped meanwhile is seen from the
-/// next run on.
+/// next run on. Loading is lock-free (a thread-local debt slot, no shared write) and the
+/// lookups are the frozen table's. Writers rebuild the table under a mutex readers never take.
 pub(crate) struct RouteTable<E: Event, Err> {
-    frozen: Routes<E::Projection, Handler<E, Err>>,
+    current: ArcSwap<Table<E, Err>>,
+    /// Serialises rebuilds.
+    writer: Mutex<()>,
+}
+
+/// A loaded version of the table, valid for one run.
+pub(crate) struct Loaded<E: Event, Err>(Guard<Arc<Table<E, Err>>>);
+
+impl<E: Event, Err> Deref for Loaded<E, Err> {
+    type Target = Table<E, Err>;
+    #[inline(always)]
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl<E: Event, Err> RouteTable<E, Err> {
     /// The table of `dispatcher`'s routes.
     pub(crate) fn new(dispatcher: Dispatcher<E, Err>) -> Self {
         let (routes, catch_all) = dispatcher.into_routes();
+        let entries = |handlers: Vec<Handler<E, Err>>| -> Vec<Entry<E, Err>> {
+            handlers.into_iter().map(Entry::Handler).collect()
+        };
+        let routes = routes.map(|(key, handlers)| (key, entries(handlers))).collect();
         Self {
-            frozen: Routes::new(routes.collect(), catch_all),
+            current: ArcSwap::from_pointee(Routes::new(routes, entries(catch_all))),
+            writer: Mutex::new(()),
         }
     }
 
-    /// The routes for one run of events: a guard, so that a swappable table can hand out a
-    /// snapshot that stays valid for the run (today, a plain reference to the frozen table).
+    /// The routes for one run of events.
     #[inline(always)]
-    pub(crate) fn load(&self) -> impl Deref<Target = Routes<E::Projection, Handler<E, Err>>> + '_ {
-        &self.frozen
+    pub(crate) fn load(&self) -> Loaded<E, Err> {
+        Loaded(self.current.load())
+    }
+
+    /// Adds `subscriber` after every handler `projection` has (before the catch-all ones).
+    pub(crate) fn add(&self, projection: E::Projection, subscriber: Arc<dyn Subscriber<E, Err>>)
+    where
+        E::Projection: Clone,
+    {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.current.load_full();
+        let catch_all = old.fallback();
+        let mut found = false;
+        let mut routes: Vec<(E::Projection, Vec<Entry<E, Err>>)> = old
+            .iter()
+            .map(|(key, entries)| {
+                let mut entries = entries.to_vec();
+                if *key == projection {
+                    found = true;
+                    let at = entries.len() - catch_all.len();
+                    entries.insert(at, Entry::Subscriber(Arc::clone(&subscriber)));
+                }
+                (key.clone(), entries)
+            })
+            .collect();
+        if !found {
+            let mut entries = vec![Entry::Subscriber(subscriber)];
+            entries.extend(catch_all.iter().cloned());
+            routes.push((projection, entries));
+        }
+        self.current
+            .store(Arc::new(Routes::new(routes, catch_all.to_vec())));
+    }
+
+    /// Removes the subscription `id`; returns the table it was in, which the caller may wait
+    /// on (`Arc::strong_count`: every run still using it holds a count, since a swap turns
+    /// the readers' debts into counts), or `None` if it was not there.
+    pub(crate) fn remove(&self, id: u64) -> Option<Arc<Table<E, Err>>>
+    where
+        E::Projection: Clone,
+    {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.current.load_full();
+        if !old.iter().any(|(_, e)| e.iter().any(|e| e.is_subscription(id))) {
+            return None;
+        }
+        let routes = old
+            .iter()
+            .map(|(key, entries)| {
+                let kept = entries.iter().filter(|e| !e.is_subscription(id)).cloned();
+                (key.clone(), kept.collect())
+            })
+            .collect();
+        let new = Routes::new(routes, old.fallback().to_vec());
+        drop(old);
+        Some(self.current.swap(Arc::new(new)))
     }
 }
 
 impl<E: Event, Err> fmt::Debug for RouteTable<E, Err> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.frozen.fmt(f)
+        self.current.load().fmt(f)
     }
 }
 
@@ -215,6 +345,19 @@ impl<K: Eq + Hash, H> Routes<K, H> {
     /// How many handlers `projection` has (the fallback's when it has no route).
     pub(crate) fn count(&self, projection: &K) -> usize {
         self.get(projection).map_or(0, <[H]>::len)
+    }
+
+    /// Every route: its key and handlers.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &[H])> {
+        self.slots
+            .iter()
+            .flatten()
+            .map(|r| (&r.projection, &r.handlers[..]))
+    }
+
+    /// The handlers of keys without a route (the catch-all ones).
+    pub(crate) fn fallback(&self) -> &[H] {
+        &self.fallback
     }
 }
 

@@ -3,13 +3,15 @@
 //! Everything here runs on events already taken out of the ring; `publish.rs` decides what to
 //! take and when, this module decides how the handlers run and tallies what they did.
 
+use std::cell::Cell;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::Context;
-use super::dispatcher::Handler;
 use super::fork::Plan;
 use super::local::{LocalHandlers, NoLocal};
-use super::routes::Routes;
+use super::held::Standing;
+use super::routes::{Delivery, Entry, Table};
 use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
 use crate::event::Event;
@@ -54,8 +56,10 @@ struct Cursor {
     /// event's projection is computed and looked up, or [`Cursor::DROPPING`] while the
     /// projection is dropped after the event was tallied.
     handler: usize,
-    /// Handlers of that event that failed so far.
+    /// Handlers of that event that failed so far, for good.
     failures: u64,
+    /// Whether a failure of that event went to the dead-letter queue.
+    dead_lettered: bool,
 }
 
 impl Cursor {
@@ -69,6 +73,7 @@ impl Cursor {
             event: 0,
             handler: Self::ROUTING,
             failures: 0,
+            dead_lettered: false,
         }
     }
 
@@ -77,6 +82,7 @@ impl Cursor {
         self.event += 1;
         self.handler = Self::ROUTING;
         self.failures = 0;
+        self.dead_lettered = false;
     }
 }
 
@@ -218,6 +224,7 @@ where
         locals: &mut impl LocalHandlers<E, Err>,
     ) {
         let routes = self.shared.routes.load();
+        let _running = RunningHandlers::enter();
         let mut cursor = Cursor::new();
         while cursor.event < events.len() {
             let run = panics::catch(|| {
@@ -246,7 +253,7 @@ where
     #[allow(clippy::too_many_arguments)] // the loop's whole state, passed down, not stored
     fn run_from(
         &self,
-        routes: &Routes<E::Projection, Handler<E, Err>>,
+        routes: &Table<E, Err>,
         cursor: &mut Cursor,
         first: u64,
         events: &[E],
@@ -264,6 +271,13 @@ where
             if resume != 0 {
                 cursor.handler = Cursor::ROUTING;
             }
+            if let Some(filter) = &self.shared.filter {
+                if resume == 0 && !filter(event) {
+                    tally.filtered += 1;
+                    cursor.next_event();
+                    continue;
+                }
+            }
             let projection = event.projection();
             let shared = routes.get(&projection);
             // Without local handlers (every path but `publish_with`) `local` is an empty
@@ -276,11 +290,22 @@ where
                     sequence: first + cursor.event as u64,
                     projection: &projection,
                     deadline,
+                    held: OnceLock::new(),
                 };
-                for (index, handler) in shared.iter().enumerate().skip(resume) {
+                for (index, entry) in shared.iter().enumerate().skip(resume) {
                     cursor.handler = index;
-                    if let Err(err) = handler(&ctx, event) {
-                        self.handler_failed(cursor, &ctx, err, outcomes);
+                    match entry {
+                        Entry::Handler(handler) => {
+                            if let Err(err) = handler(&ctx, event) {
+                                self.handler_failed(cursor, &ctx, err, outcomes);
+                            }
+                        }
+                        Entry::Subscriber(subscriber) => {
+                            let delivery = subscriber.deliver(&ctx, event);
+                            if !matches!(delivery, Delivery::Done) {
+                                self.delivered(cursor, &ctx, delivery, tally, outcomes);
+                            }
+                        }
                     }
                 }
                 let skip = resume.saturating_sub(shared.len());
@@ -290,11 +315,21 @@ where
                         self.handler_failed(cursor, &ctx, err, outcomes);
                     }
                 }
-                if cursor.failures == 0 {
+                tally.handler_errors += cursor.failures;
+                if let Some(held) = ctx.held.get() {
+                    // A retry is pending: the hold decides the event's place when it ends.
+                    let standing = match (cursor.dead_lettered, cursor.failures) {
+                        (true, _) => Standing::DeadLettered,
+                        (false, 0) => Standing::Ok,
+                        (false, _) => Standing::Failed,
+                    };
+                    held.release(standing, &self.shared.counters);
+                } else if cursor.dead_lettered {
+                    tally.dead_lettered += 1;
+                } else if cursor.failures == 0 {
                     tally.processed += 1;
                 } else {
                     tally.failed += 1;
-                    tally.handler_errors += cursor.failures;
                 }
             } else {
                 tally.unrouted += 1;
@@ -307,6 +342,45 @@ where
             }
             cursor.next_event();
         }
+    }
+
+    /// Counts and reports what a subscriber said other than `Done`.
+    #[cold]
+    #[inline(never)]
+    fn delivered(
+        &self,
+        cursor: &mut Cursor,
+        ctx: &Context<'_, E, Err>,
+        delivery: Delivery<Err>,
+        tally: &mut Tally,
+        outcomes: &mut impl Outcomes<Err>,
+    ) {
+        let failure = match delivery {
+            Delivery::Done => return,
+            Delivery::Failed(failure) => {
+                cursor.failures += 1;
+                failure
+            }
+            Delivery::DeadLettered(failure) => {
+                cursor.failures += 1;
+                cursor.dead_lettered = true;
+                failure
+            }
+            // Counted as a handler error now; the event's outcome waits for the retry.
+            Delivery::Deferred(failure) => {
+                tally.handler_errors += 1;
+                if matches!(failure, HandlerFailure::Panic(_)) {
+                    tally.panics += 1;
+                }
+                self.shared.report_failure(ctx.projection, ctx.sequence, &failure);
+                return panics::drop_contained(failure);
+            }
+        };
+        if matches!(failure, HandlerFailure::Panic(_)) {
+            tally.panics += 1;
+        }
+        self.shared.report_failure(ctx.projection, ctx.sequence, &failure);
+        outcomes.failed(ctx.sequence, failure);
     }
 
     /// Counts, reports and hands on a handler's error.
@@ -392,5 +466,32 @@ where
                 HandlerFailure::Panic(panics::into_message(payload)),
             );
         }
+    }
+}
+
+thread_local! {
+    /// How many runs of handlers (of any store) this thread is inside.
+    static RUNNING: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Marks this thread as running handlers while it lives: an `unsubscribe` called from a
+/// handler must not wait for the runs in progress, its own among them.
+pub(crate) struct RunningHandlers(());
+
+impl RunningHandlers {
+    pub(crate) fn enter() -> Self {
+        RUNNING.with(|r| r.set(r.get() + 1));
+        Self(())
+    }
+
+    /// True on a thread inside a run of handlers.
+    pub(crate) fn on_this_thread() -> bool {
+        RUNNING.with(|r| r.get() > 0)
+    }
+}
+
+impl Drop for RunningHandlers {
+    fn drop(&mut self) {
+        RUNNING.with(|r| r.set(r.get() - 1));
     }
 }

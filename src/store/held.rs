@@ -1,0 +1,75 @@
+//! Events held past their run: an event one of whose handlers failed and has a retry pending
+//! stays out of `processed` / `failed` / `dead_lettered` until that retry (and any other
+//! pending for it) has finished, counted in the meantime in
+//! [`Metrics::retrying`](crate::Metrics::retrying).
+//!
+//! The run loop takes the hold on a subscriber's request ([`Context::hold`]) and keeps one
+//! share for itself until the event's handlers have all run; each retry job keeps one until it
+//! gives up or succeeds. The last share released moves the event to its final place: dead-
+//! lettered if any failure went to the dead-letter queue, failed if any failure stands,
+//! processed otherwise. So a retry that finishes before the run does (on another publisher)
+//! cannot count the event before the run has added its own failures.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use crate::metrics::{Counters, Tally};
+
+/// How a share of a held event ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Nothing failed for good (the retry succeeded, or the run had no other failure).
+    Ok,
+    /// A failure stands (retries exhausted or permanent, not dead-lettered).
+    Failed,
+    /// A failure went to the dead-letter queue.
+    DeadLettered,
+}
+
+/// The shares of one held event and the worst of their outcomes.
+#[derive(Debug)]
+pub(crate) struct Held {
+    shares: AtomicU32,
+    failed: AtomicBool,
+    dead_lettered: AtomicBool,
+}
+
+impl Held {
+    /// A hold with the run's own share, counted in `retrying`.
+    pub(crate) fn new(counters: &Counters) -> Self {
+        counters.hold();
+        Self {
+            shares: AtomicU32::new(1),
+            failed: AtomicBool::new(false),
+            dead_lettered: AtomicBool::new(false),
+        }
+    }
+
+    /// One more share, for a retry job.
+    pub(crate) fn share(&self) {
+        // Relaxed: the caller holds a share already, so the count cannot reach 0 meanwhile.
+        self.shares.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Releases one share that ended as `standing`; the last one moves the event from
+    /// `retrying` to its final place.
+    pub(crate) fn release(&self, standing: Standing, counters: &Counters) {
+        match standing {
+            Standing::Ok => {}
+            Standing::Failed => self.failed.store(true, Ordering::Relaxed),
+            Standing::DeadLettered => self.dead_lettered.store(true, Ordering::Relaxed),
+        }
+        // AcqRel: the last releaser sees every other share's outcome stored above.
+        if self.shares.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut tally = Tally::default();
+        if self.dead_lettered.load(Ordering::Relaxed) {
+            tally.dead_lettered = 1;
+        } else if self.failed.load(Ordering::Relaxed) {
+            tally.failed = 1;
+        } else {
+            tally.processed = 1;
+        }
+        counters.release(tally);
+    }
+}
