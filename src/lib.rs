@@ -223,11 +223,12 @@
 //! ([`Context::enqueue_timeout`], `DropOldest` or `ReturnError`).
 //!
 //! # Accounting
-//! Each event accepted by the store ends up in exactly one of: processed, failed, dropped,
-//! unrouted, or still pending / in flight. So once the store is quiescent,
-//! `published == processed + failed + dead_lettered + filtered + dropped + unrouted + pending
-//! + in_flight + retrying`
-//! ([`Metrics::is_balanced`]), and `in_flight == 0` after a successful [`drain`](EventStore::drain).
+//! Each event accepted by the store ends up in exactly one of: processed, failed,
+//! dead-lettered, filtered (the store-wide filter), dropped, unrouted, or still pending / in
+//! flight / held for a retry (`retrying`). So once the store is quiescent, `published ==
+//! processed + failed + dead_lettered + filtered + dropped + unrouted + pending + in_flight +
+//! retrying` ([`Metrics::is_balanced`]), and `in_flight == 0` after a successful
+//! [`drain`](EventStore::drain).
 //! Refused events are counted in [`Metrics::rejected`], split by reason
 //! (`rejected_full`, `rejected_closed`, `rejected_timeout`), and are not part of `published`. [`Metrics::drop_panics`] counts panics in the `Drop` of events (or
 //! of their projections); each such event is also in exactly one of the outcomes above, so it
@@ -391,7 +392,9 @@ pub use store::{
     SettleReport, Variant, WaitStrategy,
 };
 pub use subscribe::{
-    BreakerConfigError, BreakerState, CircuitBreaker, Clock, ConsecutiveFailures, DeadLetter,
-    DeadLetterOverrun, ManualClock, RetryPolicy, RetryPolicyError, SubscriptionId, SystemClock,
+    AlreadyEnabled, BreakerConfigError, BreakerState, CircuitBreaker, Clock, ConsecutiveFailures,
+    DeadLetter, DeadLetterOverrun, DeadLetters, ManualClock, Permanent, ReplayReport,
+    RetryPolicy, RetryPolicyError, Retryable, SubscribeError, Subscription, SubscriptionBuilder,
+    SubscriptionId, SystemClock,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

@@ -122,6 +122,15 @@ impl Counters {
         self.outcomes.retrying.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A handler call failed outside a run's tally (a retry, an inline retry's earlier
+    /// attempt).
+    pub(crate) fn record_failure<Err>(&self, failure: &crate::error::HandlerFailure<Err>) {
+        bump(&self.outcomes.handler_errors, 1);
+        if matches!(failure, crate::error::HandlerFailure::Panic(_)) {
+            bump(&self.outcomes.panics, 1);
+        }
+    }
+
     /// A circuit breaker skipped `n` handler calls.
     pub(crate) fn add_skipped(&self, n: u64) {
         bump(&self.outcomes.skipped, n);
@@ -197,6 +206,7 @@ mod tests {
             unrouted: 1,
             handler_errors: 3,
             panics: 1,
+            ..Tally::default()
         });
         c.add_dropped(4);
         c.add_rejected(Rejection::Full, 5);

@@ -12,7 +12,7 @@ use crate::error::TimeoutError;
 use crate::event::Event;
 use crate::ring::Intake;
 use crate::sync::Backoff;
-use crate::wait::expired;
+use crate::wait::{earlier, expired};
 
 /// How a consumer waits when the ring is empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -88,8 +88,10 @@ where
             if sealed() {
                 return report; // sealed and empty: nothing will ever come
             }
+            // A retry due before the deadline ends the sleep early: the loop's `publish` runs it.
+            let retry_due = self.deferred_next_due();
             let woken = shared.idle_consumers.wait_registered(
-                deadline,
+                earlier(deadline, retry_due),
                 || {
                     // The producer lane's claim is a plain store: make the registration and
                     // that store meet (see `ProducerLane::sleeper_barrier`). Once, after
@@ -100,7 +102,7 @@ where
                 },
                 || shared.has_pending() || sealed(),
             );
-            if !woken {
+            if !woken && (retry_due.is_none() || expired(deadline)) {
                 return report;
             }
         }

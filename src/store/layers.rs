@@ -86,7 +86,7 @@ impl<E> Layers<E> {
     }
 
     /// The layer of type `L`, if registered. Lock-free.
-    fn find<L: Layer<E>>(&self) -> Option<Arc<L>> {
+    pub(super) fn find<L: Layer<E>>(&self) -> Option<Arc<L>> {
         self.registered()
             .find_map(|r| r.layer.clone().downcast::<L>().ok())
     }
@@ -158,6 +158,11 @@ where
             }
         }
         layer
+    }
+
+    /// The layer of type `L`, if one was registered.
+    pub(crate) fn find_layer<L: Layer<E>>(&self) -> Option<Arc<L>> {
+        self.shared.layers.find::<L>()
     }
 
     /// A handle that does not keep the store alive.

@@ -14,11 +14,11 @@ use crate::ring::Ring;
 use crate::sync::AtomicU64;
 use crate::wait::Sleepers;
 use lanes::{ProducerLane, Source};
-use routes::RouteTable;
 
 mod buffers;
 mod consumer;
 mod context;
+mod deferred;
 mod dispatcher;
 mod disposal;
 mod enqueue;
@@ -49,8 +49,10 @@ pub use local::LocalDispatcher;
 pub use options::{Builder, DispatchMode, OverrunPolicy};
 pub use producer::Producer;
 pub use reports::{Enqueued, ErrorKind, ErrorReport, PublishReport};
+pub(crate) use deferred::Deferred;
 pub(crate) use held::{Held, Standing};
-pub(crate) use routes::{Delivery, Subscriber};
+pub(crate) use routes::{Delivery, RouteTable, Subscriber};
+pub(crate) use run::RunningHandlers;
 pub(crate) use run::Outcomes;
 pub use settle::{Settle, SettleReport};
 
@@ -86,6 +88,8 @@ struct Shared<E: Event, Err> {
     idle_consumers: Sleepers,
     /// What layers built on the core (the timer) keep in the store; told of shutdown.
     layers: Layers<E>,
+    /// Work a layer holds for publishing threads to run later (retries), once registered.
+    deferred: std::sync::OnceLock<std::sync::Arc<dyn Deferred<E, Err>>>,
 }
 
 /// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.
@@ -181,6 +185,26 @@ where
     E: Event + Send + 'static,
     Err: 'static,
 {
+    /// The live counters, for layers that count (the subscription layer's retries).
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// The route table, for the subscription layer.
+    pub(crate) fn routes(&self) -> &RouteTable<E, Err> {
+        &self.shared.routes
+    }
+
+    /// Reports a failure outside a run (a retry's) to the `on_error` hook.
+    pub(crate) fn report_failure(
+        &self,
+        projection: &E::Projection,
+        sequence: u64,
+        failure: &crate::error::HandlerFailure<Err>,
+    ) {
+        self.shared.report_failure(projection, sequence, failure);
+    }
+
     /// A snapshot of the counters.
     pub fn metrics(&self) -> Metrics {
         let head = self.shared.head();

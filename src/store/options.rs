@@ -216,6 +216,7 @@ where
                 blocked: Sleepers::new(),
                 idle_consumers: Sleepers::new(),
                 layers: Layers::default(),
+                deferred: std::sync::OnceLock::new(),
             }),
         })
     }

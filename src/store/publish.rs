@@ -35,6 +35,8 @@ where
     /// Safe to call from several threads at once: each event is dispatched by exactly one of
     /// them.
     pub fn publish(&self) -> PublishReport {
+        // Retries that are due run first (a load and a branch when none waits).
+        self.run_deferred(false);
         self.publish_by_mode(None)
     }
 

@@ -116,13 +116,16 @@ pub(crate) enum Delivery<Err> {
     Done,
     /// Its handler failed, for good: reported and counted like a dispatcher handler's failure.
     Failed(HandlerFailure<Err>),
-    /// Its handler failed, and the failure went to the dead-letter queue: the event ends
-    /// dead-lettered.
-    DeadLettered(HandlerFailure<Err>),
+    /// Its handler failed (a panic, if `panicked`), the subscriber reported it and sent it to
+    /// the dead-letter queue: the event ends dead-lettered.
+    DeadLettered { panicked: bool },
     /// Its handler failed and a retry is scheduled: reported, and the event's outcome waits on
     /// the hold the subscriber took ([`Context::hold`]).
     Deferred(HandlerFailure<Err>),
 }
+
+/// Routes as built: each projection with its entries.
+type RouteList<E, Err> = Vec<(<E as Event>::Projection, Vec<Entry<E, Err>>)>;
 
 /// One version of the route table, as the run loop uses it.
 pub(crate) type Table<E, Err> = Routes<<E as Event>::Projection, Entry<E, Err>>;
@@ -182,7 +185,7 @@ impl<E: Event, Err> RouteTable<E, Err> {
         let old = self.current.load_full();
         let catch_all = old.fallback();
         let mut found = false;
-        let mut routes: Vec<(E::Projection, Vec<Entry<E, Err>>)> = old
+        let mut routes: RouteList<E, Err> = old
             .iter()
             .map(|(key, entries)| {
                 let mut entries = entries.to_vec();

@@ -361,10 +361,12 @@ where
                 cursor.failures += 1;
                 failure
             }
-            Delivery::DeadLettered(failure) => {
+            // Reported by the subscriber; the failure itself is in the dead-letter queue.
+            Delivery::DeadLettered { panicked } => {
                 cursor.failures += 1;
                 cursor.dead_lettered = true;
-                failure
+                tally.panics += u64::from(panicked);
+                return;
             }
             // Counted as a handler error now; the event's outcome waits for the retry.
             Delivery::Deferred(failure) => {

@@ -119,6 +119,9 @@ where
         let deadline = limit.timeout.and_then(|t| Instant::now().checked_add(t));
         let mut report = SettleReport::default();
         while report.rounds < limit.rounds && !(report.rounds > 0 && expired(deadline)) {
+            // Retries that are due run with each round; those due later stay scheduled (like
+            // the timer's events, they do not keep a tick from settling).
+            self.run_deferred(false);
             report.publish += round(deadline);
             report.rounds += 1;
             if self.is_quiet() {

@@ -135,10 +135,13 @@ where
     ) -> Result<PublishReport, TimeoutError> {
         let mut report = PublishReport::default();
         loop {
+            // Retries still waiting run now, without their delays: a closing store does not
+            // wait out a backoff. (Their follow-ups are dispatched below like any other.)
+            while self.run_deferred(true) > 0 && !expired(deadline) {}
             report += self.publish_all(deadline, closer);
             let head = self.shared.head();
             self.wait_idle(deadline)?;
-            if self.still_at(head) {
+            if self.still_at(head) && self.deferred_waiting() == 0 {
                 return Ok(report);
             }
             if expired(deadline) {

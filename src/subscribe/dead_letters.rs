@@ -17,6 +17,10 @@ use std::time::Instant;
 
 use super::SubscriptionId;
 use crate::error::HandlerFailure;
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::panics;
+use crate::store::{EventStore, Layer};
 use crate::sync::{self, AtomicU64, Mutex, Ordering};
 
 /// An event a subscription's handler gave up on.
@@ -64,10 +68,6 @@ pub(crate) struct DeadLetterQueue<E, K, Err> {
     dropped: AtomicU64,
 }
 
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the dispatch integration is its first user")
-)]
 impl<E, K, Err> DeadLetterQueue<E, K, Err> {
     /// An empty queue holding at most `capacity` letters (0: every letter is refused and
     /// counted as dropped). Allocates as letters arrive, not up front.
@@ -307,5 +307,164 @@ mod tests {
         let handed_back: usize = threads.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(handed_back as u64, q.dropped());
         assert_eq!((q.len(), q.accepted(), q.dropped()), (16, 400, 384));
+    }
+}
+
+/// The store's dead-letter queue, a [`Layer`](crate::store::Layer) made by
+/// [`EventStore::enable_dead_letters`].
+pub(crate) struct DeadLetterLayer<E: Event, Err> {
+    queue: DeadLetterQueue<E, E::Projection, Err>,
+    /// Told of each letter as it arrives, on the thread that gave up on it.
+    on_letter: Option<LetterHook<E, Err>>,
+}
+
+/// The [`EventStore::enable_dead_letters`] callback.
+type LetterHook<E, Err> =
+    Box<dyn Fn(&DeadLetter<E, <E as Event>::Projection, Err>) + Send + Sync>;
+
+impl<E: Event, Err> DeadLetterLayer<E, Err> {
+    /// Queues `letter`, after showing it to the callback; drops what the queue dropped.
+    pub(crate) fn push(&self, letter: DeadLetter<E, E::Projection, Err>) {
+        if let Some(hook) = &self.on_letter {
+            if let Err(payload) = panics::catch(|| hook(&letter)) {
+                panics::dispose(payload);
+            }
+        }
+        panics::drop_contained(self.queue.push(letter));
+    }
+}
+
+impl<E, Err> Layer<E> for DeadLetterLayer<E, Err>
+where
+    E: Event + Send + Sync + 'static,
+    E::Projection: Send + Sync,
+    Err: Send + 'static,
+{
+    /// The letters stay: they can still be drained (or replayed, until the store seals).
+    fn shut_down(&self) -> Vec<E> {
+        Vec::new()
+    }
+
+    fn add_metrics(&self, metrics: &mut Metrics) {
+        metrics.dead_letters = self.queue.len() as u64;
+        metrics.dead_letters_dropped = self.queue.dropped();
+    }
+}
+
+/// The store's dead letters ([`EventStore::dead_letters`]): list, drain, replay.
+pub struct DeadLetters<'s, E: Event, Err> {
+    store: &'s EventStore<E, Err>,
+    layer: Arc<DeadLetterLayer<E, Err>>,
+}
+
+/// What [`DeadLetters::replay`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Letters whose event went back into the store.
+    pub replayed: u64,
+    /// Letters whose event the store refused (full under `ReturnError`, closed); they are back
+    /// in the queue.
+    pub refused: u64,
+}
+
+impl<E, Err> DeadLetters<'_, E, Err>
+where
+    E: Event + Clone + Send + Sync + 'static,
+    E::Projection: Send + Sync,
+    Err: Send + 'static,
+{
+    /// Letters in the queue.
+    pub fn len(&self) -> usize {
+        self.layer.queue.len()
+    }
+
+    /// True when the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.layer.queue.is_empty()
+    }
+
+    /// Shows each letter to `f`, oldest first (the queue is locked meanwhile: keep `f` short).
+    pub fn for_each(&self, f: impl FnMut(&DeadLetter<E, E::Projection, Err>)) {
+        self.layer.queue.for_each(f);
+    }
+
+    /// Takes every letter out.
+    pub fn drain(&self) -> Vec<DeadLetter<E, E::Projection, Err>> {
+        self.layer.queue.drain()
+    }
+
+    /// Takes every letter out and enqueues its event into the store again (every handler of
+    /// it runs again at the next publish: a replay is a new event, with a new sequence
+    /// number, counted in `published` again). Letters the store refuses go back in the queue.
+    pub fn replay(&self) -> ReplayReport {
+        let mut report = ReplayReport::default();
+        for letter in self.drain() {
+            let event = Arc::try_unwrap(Arc::clone(&letter.event)).unwrap_or_else(|e| (*e).clone());
+            match self.store.enqueue(event) {
+                Ok(_) => {
+                    report.replayed += 1;
+                    panics::drop_contained(letter);
+                }
+                Err(refused) => {
+                    report.refused += 1;
+                    panics::drop_contained(refused.into_inner());
+                    self.layer.push(letter);
+                }
+            }
+        }
+        report
+    }
+}
+
+impl<E: Event, Err> fmt::Debug for DeadLetters<'_, E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("len", &self.layer.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`EventStore::enable_dead_letters`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store's dead-letter queue is already enabled")]
+pub struct AlreadyEnabled;
+
+impl<E, Err> EventStore<E, Err>
+where
+    E: Event + Clone + Send + Sync + 'static,
+    E::Projection: Send + Sync,
+    Err: Send + 'static,
+{
+    /// Gives the store a dead-letter queue of `capacity` letters (a full queue drops as
+    /// `overrun` says, counted in [`Metrics::dead_letters_dropped`](crate::Metrics)), with an
+    /// optional callback told of each letter. Subscriptions built with
+    /// [`dead_letters`](crate::SubscriptionBuilder::dead_letters) send the failures they give
+    /// up on there; enable it before subscribing them.
+    ///
+    /// # Errors
+    /// [`AlreadyEnabled`] if the store has one already (its settings stay).
+    pub fn enable_dead_letters(
+        &self,
+        capacity: usize,
+        overrun: DeadLetterOverrun,
+        on_letter: Option<LetterHook<E, Err>>,
+    ) -> Result<(), AlreadyEnabled> {
+        let mut made = false;
+        self.layer(|| {
+            made = true;
+            DeadLetterLayer {
+                queue: DeadLetterQueue::new(capacity, overrun),
+                on_letter,
+            }
+        });
+        if made { Ok(()) } else { Err(AlreadyEnabled) }
+    }
+
+    /// The store's dead letters, if [`enable_dead_letters`](Self::enable_dead_letters) gave
+    /// it a queue.
+    pub fn dead_letters(&self) -> Option<DeadLetters<'_, E, Err>> {
+        let layer = self.find_layer::<DeadLetterLayer<E, Err>>()?;
+        Some(DeadLetters { store: self, layer })
     }
 }

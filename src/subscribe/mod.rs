@@ -18,14 +18,77 @@
 mod breaker;
 mod clock;
 mod dead_letters;
+mod retries;
 mod retry;
+mod subscription;
 
 use std::fmt;
 
 pub use breaker::{BreakerConfigError, BreakerState, CircuitBreaker, ConsecutiveFailures};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use dead_letters::{DeadLetter, DeadLetterOverrun};
+pub use dead_letters::{AlreadyEnabled, DeadLetter, DeadLetterOverrun, DeadLetters, ReplayReport};
 pub use retry::{RetryPolicy, RetryPolicyError};
+pub use subscription::{SubscribeError, Subscription, SubscriptionBuilder};
+
+use crate::event::BoxError;
+
+/// Whether a handler's error may be retried: gossip's retryable / fatal errors, event v3's
+/// nack / reject. [`SubscriptionBuilder::retry`] needs the handlers' error type to say.
+/// [`BoxError`] (the default) is retryable unless it is a [`Permanent`]; `String` and
+/// `&'static str` always are. Implement it for your own error type (one method).
+pub trait Retryable {
+    /// True if the failed call may be tried again; false for a permanent failure, which skips
+    /// the remaining attempts.
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for BoxError {
+    fn is_retryable(&self) -> bool {
+        !self.is::<Permanent>()
+    }
+}
+
+impl Retryable for String {
+    fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+impl Retryable for &'static str {
+    fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+/// An error no retry can fix: a handler returning `Err(Permanent::new(e).into())` (as a
+/// [`BoxError`]) skips its remaining attempts and goes straight to the dead-letter queue (or
+/// stands as a failure).
+#[derive(Debug)]
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// Marks `error` permanent.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Self(error.into())
+    }
+
+    /// The error inside.
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+}
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "permanent: {}", self.0)
+    }
+}
+
+impl std::error::Error for Permanent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
 
 /// Names one subscription of a store; unique within it, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,10 +96,6 @@ pub struct SubscriptionId(u64);
 
 impl SubscriptionId {
     /// The id numbered `id`.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the dispatch integration is its first caller")
-    )]
     pub(crate) fn new(id: u64) -> Self {
         Self(id)
     }

@@ -173,10 +173,6 @@ impl RetryPolicy {
     /// Total for every input: a huge `attempt` gives the cap (the exponent saturates and the
     /// product is capped before it becomes a `Duration`), and an invalid policy gives some
     /// delay between zero and the cap rather than a panic.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the dispatch integration is its first caller")
-    )]
     pub(crate) fn delay_before(&self, attempt: u32, random: u64) -> Duration {
         if attempt <= 1 || self.initial_delay.is_zero() {
             // Zero times any growth is zero; checked first because 0 × ∞ is NaN.
@@ -209,10 +205,6 @@ impl RetryPolicy {
 /// Advances `state` and returns the next pseudo-random number: SplitMix64 (Steele, Lea and
 /// Flood, 2014). Any seed works, zero included; good enough to spread retries, not for
 /// anything that must be unpredictable.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the dispatch integration is its first caller")
-)]
 pub(crate) fn next_random(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
