@@ -393,8 +393,8 @@ pub use store::{
 };
 pub use subscribe::{
     AlreadyEnabled, BreakerConfigError, BreakerState, CircuitBreaker, Clock, ConsecutiveFailures,
-    DeadLetter, DeadLetterOverrun, DeadLetters, ManualClock, Permanent, ReplayReport,
-    RetryPolicy, RetryPolicyError, Retryable, SubscribeError, Subscription, SubscriptionBuilder,
-    SubscriptionId, SystemClock,
+    DeadLetter, DeadLetterOverrun, DeadLetters, ManualClock, Permanent, ReplayReport, RetryPolicy,
+    RetryPolicyError, Retryable, SubscribeError, Subscription, SubscriptionBuilder, SubscriptionId,
+    SystemClock,
 };
 pub use transaction::{CommitError, CommitReport, Transaction};

@@ -10,9 +10,8 @@
 //! processed otherwise. So a retry that finishes before the run does (on another publisher)
 //! cannot count the event before the run has added its own failures.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-
 use crate::metrics::{Counters, Tally};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// How a share of a held event ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +27,7 @@ pub(crate) enum Standing {
 /// The shares of one held event and the worst of their outcomes.
 #[derive(Debug)]
 pub(crate) struct Held {
-    shares: AtomicU32,
+    shares: AtomicU64,
     failed: AtomicBool,
     dead_lettered: AtomicBool,
 }
@@ -38,7 +37,7 @@ impl Held {
     pub(crate) fn new(counters: &Counters) -> Self {
         counters.hold();
         Self {
-            shares: AtomicU32::new(1),
+            shares: AtomicU64::new(1),
             failed: AtomicBool::new(false),
             dead_lettered: AtomicBool::new(false),
         }
@@ -71,5 +70,34 @@ impl Held {
             tally.processed = 1;
         }
         counters.release(tally);
+    }
+}
+
+/// Two retries of one held event end on two threads, each with its outcome: exactly one of
+/// them moves the event out of `retrying`, to the worse of the two places.
+/// `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_` (CI runs it).
+#[cfg(all(test, loom))]
+mod loom_held {
+    use super::{Held, Standing};
+    use crate::metrics::Counters;
+    use loom::sync::Arc;
+
+    #[test]
+    fn loom_the_last_share_released_decides_once() {
+        loom::model(|| {
+            let counters = Arc::new(Counters::default());
+            let held = Arc::new(Held::new(&counters));
+            held.share();
+            held.share();
+            let other = {
+                let (held, counters) = (held.clone(), counters.clone());
+                loom::thread::spawn(move || held.release(Standing::Failed, &counters))
+            };
+            held.release(Standing::Ok, &counters); // the run's own share
+            held.release(Standing::Ok, &counters);
+            other.join().unwrap();
+            let m = counters.snapshot(0, 1);
+            assert_eq!((m.retrying, m.failed, m.processed), (0, 1, 0), "{m:?}");
+        });
     }
 }

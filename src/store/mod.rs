@@ -42,18 +42,18 @@ use reports::ErrorHook;
 pub(crate) use buffers::BufferPool;
 pub use consumer::{ConsumerThread, WaitStrategy};
 pub use context::Context;
+pub(crate) use deferred::Deferred;
 pub use dispatcher::{Dispatcher, Variant};
+pub(crate) use held::{Held, Standing};
 pub use lanes::PRODUCER_LANE;
 pub(crate) use layers::{Layer, WeakStore};
 pub use local::LocalDispatcher;
 pub use options::{Builder, DispatchMode, OverrunPolicy};
 pub use producer::Producer;
 pub use reports::{Enqueued, ErrorKind, ErrorReport, PublishReport};
-pub(crate) use deferred::Deferred;
-pub(crate) use held::{Held, Standing};
 pub(crate) use routes::{Delivery, RouteTable, Subscriber};
-pub(crate) use run::RunningHandlers;
 pub(crate) use run::Outcomes;
+pub(crate) use run::RunningHandlers;
 pub use settle::{Settle, SettleReport};
 
 /// The store-wide filter: true lets the event through.

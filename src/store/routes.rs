@@ -163,7 +163,9 @@ impl<E: Event, Err> RouteTable<E, Err> {
         let entries = |handlers: Vec<Handler<E, Err>>| -> Vec<Entry<E, Err>> {
             handlers.into_iter().map(Entry::Handler).collect()
         };
-        let routes = routes.map(|(key, handlers)| (key, entries(handlers))).collect();
+        let routes = routes
+            .map(|(key, handlers)| (key, entries(handlers)))
+            .collect();
         Self {
             current: ArcSwap::from_pointee(Routes::new(routes, entries(catch_all))),
             writer: Mutex::new(()),
@@ -215,7 +217,10 @@ impl<E: Event, Err> RouteTable<E, Err> {
     {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.current.load_full();
-        if !old.iter().any(|(_, e)| e.iter().any(|e| e.is_subscription(id))) {
+        if !old
+            .iter()
+            .any(|(_, e)| e.iter().any(|e| e.is_subscription(id)))
+        {
             return None;
         }
         let routes = old

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::Context;
 use super::fork::Plan;
-use super::local::{LocalHandlers, NoLocal};
 use super::held::Standing;
+use super::local::{LocalHandlers, NoLocal};
 use super::routes::{Delivery, Entry, Table};
 use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
@@ -374,14 +374,16 @@ where
                 if matches!(failure, HandlerFailure::Panic(_)) {
                     tally.panics += 1;
                 }
-                self.shared.report_failure(ctx.projection, ctx.sequence, &failure);
+                self.shared
+                    .report_failure(ctx.projection, ctx.sequence, &failure);
                 return panics::drop_contained(failure);
             }
         };
         if matches!(failure, HandlerFailure::Panic(_)) {
             tally.panics += 1;
         }
-        self.shared.report_failure(ctx.projection, ctx.sequence, &failure);
+        self.shared
+            .report_failure(ctx.projection, ctx.sequence, &failure);
         outcomes.failed(ctx.sequence, failure);
     }
 

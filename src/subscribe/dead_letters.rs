@@ -319,8 +319,7 @@ pub(crate) struct DeadLetterLayer<E: Event, Err> {
 }
 
 /// The [`EventStore::enable_dead_letters`] callback.
-type LetterHook<E, Err> =
-    Box<dyn Fn(&DeadLetter<E, <E as Event>::Projection, Err>) + Send + Sync>;
+type LetterHook<E, Err> = Box<dyn Fn(&DeadLetter<E, <E as Event>::Projection, Err>) + Send + Sync>;
 
 impl<E: Event, Err> DeadLetterLayer<E, Err> {
     /// Queues `letter`, after showing it to the callback; drops what the queue dropped.

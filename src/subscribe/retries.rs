@@ -12,8 +12,8 @@ use super::SubscriptionId;
 use super::retry::next_random;
 use super::subscription::{Attempt, Sub};
 use crate::event::Event;
-use crate::store::{Context, Deferred, EventStore, Held, Layer, Standing};
 use crate::metrics::Metrics;
+use crate::store::{Context, Deferred, EventStore, Held, Layer, Standing};
 
 /// One retry waiting: the failed subscription, a copy of the event, the attempt it will be.
 pub(super) struct Job<E: Event, Err> {

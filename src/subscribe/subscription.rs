@@ -87,7 +87,8 @@ where
         let budgeted;
         let ctx = match started {
             Some((now, budget)) => {
-                budgeted = ctx.with_budget(Instant::now() + budget.min(Duration::from_secs(1 << 30)));
+                budgeted =
+                    ctx.with_budget(Instant::now() + budget.min(Duration::from_secs(1 << 30)));
                 let _ = now;
                 &budgeted
             }
@@ -470,9 +471,10 @@ where
         if let Some(retries) = retries.upgrade() {
             retries.register(Arc::clone(&sub));
         }
-        store
-            .routes()
-            .add(self.projection, Arc::clone(&sub) as Arc<dyn Subscriber<E, Err>>);
+        store.routes().add(
+            self.projection,
+            Arc::clone(&sub) as Arc<dyn Subscriber<E, Err>>,
+        );
         let weak = store.downgrade();
         let remove = move || -> bool {
             let Some(store) = weak.upgrade() else {
