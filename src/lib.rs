@@ -112,8 +112,41 @@
 //! When the store is built, the dispatcher's routes are frozen into a small open-addressed table
 //! (at least twice as many slots as projections, hashed with one multiply per word), so routing
 //! an event usually costs one multiply and one key comparison rather than a general hash-map
-//! probe. Handlers are fixed from then on. Catch-all handlers ([`Dispatcher::on_any`]) are
-//! appended to every route and serve projections without one, so they cost a lookup nothing.
+//! probe. Catch-all handlers ([`Dispatcher::on_any`]) are appended to every route and serve
+//! projections without one, so they cost a lookup nothing. The table is an atomically swapped
+//! snapshot (`arc_swap`): a publisher loads it once per chunk of up to 256 events, lock-free,
+//! and [runtime subscriptions](#subscriptions-and-failure-handling) rebuild and swap it.
+//!
+//! # Subscriptions and failure handling
+//! [`EventStore::subscribe`] adds a handler at run time, while other threads enqueue and
+//! publish; its [`SubscriptionBuilder`] sets what go-events, gossip and event v3 users rely on:
+//! - a [filter](SubscriptionBuilder::filter) per subscription, and a store-wide one
+//!   ([`Builder::filter`], counted in [`Metrics::filtered`]);
+//! - [`once`](SubscriptionBuilder::once): exactly one event, even under parallel publishers;
+//! - [retries](SubscriptionBuilder::retry) by a [`RetryPolicy`] (attempts, exponential
+//!   backoff with a cap, optional jitter): the one failed handler runs again later, on a
+//!   publishing thread (`publish`, `settle`, `publish_wait` and the consumer thread run the
+//!   due ones; `close` runs those still waiting at once), never a sleeping one unless the
+//!   policy is inline; an error that is not [`Retryable`] ([`Permanent`]) skips them;
+//! - [dead letters](SubscriptionBuilder::dead_letters): a failure given up on goes to the
+//!   store's bounded queue ([`EventStore::enable_dead_letters`]) with the event, projection,
+//!   subscription, last error, attempts and time; it can be listed, drained and
+//!   [replayed](DeadLetters::replay);
+//! - a [circuit breaker](SubscriptionBuilder::breaker) ([`CircuitBreaker`],
+//!   [`ConsecutiveFailures`]): while open, calls are skipped ([`Metrics::skipped`]);
+//! - a [time budget](SubscriptionBuilder::deadline) per call, seen as the context's deadline,
+//!   a [`HandlerFailure::Timeout`] when exceeded;
+//! - a [`Clock`] to read time from ([`ManualClock`] in tests: no sleeps).
+//!
+//! Handlers of one projection run in order: the dispatcher's, then subscriptions in
+//! subscription order, then the catch-all ones. A subscription made or removed while a publish
+//! runs is seen from that publish's next chunk on. [`Subscription::unsubscribe`] returns only
+//! once no call of the handler is in progress and none will start (it waits for the chunks
+//! that had loaded the old table), except when called from a handler, where it cannot wait for
+//! its own run. An event one of whose handlers has a retry pending is counted in
+//! [`Metrics::retrying`] until the retry ends, then in `processed`, `failed` or
+//! [`dead_lettered`](Metrics::dead_lettered). A store that uses none of this pays one load of
+//! the table per chunk, one branch per handler call and one per publish.
 //!
 //! # Ordering
 //! - Every accepted event gets a unique [sequence number](Context::sequence) (0, 1, 2, ...), its
@@ -323,12 +356,16 @@
 //! panics.rs         containing panics from user code
 //! error.rs          the errors, and HandlerFailure
 //! store/            EventStore: options, dispatcher (Dispatcher, Variant), routes (the
-//!                   frozen table), context, lanes (the shared ring and the single
+//!                   swapped table, its Subscriber seam), held (events held for a retry),
+//!                   deferred (the seam for work run later by publishers), context, lanes
+//!                   (the shared ring and the single
 //!                   producer's), producer (Producer), enqueue, publish, run (handlers), local
 //!                   (LocalDispatcher, publish_with), settle, shutdown, disposal (drops, the
 //!                   on_error hook), buffers, reports, layers (the seam)
 //! transaction.rs    layer: Transaction, CommitError (on enqueue_batch and publish_until)
 //! schedule/         layer: schedule_at / ScheduleHandle (mod.rs), the timer thread (timer.rs)
+//! subscribe/        layer: subscriptions (subscription.rs), retries (retries.rs, retry.rs),
+//!                   dead letters, circuit breakers, clocks
 //! ```
 //!
 //! **How an event flows.** [`EventStore::enqueue`] claims a sequence with one CAS on the
@@ -341,8 +378,12 @@
 //! the in-flight count.
 //!
 //! **Seams**, each small and used by today's code:
-//! - *The route table* (`store/routes.rs`, `RouteTable::load`): read once per run of events; the
-//!   subscription layer will swap it at run time. Today: the frozen dispatcher.
+//! - *The route table* (`store/routes.rs`, `RouteTable::load`): read once per run of events,
+//!   swapped by the subscription layer. Its entries are the dispatcher's handlers or
+//!   `Subscriber`s: the layer's subscriptions, which decide themselves whether their handler
+//!   runs and what becomes of a failure, and tell the run loop in a `Delivery`.
+//! - *Deferred work* (`store/deferred.rs`): work a layer holds for publishing threads to run
+//!   later (the subscription layer's retries); `publish` runs what is due, `close` all of it.
 //! - *The per-event outcome hook* (`store/run.rs`, `Outcomes`): told of every handler
 //!   failure with the event's sequence; retries and dead letters will hang here. Today: the
 //!   publish path (counts and reports only) and a transaction's commit (keeps the first
