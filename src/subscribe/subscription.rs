@@ -65,6 +65,8 @@ pub(super) struct Sub<E: Event, Err> {
     pub(super) clock: Arc<dyn Clock>,
     /// Set by `unsubscribe` (and a used-up `once`): retries still waiting give up.
     pub(super) removed: AtomicBool,
+    /// No retry, dead letters, breaker or budget: the handler is called straight.
+    plain: bool,
     retries: Weak<Retries<E, Err>>,
     dead_letters: Option<Arc<DeadLetterLayer<E, Err>>>,
 }
@@ -199,6 +201,14 @@ where
             self.removed.store(true, Ordering::Release);
             // Out of the table for later runs; no waiting (we are inside a run).
             ctx.store().routes().remove(self.id.get());
+        }
+        if self.plain {
+            // Nothing to retry, dead-letter, time or break: the handler's panic is the run
+            // loop's to contain, as for a dispatcher handler (no unwinding frame here).
+            return match (self.handler)(ctx, event) {
+                Ok(()) => Delivery::Done,
+                Err(err) => Delivery::Failed(HandlerFailure::Error(err)),
+            };
         }
         if let Some(breaker) = &self.breaker {
             if !breaker.allow(self.clock.now()) {
@@ -452,6 +462,10 @@ where
             _ => Weak::new(),
         };
         let id = SubscriptionId::new(next_id());
+        let plain = self.retry.is_none()
+            && !self.dead_letter
+            && self.breaker.is_none()
+            && self.budget.is_none();
         let sub = Arc::new(Sub {
             id,
             projection: self.projection.clone(),
@@ -465,6 +479,7 @@ where
             budget: self.budget,
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             removed: AtomicBool::new(false),
+            plain,
             retries: retries.clone(),
             dead_letters: store.find_layer::<DeadLetterLayer<E, Err>>(),
         });
