@@ -1,6 +1,7 @@
 //! The handlers every system calls: what they do ([`Work`]), where they leave their effects
-//! ([`Sink`]), and the two shapes they are registered in: ringbus's [`Dispatcher`], and the
-//! [`Table`] that `direct` and every peer's consumer call.
+//! ([`Sink`]), and the shapes they are registered in: ringbus's [`Dispatcher`], its runtime
+//! subscriptions ([`subscribe`]), and the [`Table`] that `direct` and every peer's consumer
+//! call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +9,7 @@ use std::time::Instant;
 
 use ahash::AHashMap;
 use crossbeam_utils::CachePadded;
-use ringbus::Dispatcher;
+use ringbus::{BoxError, Dispatcher, EventStore, Subscription, SubscriptionBuilder};
 
 use super::calibrate::spin;
 use super::payload::{Ev, KEYS};
@@ -150,4 +151,27 @@ pub fn dispatcher(work: Work, sink: &Arc<Sink>) -> Dispatcher<Ev> {
         d
     }
     with_handler!(work, sink, build)
+}
+
+/// ringbus's runtime subscriptions: the same [`Work::Tiny`] handler as [`dispatcher`]'s, one
+/// subscription per key, each builder set up by `options` (a filter, a retry policy) before
+/// `handle`. Dropping the returned handles leaves the subscriptions in place.
+pub fn subscribe(
+    store: &EventStore<Ev>,
+    sink: &Arc<Sink>,
+    options: impl for<'s> Fn(
+        SubscriptionBuilder<'s, Ev, BoxError>,
+    ) -> SubscriptionBuilder<'s, Ev, BoxError>,
+) -> Vec<Subscription> {
+    (0..KEYS as u8)
+        .map(|k| {
+            let s = Arc::clone(sink);
+            options(store.subscribe(k))
+                .handle(move |_, ev| {
+                    s.count(ev);
+                    Ok(())
+                })
+                .expect("a valid policy and an open store")
+        })
+        .collect()
 }

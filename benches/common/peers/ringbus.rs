@@ -1,8 +1,8 @@
 //! ringbus as a [`Peer`]: an `EventStore` routing through its own `Dispatcher`; ringbus-sp,
 //! the same fed by its single [`ringbus::Producer`]; ringbus-consumer, consumed by the store's
 //! own thread (`spawn_consumer`); plus, in W-tick, ringbus-batch (its
-//! `enqueue_batch` variant) and ringbus-local (`publish_with` handlers on the caller's `&mut`
-//! state).
+//! `enqueue_batch` variant), ringbus-local (`publish_with` handlers on the caller's `&mut`
+//! state) and the runtime subscriptions (ringbus-subscribed, -filtered, -retry).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 use ringbus::{
     Builder, ConsumerThread, DispatchMode, Dispatcher, EnqueueError, EventStore, LocalDispatcher,
-    Metrics, OverrunPolicy, WaitStrategy,
+    Metrics, OverrunPolicy, RetryPolicy, WaitStrategy,
 };
 
-use crate::common::handlers::{Sink, Work, dispatcher};
+use crate::common::handlers::{Sink, Work, dispatcher, subscribe};
 use crate::common::payload::{Ev, KEYS, event};
 use crate::common::peer::{CAPACITY, Consumer, Peer, Producer};
 use crate::common::runner::Tick;
@@ -434,5 +434,76 @@ impl Tick for RingbusLocal {
         let total: u64 = self.sums.iter().sum();
         assert_eq!(total, made, "{} lost or duplicated events", Self::NAME);
         assert_eq!(self.store.metrics().dropped, 0);
+    }
+}
+
+/// What the runtime-subscription cells of W-tick set on each subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribed {
+    /// Nothing: the subscriptions against the frozen `Dispatcher` table (`ringbus`).
+    Plain,
+    /// A filter that always passes (`ev.a == 1`, which the compiler cannot know): its cost
+    /// per event.
+    Filtered,
+    /// A retry policy that never fires (the handlers never fail; `Ev` is `Copy`): its cost
+    /// per event, the retry layer's look for due retries at each publish included.
+    Retry,
+}
+
+/// ringbus-subscribed / -filtered / -retry: [`Ringbus`]'s tick (per-event `enqueue`, then
+/// `publish`) on a store with no `Dispatcher` handlers and the same tiny handlers subscribed
+/// at run time, one per key.
+#[derive(Debug)]
+pub struct RingbusSubscribed {
+    store: EventStore<Ev>,
+    sink: Arc<Sink>,
+    name: &'static str,
+}
+
+impl RingbusSubscribed {
+    /// The cell's name for `options`.
+    pub const fn name(options: Subscribed) -> &'static str {
+        match options {
+            Subscribed::Plain => "ringbus-subscribed",
+            Subscribed::Filtered => "ringbus-filtered",
+            Subscribed::Retry => "ringbus-retry",
+        }
+    }
+
+    /// A sync `DropOldest` store, as [`Ringbus`]'s, its handlers subscribed with `options`.
+    pub fn new(options: Subscribed) -> Self {
+        let sink = Sink::new(0);
+        let store = EventStore::builder(Dispatcher::new())
+            .capacity(CAPACITY)
+            .policy(OverrunPolicy::DropOldest)
+            .build()
+            .expect("a power-of-two capacity");
+        subscribe(&store, &sink, |sub| match options {
+            Subscribed::Plain => sub,
+            Subscribed::Filtered => sub.filter(|ev: &Ev| ev.a == 1),
+            Subscribed::Retry => sub.retry(RetryPolicy::new(3)),
+        });
+        Self {
+            store,
+            sink,
+            name: Self::name(options),
+        }
+    }
+}
+
+impl Tick for RingbusSubscribed {
+    #[inline(always)]
+    fn tick(&mut self, first: u64, n: u64) {
+        for i in first..first + n {
+            self.store.enqueue(event(i)).expect("room for a tick");
+        }
+        self.store.publish();
+    }
+
+    fn check(&self, made: u64) {
+        self.sink.expect_total(made, self.name);
+        let m = self.store.metrics();
+        assert_eq!((m.dropped, m.filtered, m.retrying, m.retries), (0, 0, 0, 0));
+        assert!(m.is_balanced(), "{m:?}");
     }
 }

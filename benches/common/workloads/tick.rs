@@ -4,7 +4,9 @@
 use crate::common::baselines::{Base, Direct};
 use crate::common::handlers::Work;
 use crate::common::peer::Peer;
-use crate::common::peers::ringbus::{Ringbus, RingbusBatch, RingbusLocal, RingbusSp};
+use crate::common::peers::ringbus::{
+    Ringbus, RingbusBatch, RingbusLocal, RingbusSp, RingbusSubscribed, Subscribed,
+};
 use crate::common::registry::{Throughput, Workload, peers};
 use crate::common::runner::{PeerTick, TickRunner};
 
@@ -32,6 +34,9 @@ fn cells() -> Vec<Throughput> {
         Throughput::new(RingbusLocal::NAME, |_| {
             TickRunner::boxed(RingbusLocal::new(), TICK)
         }),
+        subscribed(Subscribed::Plain),
+        subscribed(Subscribed::Filtered),
+        subscribed(Subscribed::Retry),
     ];
     cells.extend(peers!(cell));
     cells
@@ -41,4 +46,21 @@ fn cell<P: Peer>() -> Throughput {
     Throughput::new(P::NAME, |_| {
         TickRunner::boxed(PeerTick::<P>::new(Work::Tiny), TICK)
     })
+}
+
+/// A runtime-subscription cell: the name and the runner's options must agree, and a
+/// `MakeRunner` is a plain `fn`, so one arm per option.
+fn subscribed(options: Subscribed) -> Throughput {
+    let name = RingbusSubscribed::name(options);
+    match options {
+        Subscribed::Plain => Throughput::new(name, |_| {
+            TickRunner::boxed(RingbusSubscribed::new(Subscribed::Plain), TICK)
+        }),
+        Subscribed::Filtered => Throughput::new(name, |_| {
+            TickRunner::boxed(RingbusSubscribed::new(Subscribed::Filtered), TICK)
+        }),
+        Subscribed::Retry => Throughput::new(name, |_| {
+            TickRunner::boxed(RingbusSubscribed::new(Subscribed::Retry), TICK)
+        }),
+    }
 }
