@@ -179,6 +179,9 @@ pub enum HandlerFailure<Err> {
         /// Its budget.
         budget: std::time::Duration,
     },
+    /// A subscription's circuit breaker was open: the handler did not run (a dead letter of a
+    /// skipped event, or a retry that found the breaker open, says so).
+    CircuitOpen,
 }
 
 impl<Err: fmt::Display> fmt::Display for HandlerFailure<Err> {
@@ -189,6 +192,7 @@ impl<Err: fmt::Display> fmt::Display for HandlerFailure<Err> {
             Self::Timeout { elapsed, budget } => {
                 write!(f, "handler ran {elapsed:?}, past its budget of {budget:?}")
             }
+            Self::CircuitOpen => f.write_str("the subscription's circuit breaker was open"),
         }
     }
 }

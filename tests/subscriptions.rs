@@ -505,3 +505,58 @@ fn panicking_subscription_handlers_are_contained_and_counted() {
     );
     quiet_balanced(m);
 }
+
+/// While the breaker is open, a subscription that sends dead letters sends the skipped events
+/// there (no handler error counted), and a retry that finds the breaker open uses up its
+/// attempt without calling the handler.
+#[test]
+fn an_open_breaker_dead_letters_skips_and_holds_back_retries() {
+    use ringbus::{BreakerState, CircuitBreaker, Clock, HandlerFailure};
+    let store = store(DispatchMode::Sync);
+    store
+        .enable_dead_letters(16, Default::default(), None)
+        .unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let breaker = Arc::new(ConsecutiveFailures::new(1, Duration::from_secs(60), 1).unwrap());
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    store
+        .subscribe(1)
+        .retry(RetryPolicy::new(2).initial_delay(Duration::from_secs(1)))
+        .dead_letters()
+        .breaker(breaker.clone())
+        .clock(clock.clone())
+        .handle(move |_, _| {
+            c.fetch_add(1, Ordering::Relaxed);
+            Err("down".into())
+        })
+        .unwrap();
+    store.enqueue(ev(1, 0)).unwrap();
+    store.publish(); // fails: the breaker opens, a retry waits 1 s
+    assert_eq!(breaker.state(clock.now()), BreakerState::Open);
+    store.enqueue(ev(1, 1)).unwrap();
+    store.publish(); // skipped: straight to the dead letters
+    clock.advance(Duration::from_secs(1));
+    store.publish(); // the retry finds the breaker open: its last attempt, used up
+    assert_eq!(calls.load(Ordering::Relaxed), 1, "no call while open");
+    let letters = store.dead_letters().unwrap().drain();
+    let mut kinds: Vec<(u64, u32, bool)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l.event.id,
+                l.attempts,
+                matches!(l.error, HandlerFailure::CircuitOpen),
+            )
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, vec![(0, 2, true), (1, 0, true)]);
+    let m = store.metrics();
+    assert_eq!(
+        (m.dead_lettered, m.handler_errors, m.skipped, m.retrying),
+        (2, 1, 2, 0),
+        "{m:?}"
+    );
+    quiet_balanced(m);
+}

@@ -49,8 +49,9 @@ pub struct Context<'a, E: Event, Err = BoxError> {
     pub(crate) sequence: u64,
     pub(crate) projection: &'a E::Projection,
     pub(crate) deadline: Option<Instant>,
-    /// The event's hold, once a subscriber's retry asked for one (`store/held.rs`).
-    pub(crate) held: OnceLock<Arc<Held>>,
+    /// The event's hold, once a subscriber's retry asked for one (`store/held.rs`): a slot
+    /// of the run's, so that making a context per event writes nothing.
+    pub(crate) held: &'a OnceLock<Arc<Held>>,
 }
 
 impl<'a, E: Event, Err> Context<'a, E, Err> {
@@ -105,7 +106,7 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
             sequence: self.sequence,
             projection: self.projection,
             deadline: earlier(self.deadline, Some(budget)),
-            held: OnceLock::new(),
+            held: self.held,
         }
     }
 }

@@ -39,6 +39,8 @@ impl<E: Event, Err> Shared<E, Err> {
             HandlerFailure::Error(err) => ErrorKind::Handler(err),
             HandlerFailure::Panic(message) => ErrorKind::Panic(message),
             HandlerFailure::Timeout { .. } => ErrorKind::Timeout,
+            // Not a handler's failure: counted in `skipped`, not reported.
+            HandlerFailure::CircuitOpen => return,
         };
         self.report(Some(projection), Some(sequence), kind);
     }

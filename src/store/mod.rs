@@ -51,7 +51,7 @@ pub use local::LocalDispatcher;
 pub use options::{Builder, DispatchMode, OverrunPolicy};
 pub use producer::Producer;
 pub use reports::{Enqueued, ErrorKind, ErrorReport, PublishReport};
-pub(crate) use routes::{Delivery, RouteTable, Subscriber};
+pub(crate) use routes::{Delivery, Entry, RouteTable, Subscriber};
 pub(crate) use run::Outcomes;
 pub(crate) use run::RunningHandlers;
 pub use settle::{Settle, SettleReport};

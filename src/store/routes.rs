@@ -79,6 +79,9 @@ impl Hasher for MulHasher {
 /// subscription layer, `src/subscribe/`).
 pub(crate) enum Entry<E: Event, Err> {
     Handler(Handler<E, Err>),
+    /// A subscription with nothing to decide (no filter, `once`, retry, dead letters, breaker
+    /// or budget): its handler, called like a dispatcher handler, and its id.
+    Direct(u64, Handler<E, Err>),
     Subscriber(Arc<dyn Subscriber<E, Err>>),
 }
 
@@ -86,6 +89,7 @@ impl<E: Event, Err> Clone for Entry<E, Err> {
     fn clone(&self) -> Self {
         match self {
             Self::Handler(h) => Self::Handler(Arc::clone(h)),
+            Self::Direct(id, h) => Self::Direct(*id, Arc::clone(h)),
             Self::Subscriber(s) => Self::Subscriber(Arc::clone(s)),
         }
     }
@@ -93,7 +97,11 @@ impl<E: Event, Err> Clone for Entry<E, Err> {
 
 impl<E: Event, Err> Entry<E, Err> {
     fn is_subscription(&self, id: u64) -> bool {
-        matches!(self, Self::Subscriber(s) if s.id() == id)
+        match self {
+            Self::Handler(_) => false,
+            Self::Direct(own, _) => *own == id,
+            Self::Subscriber(s) => s.id() == id,
+        }
     }
 }
 
@@ -116,9 +124,13 @@ pub(crate) enum Delivery<Err> {
     Done,
     /// Its handler failed, for good: reported and counted like a dispatcher handler's failure.
     Failed(HandlerFailure<Err>),
-    /// Its handler failed (a panic, if `panicked`), the subscriber reported it and sent it to
-    /// the dead-letter queue: the event ends dead-lettered.
-    DeadLettered { panicked: bool },
+    /// The subscriber reported the failure and sent it to the dead-letter queue: the event
+    /// ends dead-lettered. `handler_failed`: the handler ran and failed (a panic, if
+    /// `panicked`); false for a call an open breaker skipped.
+    DeadLettered {
+        handler_failed: bool,
+        panicked: bool,
+    },
     /// Its handler failed and a retry is scheduled: reported, and the event's outcome waits on
     /// the hold the subscriber took ([`Context::hold`]).
     Deferred(HandlerFailure<Err>),
@@ -178,8 +190,8 @@ impl<E: Event, Err> RouteTable<E, Err> {
         Loaded(self.current.load())
     }
 
-    /// Adds `subscriber` after every handler `projection` has (before the catch-all ones).
-    pub(crate) fn add(&self, projection: E::Projection, subscriber: Arc<dyn Subscriber<E, Err>>)
+    /// Adds `entry` after every handler `projection` has (before the catch-all ones).
+    pub(crate) fn add(&self, projection: E::Projection, entry: Entry<E, Err>)
     where
         E::Projection: Clone,
     {
@@ -194,13 +206,13 @@ impl<E: Event, Err> RouteTable<E, Err> {
                 if *key == projection {
                     found = true;
                     let at = entries.len() - catch_all.len();
-                    entries.insert(at, Entry::Subscriber(Arc::clone(&subscriber)));
+                    entries.insert(at, entry.clone());
                 }
                 (key.clone(), entries)
             })
             .collect();
         if !found {
-            let mut entries = vec![Entry::Subscriber(subscriber)];
+            let mut entries = vec![entry];
             entries.extend(catch_all.iter().cloned());
             routes.push((projection, entries));
         }

@@ -4,12 +4,12 @@
 //! take and when, this module decides how the handlers run and tallies what they did.
 
 use std::cell::Cell;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::Context;
 use super::fork::Plan;
-use super::held::Standing;
+use super::held::{Held, Standing};
 use super::local::{LocalHandlers, NoLocal};
 use super::routes::{Delivery, Entry, Table};
 use super::{ErrorKind, EventStore};
@@ -226,11 +226,15 @@ where
         let routes = self.shared.routes.load();
         let _running = RunningHandlers::enter();
         let mut cursor = Cursor::new();
+        // The event's hold, if a subscriber's retry takes one: lent to each event's context,
+        // emptied when the event ends.
+        let mut held = OnceLock::new();
         while cursor.event < events.len() {
             let run = panics::catch(|| {
                 self.run_from(
                     &routes,
                     &mut cursor,
+                    &mut held,
                     first,
                     events,
                     deadline,
@@ -255,6 +259,7 @@ where
         &self,
         routes: &Table<E, Err>,
         cursor: &mut Cursor,
+        held: &mut OnceLock<Arc<Held>>,
         first: u64,
         events: &[E],
         deadline: Option<Instant>,
@@ -262,6 +267,7 @@ where
         outcomes: &mut impl Outcomes<Err>,
         locals: &mut impl LocalHandlers<E, Err>,
     ) {
+        let filter = self.shared.filter.as_deref();
         while let Some(event) = events.get(cursor.event) {
             // Handlers are numbered across both lists: the store's, then the local ones. After
             // a handler's panic the run resumes here with the next one; the cursor goes back to
@@ -271,7 +277,7 @@ where
             if resume != 0 {
                 cursor.handler = Cursor::ROUTING;
             }
-            if let Some(filter) = &self.shared.filter {
+            if let Some(filter) = filter {
                 if resume == 0 && !filter(event) {
                     tally.filtered += 1;
                     cursor.next_event();
@@ -290,12 +296,12 @@ where
                     sequence: first + cursor.event as u64,
                     projection: &projection,
                     deadline,
-                    held: OnceLock::new(),
+                    held,
                 };
                 for (index, entry) in shared.iter().enumerate().skip(resume) {
                     cursor.handler = index;
                     match entry {
-                        Entry::Handler(handler) => {
+                        Entry::Handler(handler) | Entry::Direct(_, handler) => {
                             if let Err(err) = handler(&ctx, event) {
                                 self.handler_failed(cursor, &ctx, err, outcomes);
                             }
@@ -316,7 +322,8 @@ where
                     }
                 }
                 tally.handler_errors += cursor.failures;
-                if let Some(held) = ctx.held.get() {
+                drop(ctx);
+                if let Some(held) = held.take() {
                     // A retry is pending: the hold decides the event's place when it ends.
                     let standing = match (cursor.dead_lettered, cursor.failures) {
                         (true, _) => Standing::DeadLettered,
@@ -362,8 +369,11 @@ where
                 failure
             }
             // Reported by the subscriber; the failure itself is in the dead-letter queue.
-            Delivery::DeadLettered { panicked } => {
-                cursor.failures += 1;
+            Delivery::DeadLettered {
+                handler_failed,
+                panicked,
+            } => {
+                cursor.failures += u64::from(handler_failed);
                 cursor.dead_lettered = true;
                 tally.panics += u64::from(panicked);
                 return;

@@ -68,6 +68,22 @@ pub trait CircuitBreaker: Send + Sync + fmt::Debug {
     fn state(&self, now: Instant) -> BreakerState;
 }
 
+/// A shared breaker (keep an `Arc` to read its state while a subscription uses it).
+impl<B: CircuitBreaker + ?Sized> CircuitBreaker for std::sync::Arc<B> {
+    fn allow(&self, now: Instant) -> bool {
+        (**self).allow(now)
+    }
+    fn record_success(&self, now: Instant) {
+        (**self).record_success(now);
+    }
+    fn record_failure(&self, now: Instant) {
+        (**self).record_failure(now);
+    }
+    fn state(&self, now: Instant) -> BreakerState {
+        (**self).state(now)
+    }
+}
+
 /// Why [`ConsecutiveFailures::new`] refused its thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]

@@ -151,22 +151,33 @@ where
             return store.discard_unsequenced(event);
         }
         let projection = sub.projection.clone();
+        // A retry is not held again: its own outcome is this job's.
+        let no_hold = OnceLock::new();
         let ctx = Context {
             store,
             sequence,
             projection: &projection,
             deadline: None,
-            held: OnceLock::new(),
+            held: &no_hold,
         };
         counters.add_retries(1);
-        let standing = match sub.attempt(&ctx, &event) {
+        // An open breaker skips the retry: it uses up its attempt without a call.
+        let attempted = if sub.breaker_allows(store) {
+            sub.attempt(&ctx, &event)
+        } else {
+            Attempt::Failed(crate::error::HandlerFailure::CircuitOpen)
+        };
+        let standing = match attempted {
             Attempt::Ok => {
                 sub.record(true);
                 Standing::Ok
             }
             Attempt::Failed(failure) => {
-                sub.record(false);
-                counters.record_failure(&failure);
+                let skipped = matches!(failure, crate::error::HandlerFailure::CircuitOpen);
+                if !skipped {
+                    sub.record(false);
+                    counters.record_failure(&failure);
+                }
                 store.report_failure(&projection, sequence, &failure);
                 if sub.retries_left(&failure, attempt + 1) {
                     let policy = &sub.retry.as_ref().expect("retries_left").policy;
@@ -182,7 +193,7 @@ where
                     });
                     return;
                 }
-                let (standing, failure) = sub.give_up(&event, failure, attempt);
+                let (standing, failure) = sub.give_up(store, &event, failure, attempt);
                 crate::panics::drop_contained(failure);
                 standing
             }

@@ -15,7 +15,7 @@ use super::{Retryable, SubscriptionId};
 use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::panics;
-use crate::store::{Context, Delivery, EventStore, RunningHandlers, Standing, Subscriber};
+use crate::store::{Context, Delivery, Entry, EventStore, RunningHandlers, Standing, Subscriber};
 use crate::sync::Backoff;
 
 /// A subscription's handler.
@@ -68,7 +68,6 @@ pub(super) struct Sub<E: Event, Err> {
     /// No retry, dead letters, breaker or budget: the handler is called straight.
     plain: bool,
     retries: Weak<Retries<E, Err>>,
-    dead_letters: Option<Arc<DeadLetterLayer<E, Err>>>,
 }
 
 /// What one call of a subscription's handler came to.
@@ -123,9 +122,20 @@ where
         let retryable = match failure {
             HandlerFailure::Error(err) => (retry.retryable)(err),
             HandlerFailure::Panic(_) => retry.panics,
-            HandlerFailure::Timeout { .. } => true,
+            HandlerFailure::Timeout { .. } | HandlerFailure::CircuitOpen => true,
         };
         retryable && next <= retry.policy.max_attempts()
+    }
+
+    /// True unless the breaker is open now; a skip is counted.
+    pub(super) fn breaker_allows(&self, store: &EventStore<E, Err>) -> bool {
+        match &self.breaker {
+            Some(breaker) if !breaker.allow(self.clock.now()) => {
+                store.counters().add_skipped(1);
+                false
+            }
+            _ => true,
+        }
     }
 
     /// Tells the breaker how a call went.
@@ -140,15 +150,25 @@ where
         }
     }
 
-    /// True when a failure given up on goes to a dead-letter queue.
-    fn sends_dead_letters(&self) -> bool {
-        self.dead_letter && self.dead_letters.is_some() && self.keep.is_some()
+    /// The dead-letter queue a failure given up on goes to, if this subscription sends its
+    /// failures there and the store has one (looked up when needed: a queue enabled after
+    /// the subscription counts too).
+    fn dead_letter_queue(
+        &self,
+        store: &EventStore<E, Err>,
+    ) -> Option<Arc<DeadLetterLayer<E, Err>>> {
+        if self.dead_letter && self.keep.is_some() {
+            store.find_layer::<DeadLetterLayer<E, Err>>()
+        } else {
+            None
+        }
     }
 
     /// Gives up on `failure` after `attempts`: a dead letter if this subscription sends its
     /// failures there and the store keeps them, else a failure that stands.
     pub(super) fn give_up(
         &self,
+        store: &EventStore<E, Err>,
         event: &E,
         failure: HandlerFailure<Err>,
         attempts: u32,
@@ -156,8 +176,8 @@ where
     where
         E::Projection: Clone,
     {
-        match (&self.dead_letters, &self.keep, self.dead_letter) {
-            (Some(queue), Some(keep), true) => {
+        match (self.dead_letter_queue(store), &self.keep) {
+            (Some(queue), Some(keep)) => {
                 let letter = DeadLetter {
                     event: Arc::new((keep.clone)(event)),
                     projection: self.projection.clone(),
@@ -210,11 +230,18 @@ where
                 Err(err) => Delivery::Failed(HandlerFailure::Error(err)),
             };
         }
-        if let Some(breaker) = &self.breaker {
-            if !breaker.allow(self.clock.now()) {
-                ctx.store().counters().add_skipped(1);
-                return Delivery::Done;
-            }
+        if !self.breaker_allows(ctx.store()) {
+            // Skipped: a dead letter if this subscription sends them, else nothing.
+            return match self.give_up(ctx.store(), event, HandlerFailure::CircuitOpen, 0) {
+                (Standing::DeadLettered, _) => Delivery::DeadLettered {
+                    handler_failed: false,
+                    panicked: false,
+                },
+                (_, failure) => {
+                    panics::drop_contained(failure);
+                    Delivery::Done
+                }
+            };
         }
         let mut attempts = 1;
         let mut failure = match self.attempt(ctx, event) {
@@ -269,13 +296,16 @@ where
             }
         }
         let panicked = matches!(failure, HandlerFailure::Panic(_));
-        if self.sends_dead_letters() {
+        if self.dead_letter_queue(ctx.store()).is_some() {
             ctx.store()
                 .report_failure(ctx.projection(), ctx.sequence(), &failure);
         }
-        match self.give_up(event, failure, attempts) {
+        match self.give_up(ctx.store(), event, failure, attempts) {
             (_, Some(failure)) => Delivery::Failed(failure),
-            (_, None) => Delivery::DeadLettered { panicked },
+            (_, None) => Delivery::DeadLettered {
+                handler_failed: true,
+                panicked,
+            },
         }
     }
 }
@@ -466,6 +496,12 @@ where
             && !self.dead_letter
             && self.breaker.is_none()
             && self.budget.is_none();
+        if plain && self.filter.is_none() && !self.once {
+            // Nothing for the layer to decide: the run loop calls the handler straight.
+            let entry = Entry::Direct(id.get(), Arc::new(handler));
+            store.routes().add(self.projection, entry);
+            return Ok(Subscription::new(id, store, None, self.on_drop));
+        }
         let sub = Arc::new(Sub {
             id,
             projection: self.projection.clone(),
@@ -481,25 +517,41 @@ where
             removed: AtomicBool::new(false),
             plain,
             retries: retries.clone(),
-            dead_letters: store.find_layer::<DeadLetterLayer<E, Err>>(),
         });
         if let Some(retries) = retries.upgrade() {
             retries.register(Arc::clone(&sub));
         }
-        store.routes().add(
-            self.projection,
-            Arc::clone(&sub) as Arc<dyn Subscriber<E, Err>>,
-        );
+        let entry = Entry::Subscriber(Arc::clone(&sub) as Arc<dyn Subscriber<E, Err>>);
+        store.routes().add(self.projection, entry);
+        Ok(Subscription::new(id, store, Some(sub), self.on_drop))
+    }
+}
+
+impl Subscription {
+    /// The handle of subscription `id` of `store` (`sub`: its layer state, if it has any).
+    fn new<E, Err>(
+        id: SubscriptionId,
+        store: &EventStore<E, Err>,
+        sub: Option<Arc<Sub<E, Err>>>,
+        on_drop: bool,
+    ) -> Self
+    where
+        E: Event + Send + Sync + 'static,
+        E::Projection: Clone + Send + Sync,
+        Err: Send + 'static,
+    {
         let weak = store.downgrade();
         let remove = move || -> bool {
             let Some(store) = weak.upgrade() else {
                 return false;
             };
-            sub.removed.store(true, Ordering::Release);
-            if let Some(retries) = sub.retries.upgrade() {
-                retries.unregister(sub.id);
+            if let Some(sub) = &sub {
+                sub.removed.store(true, Ordering::Release);
+                if let Some(retries) = sub.retries.upgrade() {
+                    retries.unregister(sub.id);
+                }
             }
-            let Some(old) = store.routes().remove(sub.id.get()) else {
+            let Some(old) = store.routes().remove(id.get()) else {
                 return false;
             };
             if !RunningHandlers::on_this_thread() {
@@ -515,11 +567,11 @@ where
             }
             true
         };
-        Ok(Subscription {
+        Subscription {
             id,
             remove: Some(Box::new(remove)),
-            on_drop: self.on_drop,
-        })
+            on_drop,
+        }
     }
 }
 
