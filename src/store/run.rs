@@ -322,7 +322,6 @@ where
                     }
                 }
                 tally.handler_errors += cursor.failures;
-                drop(ctx);
                 if let Some(held) = held.take() {
                     // A retry is pending: the hold decides the event's place when it ends.
                     let standing = match (cursor.dead_lettered, cursor.failures) {
