@@ -322,7 +322,7 @@ where
                     }
                 }
                 tally.handler_errors += cursor.failures;
-                if let Some(held) = held.take() {
+                if let Some(held) = held.get().is_some().then(|| held.take()).flatten() {
                     // A retry is pending: the hold decides the event's place when it ends.
                     let standing = match (cursor.dead_lettered, cursor.failures) {
                         (true, _) => Standing::DeadLettered,
