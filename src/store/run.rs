@@ -60,6 +60,9 @@ struct Cursor {
     failures: u64,
     /// Whether a failure of that event went to the dead-letter queue.
     dead_lettered: bool,
+    /// That event's hold, kept here once a subscriber deferred a retry, so that a later
+    /// handler's panic (which ends the event's context) does not lose it.
+    held: Option<Arc<Held>>,
 }
 
 impl Cursor {
@@ -74,6 +77,7 @@ impl Cursor {
             handler: Self::ROUTING,
             failures: 0,
             dead_lettered: false,
+            held: None,
         }
     }
 
@@ -83,6 +87,7 @@ impl Cursor {
         self.handler = Self::ROUTING;
         self.failures = 0;
         self.dead_lettered = false;
+        self.held = None;
     }
 }
 
@@ -298,6 +303,12 @@ where
                     deadline,
                     held,
                 };
+                if resume != 0 {
+                    // Resuming after a panic: the event's hold, if a retry took one.
+                    if let Some(held) = cursor.held.take() {
+                        let _ = ctx.held.set(held);
+                    }
+                }
                 for (index, entry) in shared.iter().enumerate().skip(resume) {
                     cursor.handler = index;
                     match entry {
@@ -380,6 +391,9 @@ where
             // Counted as a handler error now; the event's outcome waits for the retry.
             Delivery::Deferred(failure) => {
                 tally.handler_errors += 1;
+                if cursor.held.is_none() {
+                    cursor.held = ctx.held.get().cloned();
+                }
                 if matches!(failure, HandlerFailure::Panic(_)) {
                     tally.panics += 1;
                 }
@@ -466,8 +480,12 @@ where
             // when computed again to resume after a handler's panic: no (further) handler can
             // run for it. It counts as failed, with every failure so far, and is reported
             // without a projection.
-            tally.failed += 1;
             tally.handler_errors += cursor.failures;
+            match cursor.held.take() {
+                // A retry is pending: the hold decides the event's place when it ends.
+                Some(held) => held.release(Standing::Failed, &self.shared.counters),
+                None => tally.failed += 1,
+            }
             cursor.next_event();
             self.shared.report(
                 None,

@@ -13,7 +13,8 @@ use super::retry::next_random;
 use super::subscription::{Attempt, Sub};
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::store::{Context, Deferred, EventStore, Held, Layer, Standing};
+use crate::metrics::Counters;
+use crate::store::{Context, Deferred, EventStore, Held, Layer, RunningHandlers, Standing};
 
 /// One retry waiting: the failed subscription, a copy of the event, the attempt it will be.
 pub(super) struct Job<E: Event, Err> {
@@ -144,10 +145,19 @@ where
         // The table version this run uses: `unsubscribe` waits for it, and a subscription
         // removed before this load is seen as removed below.
         let _table = store.routes().load();
+        // A handler run: an `unsubscribe` from the handler (or a hook it triggers) must not
+        // wait for the table loaded just above, which this thread holds.
+        let _running = RunningHandlers::enter();
         let counters = store.counters();
+        // Released as failed if user code (a breaker, a clock, the event's `Clone`) panics
+        // below: the panic is contained by `run_due`, the event's hold must still end.
+        let mut share = Share {
+            held: Some(held),
+            counters,
+        };
         if sub.removed.load(Ordering::Acquire) {
-            // Unsubscribed meanwhile: the failure stands.
-            held.release(Standing::Failed, counters);
+            // Unsubscribed meanwhile: the failure stands (the share, dropped, says so).
+            drop(share);
             return store.discard_unsequenced(event);
         }
         let projection = sub.projection.clone();
@@ -188,7 +198,7 @@ where
                         event,
                         sub,
                         attempt: attempt + 1,
-                        held,
+                        held: share.take(),
                         sequence,
                     });
                     return;
@@ -198,9 +208,48 @@ where
                 standing
             }
         };
-        held.release(standing, counters);
+        share.release(standing);
         store.discard_unsequenced(event);
     }
+}
+
+/// A retry job's share of its event's hold while the job runs: released as failed if the run
+/// ends without releasing or passing it on (a panic of user code around the handler).
+struct Share<'a> {
+    held: Option<Arc<Held>>,
+    counters: &'a Counters,
+}
+
+impl Share<'_> {
+    /// The share, passed on to the next attempt's job.
+    fn take(&mut self) -> Arc<Held> {
+        self.held.take().expect("a share is taken once")
+    }
+
+    fn release(&mut self, standing: Standing) {
+        if let Some(held) = self.held.take() {
+            held.release(standing, self.counters);
+        }
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        self.release(Standing::Failed);
+    }
+}
+
+/// Counts a panic that escaped a retry's run (outside its handler, whose own panics
+/// `Sub::attempt` contains), as a failed call.
+#[cold]
+fn counters_panicked<E, Err>(store: &EventStore<E, Err>, payload: crate::panics::Payload)
+where
+    E: Event + Send + 'static,
+    Err: 'static,
+{
+    let failure = crate::error::HandlerFailure::<Err>::Panic(crate::panics::into_message(payload));
+    store.counters().record_failure(&failure);
+    crate::panics::drop_contained(failure);
 }
 
 impl<E, Err> Deferred<E, Err> for Retries<E, Err>
@@ -219,8 +268,23 @@ where
 
     fn run_due(&self, store: &EventStore<E, Err>, all: bool) -> u64 {
         let mut ran = 0;
-        while let Some(job) = self.take_due(all) {
-            self.run(store, job);
+        loop {
+            // A clock (user code) is read here: a panic in it leaves the job queued, and `close`
+            // (which reads no clock) still runs it.
+            let job = match crate::panics::catch(|| self.take_due(all)) {
+                Ok(Some(job)) => job,
+                Ok(None) => break,
+                Err(payload) => {
+                    crate::panics::dispose(payload);
+                    break;
+                }
+            };
+            // User code around the handler (a breaker, a clock, a dead-letter hook, the event's
+            // `Clone` and `Drop`) may panic: nothing unwinds out of a publish or `close`, and
+            // the job's share of the event's hold is released as failed (`Share`).
+            if let Err(payload) = crate::panics::catch(|| self.run(store, job)) {
+                counters_panicked(store, payload);
+            }
             // After the run: a job rescheduled by it was counted again when pushed.
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             ran += 1;
