@@ -182,6 +182,9 @@ pub enum HandlerFailure<Err> {
     /// A subscription's circuit breaker was open: the handler did not run (a dead letter of a
     /// skipped event, or a retry that found the breaker open, says so).
     CircuitOpen,
+    /// The handler's failure was given up on and went to the store's dead-letter queue (the
+    /// letter holds the failure itself): what a transaction's commit is told of it.
+    DeadLettered,
 }
 
 impl<Err: fmt::Display> fmt::Display for HandlerFailure<Err> {
@@ -193,6 +196,7 @@ impl<Err: fmt::Display> fmt::Display for HandlerFailure<Err> {
                 write!(f, "handler ran {elapsed:?}, past its budget of {budget:?}")
             }
             Self::CircuitOpen => f.write_str("the subscription's circuit breaker was open"),
+            Self::DeadLettered => f.write_str("failed, sent to the dead-letter queue"),
         }
     }
 }

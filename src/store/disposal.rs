@@ -40,7 +40,7 @@ impl<E: Event, Err> Shared<E, Err> {
             HandlerFailure::Panic(message) => ErrorKind::Panic(message),
             HandlerFailure::Timeout { .. } => ErrorKind::Timeout,
             // Not a handler's failure: counted in `skipped`, not reported.
-            HandlerFailure::CircuitOpen => return,
+            HandlerFailure::CircuitOpen | HandlerFailure::DeadLettered => return,
         };
         self.report(Some(projection), Some(sequence), kind);
     }

@@ -281,6 +281,10 @@ where
             let resume = cursor.handler.wrapping_add(1);
             if resume != 0 {
                 cursor.handler = Cursor::ROUTING;
+            } else if held.get().is_some() {
+                // Left by an event a `projection()` panic cut short: `handle_panic` released
+                // it through the cursor's copy.
+                held.take();
             }
             if let Some(filter) = filter {
                 if resume == 0 && !filter(event) {
@@ -386,6 +390,9 @@ where
                 cursor.failures += u64::from(handler_failed);
                 cursor.dead_lettered = true;
                 tally.panics += u64::from(panicked);
+                if handler_failed {
+                    outcomes.failed(ctx.sequence, HandlerFailure::DeadLettered);
+                }
                 return;
             }
             // Counted as a handler error now; the event's outcome waits for the retry.

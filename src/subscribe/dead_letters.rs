@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::SubscriptionId;
 use crate::error::HandlerFailure;
@@ -395,12 +395,16 @@ where
 
     /// Takes every letter out and enqueues its event into the store again (every handler of
     /// it runs again at the next publish: a replay is a new event, with a new sequence
-    /// number, counted in `published` again). Letters the store refuses go back in the queue.
+    /// number, counted in `published` again). It never waits for room, whatever the policy
+    /// (a replay from the only publishing thread could otherwise wait for itself): letters the
+    /// store refuses (full, closed) go back in the queue, without the callback seeing them
+    /// again.
     pub fn replay(&self) -> ReplayReport {
         let mut report = ReplayReport::default();
         for letter in self.drain() {
-            let event = Arc::try_unwrap(Arc::clone(&letter.event)).unwrap_or_else(|e| (*e).clone());
-            match self.store.enqueue(event) {
+            // A copy: whatever else holds the letter's `Arc` keeps its own.
+            let event = (*letter.event).clone();
+            match self.store.enqueue_timeout(event, Duration::ZERO) {
                 Ok(_) => {
                     report.replayed += 1;
                     panics::drop_contained(letter);
@@ -408,7 +412,7 @@ where
                 Err(refused) => {
                     report.refused += 1;
                     panics::drop_contained(refused.into_inner());
-                    self.layer.push(letter);
+                    panics::drop_contained(self.layer.queue.push(letter));
                 }
             }
         }

@@ -12,8 +12,8 @@ use super::SubscriptionId;
 use super::retry::next_random;
 use super::subscription::{Attempt, Sub};
 use crate::event::Event;
-use crate::metrics::Metrics;
 use crate::metrics::Counters;
+use crate::metrics::Metrics;
 use crate::store::{Context, Deferred, EventStore, Held, Layer, RunningHandlers, Standing};
 
 /// One retry waiting: the failed subscription, a copy of the event, the attempt it will be.
@@ -209,6 +209,10 @@ where
             }
         };
         share.release(standing);
+        if sub.is_once() {
+            // Its one event is done with: no retry of it will run again.
+            self.unregister(sub.id);
+        }
         store.discard_unsequenced(event);
     }
 }

@@ -123,6 +123,7 @@ where
             HandlerFailure::Error(err) => (retry.retryable)(err),
             HandlerFailure::Panic(_) => retry.panics,
             HandlerFailure::Timeout { .. } | HandlerFailure::CircuitOpen => true,
+            HandlerFailure::DeadLettered => false,
         };
         retryable && next <= retry.policy.max_attempts()
     }
@@ -136,6 +137,11 @@ where
             }
             _ => true,
         }
+    }
+
+    /// True for a `once` subscription.
+    pub(super) fn is_once(&self) -> bool {
+        self.once.is_some()
     }
 
     /// Tells the breaker how a call went.
@@ -213,15 +219,35 @@ where
                 return Delivery::Done;
             }
         }
-        if let Some(once) = &self.once {
-            // The one delivery that swaps it first runs, even with several publishers.
-            if once.swap(true, Ordering::AcqRel) {
-                return Delivery::Done;
-            }
-            self.removed.store(true, Ordering::Release);
-            // Out of the table for later runs; no waiting (we are inside a run).
-            ctx.store().routes().remove(self.id.get());
+        let Some(once) = &self.once else {
+            return self.deliver_now(ctx, event);
+        };
+        // The one delivery that swaps it first runs, even with several publishers.
+        if once.swap(true, Ordering::AcqRel) {
+            return Delivery::Done;
         }
+        let delivery = self.deliver_now(ctx, event);
+        if !matches!(delivery, Delivery::Deferred(_)) {
+            // No retry of it will ever run.
+            if let Some(retries) = self.retries.upgrade() {
+                retries.unregister(self.id);
+            }
+        }
+        // Out of the table for later runs, once its call is over (an `unsubscribe` meanwhile
+        // finds it there and waits for this run); no waiting here, inside a run.
+        ctx.store().routes().remove(self.id.get());
+        delivery
+    }
+}
+
+impl<E, Err> Sub<E, Err>
+where
+    E: Event + Send + Sync + 'static,
+    E::Projection: Clone + Send + Sync,
+    Err: Send + 'static,
+{
+    /// Delivers `event` past the `once` check.
+    fn deliver_now(&self, ctx: &Context<'_, E, Err>, event: &E) -> Delivery<Err> {
         if self.plain {
             // Nothing to retry, dead-letter, time or break: the handler's panic is the run
             // loop's to contain, as for a dispatcher handler (no unwinding frame here).

@@ -1,5 +1,7 @@
-//! A second reader's tests of the subscription layer (issue 12 review): each one a failure
-//! found by reading the code, under a watchdog where it could hang.
+//! The subscription layer's failure paths found by a second reader: a hold surviving a later
+//! panic, `unsubscribe` from a retried handler, `once` against `unsubscribe` and with a retry,
+//! panics in user code around a retry, a commit told of a dead-lettered failure. Each under a
+//! watchdog where it could hang.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -248,5 +250,8 @@ fn a_commit_reports_a_dead_lettered_failure() {
     let committed = tx.commit();
     let m = store.metrics();
     assert_eq!((m.dead_lettered, m.dead_letters), (1, 1), "{m:?}");
-    assert!(committed.is_err(), "commit hid a handler failure: {committed:?}");
+    assert!(
+        committed.is_err(),
+        "commit hid a handler failure: {committed:?}"
+    );
 }
