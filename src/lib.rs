@@ -418,6 +418,7 @@ mod schedule;
 mod store;
 mod subscribe;
 mod sync;
+mod trace;
 mod transaction;
 mod wait;
 

@@ -146,12 +146,13 @@ impl Counters {
     }
 
     pub(crate) fn add_rejected(&self, why: Rejection, n: u64) {
-        let counter = match why {
-            Rejection::Full => &self.overrun.rejected_full,
-            Rejection::Closed => &self.overrun.rejected_closed,
-            Rejection::Timeout => &self.overrun.rejected_timeout,
+        let (counter, reason) = match why {
+            Rejection::Full => (&self.overrun.rejected_full, "full"),
+            Rejection::Closed => (&self.overrun.rejected_closed, "closed"),
+            Rejection::Timeout => (&self.overrun.rejected_timeout, "timeout"),
         };
         bump(counter, n);
+        crate::trace::rejected(reason, n);
     }
 
     pub(crate) fn add_drop_panics(&self, n: u64) {

@@ -6,6 +6,7 @@ use super::{ErrorKind, ErrorReport, Shared};
 use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::panics::{self, Payload, drop_caught};
+use crate::trace;
 
 impl<E: Event, Err> Shared<E, Err> {
     /// Reports a failure to the `on_error` hook, if any; a panic in the hook is contained.
@@ -16,6 +17,7 @@ impl<E: Event, Err> Shared<E, Err> {
         sequence: Option<u64>,
         kind: ErrorKind<'_, Err>,
     ) {
+        trace::failure(projection, sequence, &kind);
         if let Some(hook) = &self.on_error {
             let report = ErrorReport {
                 projection,

@@ -10,6 +10,7 @@ use crate::event::Event;
 use crate::metrics::Rejection;
 use crate::ring::{ClaimError, Eviction, Intake};
 use crate::sync::Backoff;
+use crate::trace;
 
 impl<E, Err> EventStore<E, Err>
 where
@@ -222,6 +223,7 @@ where
                             lane.count_dropped(&self.counters, 1);
                             dropped += 1;
                             let sequence = sequence | lane.tag();
+                            trace::dropped(sequence);
                             // An earlier eviction of this call (another enqueue took its room).
                             if let Some((seq, previous)) = evicted.replace((sequence, old)) {
                                 self.drop_event(Some(seq), previous);
@@ -377,6 +379,7 @@ where
                 Err(ClaimError::Full) => match lane.evict_oldest(n) {
                     Eviction::Evicted(sequence, old) => {
                         lane.count_dropped(&self.counters, 1);
+                        trace::dropped(sequence | lane.tag());
                         evicted.push((sequence | lane.tag(), old));
                     }
                     Eviction::Unwritten => backoff.snooze(),

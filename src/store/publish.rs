@@ -15,6 +15,7 @@ use super::{DispatchMode, EventStore, OverrunPolicy, PublishReport};
 use crate::event::Event;
 use crate::metrics::Tally;
 use crate::sync::{Backoff, Ordering, fence};
+use crate::trace;
 use crate::wait::expired;
 
 /// Events a sync publisher takes out of the ring per claim: a few KiB, so the chunk stays in
@@ -35,9 +36,12 @@ where
     /// Safe to call from several threads at once: each event is dispatched by exactly one of
     /// them.
     pub fn publish(&self) -> PublishReport {
+        let span = trace::publish();
         // Retries that are due run first (a load and a branch when none waits).
         self.run_deferred(false);
-        self.publish_by_mode(None)
+        let report = self.publish_by_mode(None);
+        span.finish(&report);
+        report
     }
 
     /// A commit's dispatch: runs, in the caller and in sequence order, every event still

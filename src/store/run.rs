@@ -17,6 +17,7 @@ use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::metrics::Tally;
 use crate::panics::{self, Payload, dispose, panic_message};
+use crate::trace;
 
 /// Events a parallel publish runs in the caller, timed, to estimate the batch's cost.
 pub(super) const PROBE_EVENTS: usize = 16;
@@ -228,6 +229,7 @@ where
         outcomes: &mut impl Outcomes<Err>,
         locals: &mut impl LocalHandlers<E, Err>,
     ) {
+        let _span = trace::run(first, events.len());
         let routes = self.shared.routes.load();
         let _running = RunningHandlers::enter();
         let mut cursor = Cursor::new();
@@ -315,6 +317,7 @@ where
                 }
                 for (index, entry) in shared.iter().enumerate().skip(resume) {
                     cursor.handler = index;
+                    let _span = trace::handler(&projection, ctx.sequence, index);
                     match entry {
                         Entry::Handler(handler) | Entry::Direct(_, handler) => {
                             if let Err(err) = handler(&ctx, event) {
@@ -332,6 +335,7 @@ where
                 let skip = resume.saturating_sub(shared.len());
                 for (index, handler) in local.iter_mut().enumerate().skip(skip) {
                     cursor.handler = shared.len() + index;
+                    let _span = trace::handler(&projection, ctx.sequence, cursor.handler);
                     if let Err(err) = handler(state, &ctx, event) {
                         self.handler_failed(cursor, &ctx, err, outcomes);
                     }
