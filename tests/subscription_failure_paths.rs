@@ -10,33 +10,18 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ringbus::{
-    BoxError, BreakerState, CircuitBreaker, DispatchMode, Dispatcher, Event, EventStore,
-    ManualClock, Metrics, OverrunPolicy, RetryPolicy, Subscription,
+    BreakerState, CircuitBreaker, DispatchMode, Dispatcher, EventStore, ManualClock, OverrunPolicy,
+    RetryPolicy, Subscription,
 };
 
 mod support {
+    pub mod keyed;
     pub mod watchdog;
 }
+use support::keyed::{Ev, ev, flaky, quiet_balanced};
 use support::watchdog::watchdog;
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ev {
-    key: u8,
-    id: u64,
-}
-
-impl Event for Ev {
-    type Projection = u8;
-    fn projection(&self) -> u8 {
-        self.key
-    }
-}
-
-fn ev(key: u8, id: u64) -> Ev {
-    Ev { key, id }
-}
 
 fn store_with(dispatcher: Dispatcher<Ev>) -> EventStore<Ev> {
     EventStore::builder(dispatcher)
@@ -47,32 +32,12 @@ fn store_with(dispatcher: Dispatcher<Ev>) -> EventStore<Ev> {
         .unwrap()
 }
 
-fn quiet_balanced(m: Metrics) {
-    assert_eq!((m.pending, m.in_flight, m.retrying), (0, 0, 0), "{m:?}");
-    assert!(m.is_balanced(), "{m:?}");
-}
-
 fn quietly<R>(f: impl FnOnce() -> R) -> R {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let r = f();
     std::panic::set_hook(hook);
     r
-}
-
-/// A handler that fails its first `fails` calls, then succeeds.
-fn flaky(
-    fails: u32,
-    calls: &Arc<AtomicU32>,
-) -> impl Fn(&ringbus::Context<'_, Ev>, &Ev) -> Result<(), BoxError> + Send + Sync + 'static {
-    let calls = calls.clone();
-    move |_, _| {
-        if calls.fetch_add(1, Ordering::Relaxed) < fails {
-            Err("not yet".into())
-        } else {
-            Ok(())
-        }
-    }
 }
 
 /// A subscription defers a retry (the run takes the event's hold), then a later handler of the

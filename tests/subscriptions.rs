@@ -9,33 +9,18 @@ use std::thread;
 use std::time::Duration;
 
 use ringbus::{
-    BoxError, ConsecutiveFailures, DispatchMode, Dispatcher, ErrorKind, Event, EventStore,
-    ManualClock, Metrics, OverrunPolicy, Permanent, RetryPolicy,
+    ConsecutiveFailures, DispatchMode, Dispatcher, ErrorKind, EventStore, ManualClock,
+    OverrunPolicy, Permanent, RetryPolicy,
 };
 
 mod support {
+    pub mod keyed;
     pub mod watchdog;
 }
+use support::keyed::{Ev, ev, flaky, quiet_balanced};
 use support::watchdog::watchdog;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ev {
-    key: u8,
-    id: u64,
-}
-
-impl Event for Ev {
-    type Projection = u8;
-    fn projection(&self) -> u8 {
-        self.key
-    }
-}
-
-fn ev(key: u8, id: u64) -> Ev {
-    Ev { key, id }
-}
 
 fn store(mode: DispatchMode) -> EventStore<Ev> {
     EventStore::builder(Dispatcher::new())
@@ -44,11 +29,6 @@ fn store(mode: DispatchMode) -> EventStore<Ev> {
         .mode(mode)
         .build()
         .unwrap()
-}
-
-fn quiet_balanced(m: Metrics) {
-    assert_eq!((m.pending, m.in_flight, m.retrying), (0, 0, 0), "{m:?}");
-    assert!(m.is_balanced(), "{m:?}");
 }
 
 #[test]
@@ -197,21 +177,6 @@ fn once_runs_for_exactly_one_event_under_parallel_publishers() {
             quiet_balanced(store.metrics());
         }
     });
-}
-
-/// A handler that fails its first `fails` calls of each event, then succeeds.
-fn flaky(
-    fails: u32,
-    calls: &Arc<AtomicU32>,
-) -> impl Fn(&ringbus::Context<'_, Ev>, &Ev) -> Result<(), BoxError> + Send + Sync + 'static {
-    let calls = calls.clone();
-    move |_, _| {
-        if calls.fetch_add(1, Ordering::Relaxed) < fails {
-            Err("not yet".into())
-        } else {
-            Ok(())
-        }
-    }
 }
 
 #[test]
@@ -559,4 +524,95 @@ fn an_open_breaker_dead_letters_skips_and_holds_back_retries() {
         "{m:?}"
     );
     quiet_balanced(m);
+}
+
+/// Oversubscribed: 3 producers and 3 publishers on rings of 1, 2 and 4 under `Block`, a
+/// subscription that retries (panics too) and dead-letters: events whose handler always
+/// panics end dead-lettered after their attempts, events that fail once end processed, the
+/// rest processed at once; exact counts after `close`.
+#[test]
+fn retries_and_dead_letters_under_oversubscription_on_tiny_rings() {
+    const PER_PRODUCER: u64 = 2_000;
+    for capacity in [1, 2, 4] {
+        watchdog(
+            &format!("oversubscribed retries, ring of {capacity}"),
+            LIMIT,
+            move |abort| {
+                let store = EventStore::builder(Dispatcher::<Ev>::new())
+                    .capacity(capacity)
+                    .policy(OverrunPolicy::Block)
+                    .build()
+                    .unwrap();
+                store
+                    .enable_dead_letters(1 << 16, Default::default(), None)
+                    .unwrap();
+                let failed_once = Arc::new(Mutex::new(std::collections::HashSet::new()));
+                let f = failed_once.clone();
+                store
+                    .subscribe(1)
+                    .retry(RetryPolicy::new(3).initial_delay(Duration::ZERO))
+                    .retry_panics()
+                    .dead_letters()
+                    .handle(move |_, e| {
+                        if e.id % 7 == 0 {
+                            panic!("planned panic");
+                        }
+                        if e.id % 5 == 0 && f.lock().unwrap().insert(e.id) {
+                            return Err("once".into());
+                        }
+                        Ok(())
+                    })
+                    .unwrap();
+                let hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                let producers: Vec<_> = (0..3)
+                    .map(|p| {
+                        let store = store.clone();
+                        thread::spawn(move || {
+                            for i in 0..PER_PRODUCER {
+                                store.enqueue(ev(1, p * PER_PRODUCER + i)).unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                let stop = Arc::new(AtomicBool::new(false));
+                let publishers: Vec<_> = (0..3)
+                    .map(|_| {
+                        let (store, stop, abort) = (store.clone(), stop.clone(), abort.clone());
+                        thread::spawn(move || {
+                            while !stop.load(Ordering::Relaxed) && !abort.load(Ordering::Relaxed) {
+                                if store.publish().dispatched == 0 {
+                                    thread::yield_now();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for p in producers {
+                    p.join().unwrap();
+                }
+                store.close(Duration::from_secs(30)).unwrap();
+                stop.store(true, Ordering::Relaxed);
+                for p in publishers {
+                    p.join().unwrap();
+                }
+                std::panic::set_hook(hook);
+                let total = 3 * PER_PRODUCER;
+                let always = (0..total).filter(|id| id % 7 == 0).count() as u64;
+                let once = (0..total).filter(|id| id % 5 == 0 && id % 7 != 0).count() as u64;
+                let m = store.metrics();
+                assert_eq!(m.published, total, "{m:?}");
+                assert_eq!(
+                    (m.dead_lettered, m.processed),
+                    (always, total - always),
+                    "{m:?}"
+                );
+                assert_eq!(m.panics, 3 * always, "{m:?}");
+                assert_eq!(m.handler_errors, 3 * always + once, "{m:?}");
+                assert_eq!(m.retries, 2 * always + once, "{m:?}");
+                assert_eq!(store.dead_letters().unwrap().len() as u64, always);
+                quiet_balanced(m);
+            },
+        );
+    }
 }

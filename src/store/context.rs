@@ -45,13 +45,13 @@ use crate::wait::earlier;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Context<'a, E: Event, Err = BoxError> {
-    pub(crate) store: &'a EventStore<E, Err>,
-    pub(crate) sequence: u64,
-    pub(crate) projection: &'a E::Projection,
-    pub(crate) deadline: Option<Instant>,
+    pub(super) store: &'a EventStore<E, Err>,
+    pub(super) sequence: u64,
+    pub(super) projection: &'a E::Projection,
+    pub(super) deadline: Option<Instant>,
     /// The event's hold, once a subscriber's retry asked for one (`store/held.rs`): a slot
     /// of the run's, so that making a context per event writes nothing.
-    pub(crate) held: &'a OnceLock<Arc<Held>>,
+    pub(super) held: &'a OnceLock<Arc<Held>>,
 }
 
 impl<'a, E: Event, Err> Context<'a, E, Err> {
@@ -97,6 +97,24 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
             .get_or_init(|| Arc::new(Held::new(&self.store.shared.counters)));
         held.share();
         Arc::clone(held)
+    }
+
+    /// The context of a call outside a run of events (a subscription's retry, on a publishing
+    /// thread): no deadline, and `held` an empty slot of the caller's (a retry is not held
+    /// again: its outcome is its job's).
+    pub(crate) fn outside_run(
+        store: &'a EventStore<E, Err>,
+        sequence: u64,
+        projection: &'a E::Projection,
+        held: &'a OnceLock<Arc<Held>>,
+    ) -> Self {
+        Context {
+            store,
+            sequence,
+            projection,
+            deadline: None,
+            held,
+        }
     }
 
     /// This context for a handler with its own time budget: the earlier of the two deadlines.

@@ -163,13 +163,7 @@ where
         let projection = sub.projection.clone();
         // A retry is not held again: its own outcome is this job's.
         let no_hold = OnceLock::new();
-        let ctx = Context {
-            store,
-            sequence,
-            projection: &projection,
-            deadline: None,
-            held: &no_hold,
-        };
+        let ctx = Context::outside_run(store, sequence, &projection, &no_hold);
         counters.add_retries(1);
         // An open breaker skips the retry: it uses up its attempt without a call.
         let attempted = if sub.breaker_allows(store) {
