@@ -33,6 +33,10 @@ pub enum BuildError {
     /// never be handed out.
     #[error("max_in_flight must be at least 1")]
     ZeroMaxInFlight,
+    /// [`Builder::sample_latency`](crate::Builder::sample_latency) was not a power of two
+    /// (sampled sequences are picked with a mask).
+    #[error("latency sampling rate {0} is not a power of two (1, 2, 4, ..., 64, ...)")]
+    SampleRate(u64),
 }
 
 /// Why [`EventStore::enqueue`](crate::EventStore::enqueue) refused an event. Every variant

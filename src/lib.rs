@@ -426,7 +426,9 @@ pub use error::{
     BatchError, BuildError, EnqueueError, EnqueueErrorKind, HandlerFailure, TimeoutError,
 };
 pub use event::{BoxError, Event, TypeKey};
-pub use metrics::Metrics;
+pub use metrics::{
+    LatencySummary, MAX_PROJECTIONS, Metrics, OVERFLOW, ProjectionLatency, ProjectionMetrics,
+};
 pub use schedule::{ScheduleHandle, ScheduleStatus};
 pub use store::{
     Builder, ConsumerThread, Context, DispatchMode, Dispatcher, Enqueued, ErrorKind, ErrorReport,

@@ -76,6 +76,8 @@ struct Outcomes {
     skipped: AtomicU64,
     /// Retry attempts run.
     retries: AtomicU64,
+    /// The deepest a lane was seen (`Metrics::depth_high_water`).
+    depth_high_water: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +130,17 @@ impl Counters {
         bump(&self.outcomes.handler_errors, 1);
         if matches!(failure, crate::error::HandlerFailure::Panic(_)) {
             bump(&self.outcomes.panics, 1);
+        }
+    }
+
+    /// A lane was seen holding `depth` events.
+    #[inline]
+    pub(crate) fn note_depth(&self, depth: u64) {
+        // A plain load first: the mark rarely moves, so the line is usually only read.
+        if depth > self.outcomes.depth_high_water.load(Ordering::Relaxed) {
+            self.outcomes
+                .depth_high_water
+                .fetch_max(depth, Ordering::Relaxed);
         }
     }
 
@@ -190,6 +203,7 @@ impl Counters {
             retries: load(&self.outcomes.retries),
             dead_letters: 0,
             dead_letters_dropped: 0,
+            depth_high_water: load(&self.outcomes.depth_high_water),
         }
     }
 }

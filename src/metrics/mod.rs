@@ -8,9 +8,18 @@
 
 mod counters;
 mod in_flight;
+mod latency;
+mod projection;
 
 pub(crate) use counters::{Counters, Rejection, Tally};
 pub(crate) use in_flight::InFlight;
+pub use latency::{LatencySummary, ProjectionLatency};
+pub(crate) use latency::{Sampling, SamplingConfig};
+pub(crate) use projection::{
+    LOCAL_ROUTES, Outcome, ProjectionCounters, ProjectionRegistry, RunCounts, Unlisted,
+    UnlistedCache,
+};
+pub use projection::{MAX_PROJECTIONS, OVERFLOW, ProjectionMetrics};
 
 /// A snapshot of a store's counters, from [`EventStore::metrics`](crate::EventStore::metrics).
 ///
@@ -96,6 +105,11 @@ pub struct Metrics {
     pub dead_letters: u64,
     /// Dead letters the queue dropped when full (its [`DeadLetterOverrun`](crate::DeadLetterOverrun)).
     pub dead_letters_dropped: u64,
+    /// The most events seen waiting in one lane (ring) at once: by a publisher about to take
+    /// them, or by a snapshot. Since only publishers shrink a lane, the depth a publisher sees
+    /// when it comes is the peak since the last take, so this is the lane's true peak up to
+    /// the events enqueued between a publisher's look and its take.
+    pub depth_high_water: u64,
 }
 
 impl Metrics {

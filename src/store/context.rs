@@ -9,6 +9,7 @@ use super::held::Held;
 use super::{Enqueued, EventStore};
 use crate::error::{BatchError, EnqueueError};
 use crate::event::{BoxError, Event};
+use crate::metrics::ProjectionCounters;
 use crate::ring::Intake;
 use crate::wait::earlier;
 
@@ -52,6 +53,8 @@ pub struct Context<'a, E: Event, Err = BoxError> {
     /// The event's hold, once a subscriber's retry asked for one (`store/held.rs`): a slot
     /// of the run's, so that making a context per event writes nothing.
     pub(super) held: &'a OnceLock<Arc<Held>>,
+    /// The counters of the event's projection.
+    pub(super) counters: &'a Arc<ProjectionCounters>,
 }
 
 impl<'a, E: Event, Err> Context<'a, E, Err> {
@@ -92,9 +95,10 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
     /// A share of this event's hold, taken (and counted in `retrying`) on first use: a retry
     /// job keeps the event's outcome open until it releases its share.
     pub(crate) fn hold(&self) -> Arc<Held> {
-        let held = self
-            .held
-            .get_or_init(|| Arc::new(Held::new(&self.store.shared.counters)));
+        let held = self.held.get_or_init(|| {
+            let projection = Arc::clone(self.counters);
+            Arc::new(Held::new(&self.store.shared.counters, projection))
+        });
         held.share();
         Arc::clone(held)
     }
@@ -106,6 +110,7 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
         store: &'a EventStore<E, Err>,
         sequence: u64,
         projection: &'a E::Projection,
+        counters: &'a Arc<ProjectionCounters>,
         held: &'a OnceLock<Arc<Held>>,
     ) -> Self {
         Context {
@@ -114,7 +119,13 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
             projection,
             deadline: None,
             held,
+            counters,
         }
+    }
+
+    /// The counters of the event's projection.
+    pub(crate) fn projection_counters(&self) -> &'a ProjectionCounters {
+        self.counters
     }
 
     /// This context for a handler with its own time budget: the earlier of the two deadlines.
@@ -125,6 +136,7 @@ impl<'a, E: Event, Err> Context<'a, E, Err> {
             projection: self.projection,
             deadline: earlier(self.deadline, Some(budget)),
             held: self.held,
+            counters: self.counters,
         }
     }
 }

@@ -5,6 +5,7 @@
 use super::{ErrorKind, ErrorReport, Shared};
 use crate::error::HandlerFailure;
 use crate::event::Event;
+use crate::metrics::Outcome;
 use crate::panics::{self, Payload, drop_caught};
 use crate::trace;
 
@@ -54,6 +55,31 @@ impl<E: Event, Err> Shared<E, Err> {
         if let Err(payload) = drop_caught(event) {
             self.drop_panicked(sequence, payload);
         }
+    }
+
+    /// Drops an event `DropOldest` evicted, after counting it dropped under its projection.
+    /// Its `projection()` is user code: a panic in it is contained and the event stays
+    /// counted in the store-wide `dropped`, under no projection. It is not reported: reports
+    /// are of events whose handling failed, and this one was never going to be handled.
+    #[cold]
+    pub(super) fn drop_evicted(&self, sequence: u64, event: E) {
+        match panics::catch(|| event.projection()) {
+            Ok(projection) => {
+                let counted = self
+                    .routes
+                    .load()
+                    .counters_of(&projection)
+                    .map(|counters| counters.add(Outcome::Dropped, 1))
+                    .is_some();
+                if !counted {
+                    let projections = self.routes.projections();
+                    projections.get(&projection).add(Outcome::Dropped, 1);
+                }
+                self.drop_projection(Some(sequence), projection);
+            }
+            Err(payload) => panics::dispose(payload),
+        }
+        self.drop_event(Some(sequence), event);
     }
 
     /// Drops the events of `buf` (sequences from `first`), emptying it, as

@@ -166,6 +166,9 @@ where
     ) -> Result<Enqueued, (E, ClaimError)> {
         match lane.claim(1) {
             Ok(sequence) => {
+                if let Some(sampling) = &self.sampling {
+                    sampling.stamp_range(sequence, 1, lane.tag());
+                }
                 // SAFETY: `sequence` was claimed just above, and is written once.
                 unsafe { lane.ring().write(sequence, event) };
                 lane.wake_consumers(&self.idle_consumers);
@@ -226,7 +229,7 @@ where
                             trace::dropped(sequence);
                             // An earlier eviction of this call (another enqueue took its room).
                             if let Some((seq, previous)) = evicted.replace((sequence, old)) {
-                                self.drop_event(Some(seq), previous);
+                                self.drop_evicted(seq, previous);
                             }
                         }
                         // Another producer's event at the head is being written: it will be
@@ -256,7 +259,7 @@ where
             }
         };
         if let Some((sequence, old)) = evicted {
-            self.drop_event(Some(sequence), old);
+            self.drop_evicted(sequence, old);
         }
         outcome
     }
@@ -391,7 +394,7 @@ where
             }
         };
         for (sequence, old) in evicted {
-            self.drop_event(Some(sequence), old);
+            self.drop_evicted(sequence, old);
         }
         outcome
     }
@@ -415,6 +418,9 @@ where
         batch: &mut Vec<E>,
         dropped: u64,
     ) -> Enqueued {
+        if let Some(sampling) = &self.sampling {
+            sampling.stamp_range(first, batch.len() as u64, lane.tag());
+        }
         // SAFETY: per the contract.
         unsafe { lane.ring().write_batch(first, batch) };
         lane.wake_consumers(&self.idle_consumers);

@@ -10,7 +10,9 @@
 //! processed otherwise. So a retry that finishes before the run does (on another publisher)
 //! cannot count the event before the run has added its own failures.
 
-use crate::metrics::{Counters, Tally};
+use std::sync::Arc;
+
+use crate::metrics::{Counters, Outcome, ProjectionCounters, Tally};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// How a share of a held event ended.
@@ -30,17 +32,26 @@ pub(crate) struct Held {
     shares: AtomicU64,
     failed: AtomicBool,
     dead_lettered: AtomicBool,
+    /// The event's projection's counters, which hold it in their `retrying` too.
+    projection: Arc<ProjectionCounters>,
 }
 
 impl Held {
     /// A hold with the run's own share, counted in `retrying`.
-    pub(crate) fn new(counters: &Counters) -> Self {
+    pub(crate) fn new(counters: &Counters, projection: Arc<ProjectionCounters>) -> Self {
         counters.hold();
+        projection.hold();
         Self {
             shares: AtomicU64::new(1),
             failed: AtomicBool::new(false),
             dead_lettered: AtomicBool::new(false),
+            projection,
         }
+    }
+
+    /// The event's projection's counters.
+    pub(crate) fn projection(&self) -> &Arc<ProjectionCounters> {
+        &self.projection
     }
 
     /// One more share, for a retry job.
@@ -62,13 +73,17 @@ impl Held {
             return;
         }
         let mut tally = Tally::default();
-        if self.dead_lettered.load(Ordering::Relaxed) {
+        let outcome = if self.dead_lettered.load(Ordering::Relaxed) {
             tally.dead_lettered = 1;
+            Outcome::DeadLettered
         } else if self.failed.load(Ordering::Relaxed) {
             tally.failed = 1;
+            Outcome::Failed
         } else {
             tally.processed = 1;
-        }
+            Outcome::Processed
+        };
+        self.projection.release(outcome);
         counters.release(tally);
     }
 }
@@ -86,7 +101,8 @@ mod loom_held {
     fn loom_the_last_share_released_decides_once() {
         loom::model(|| {
             let counters = Arc::new(Counters::default());
-            let held = Arc::new(Held::new(&counters));
+            let registry = crate::metrics::ProjectionRegistry::new(None);
+            let held = Arc::new(Held::new(&counters, registry.get(&"p")));
             held.share();
             held.share();
             let other = {
@@ -98,6 +114,8 @@ mod loom_held {
             other.join().unwrap();
             let m = counters.snapshot(0, 1);
             assert_eq!((m.retrying, m.failed, m.processed), (0, 1, 0), "{m:?}");
+            let p = &registry.snapshot()[0];
+            assert_eq!((p.retrying, p.failed, p.published), (0, 1, 1), "{p:?}");
         });
     }
 }

@@ -176,6 +176,8 @@ where
         };
         let mut report = PublishReport::default();
         for (lane, limit) in self.shared.tails() {
+            let depth = limit.saturating_sub(lane.ring.head());
+            self.shared.counters.note_depth(depth);
             report += self.publish_in_caller(lane, limit, deadline, &mut locals);
         }
         report

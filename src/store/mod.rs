@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::event::{BoxError, Event};
-use crate::metrics::{Counters, Metrics};
+use crate::metrics::{Counters, Metrics, ProjectionLatency, ProjectionMetrics};
 use crate::ring::Ring;
 use crate::sync::AtomicU64;
 use crate::wait::Sleepers;
@@ -86,6 +86,8 @@ struct Shared<E: Event, Err> {
     blocked: Sleepers,
     /// Consumers asleep in `publish_wait` on an empty ring.
     idle_consumers: Sleepers,
+    /// Latency sampling ([`Builder::sample_latency`]), when on.
+    sampling: Option<crate::metrics::Sampling>,
     /// What layers built on the core (the timer) keep in the store; told of shutdown.
     layers: Layers<E>,
     /// Work a layer holds for publishing threads to run later (retries), once registered.
@@ -207,6 +209,12 @@ where
 
     /// A snapshot of the counters.
     pub fn metrics(&self) -> Metrics {
+        for lane in self.shared.sources() {
+            let head = lane.ring.head();
+            self.shared
+                .counters
+                .note_depth(lane.ring.tail().saturating_sub(head));
+        }
         let head = self.shared.head();
         let tail = self.shared.tail();
         let mut metrics = self.shared.counters.snapshot(head, tail);
@@ -215,6 +223,48 @@ where
         }
         self.shared.layers.add_metrics(&mut metrics);
         metrics
+    }
+
+    /// Counts per projection, sorted by the projection's `Debug` form: every projection with
+    /// a route, and every one an event was seen with (up to
+    /// [`MAX_PROJECTIONS`](crate::MAX_PROJECTIONS)). See [`ProjectionMetrics`] for when an
+    /// event is counted and the sums that hold.
+    ///
+    /// ```
+    /// use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+    /// struct Ev(&'static str);
+    /// impl Event for Ev {
+    ///     type Projection = &'static str;
+    ///     fn projection(&self) -> &'static str { self.0 }
+    /// }
+    /// let mut dispatcher = Dispatcher::<Ev>::new();
+    /// dispatcher.on("order", |_, _| Ok(()));
+    /// let store = EventStore::new(dispatcher, 8, OverrunPolicy::ReturnError)?;
+    /// for p in ["order", "order", "nobody"] {
+    ///     store.enqueue(Ev(p))?;
+    /// }
+    /// store.publish();
+    /// let counts = store.projection_metrics();
+    /// assert_eq!(counts[0].projection, r#""nobody""#);
+    /// assert_eq!((counts[0].published, counts[0].unrouted), (1, 1));
+    /// assert_eq!((counts[1].published, counts[1].processed), (2, 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn projection_metrics(&self) -> Vec<ProjectionMetrics> {
+        self.shared.routes.projections().snapshot()
+    }
+
+    /// Sampled latencies per projection (wait in the ring, handler run time), sorted by the
+    /// projection's `Debug` form; empty unless the store was built with
+    /// [`Builder::sample_latency`].
+    pub fn latency(&self) -> Vec<ProjectionLatency> {
+        self.shared
+            .routes
+            .projections()
+            .latency()
+            .into_iter()
+            .map(|(projection, wait, run)| ProjectionLatency::new(projection, wait, run))
+            .collect()
     }
 
     /// Events waiting in the ring (in both lanes, for a store with a [`Producer`]).

@@ -163,7 +163,9 @@ where
     fn publish_sync(&self, deadline: Option<Instant>) -> PublishReport {
         let mut report = PublishReport::default();
         for (lane, limit) in self.shared.tails() {
-            report += match limit.saturating_sub(lane.ring.head()) {
+            let depth = limit.saturating_sub(lane.ring.head());
+            self.shared.counters.note_depth(depth);
+            report += match depth {
                 0 => continue,
                 1 => self.publish_one(lane, limit, deadline),
                 _ => self.publish_in_caller(lane, limit, deadline, &mut NoLocal),
@@ -228,6 +230,7 @@ where
         deadline: Option<Instant>,
     ) -> PublishReport {
         let pending = limit.saturating_sub(lane.ring.head());
+        self.shared.counters.note_depth(pending);
         let threads = self.pool_threads();
         let probe = 2 * PROBE_EVENTS as u64;
         if pending == 0 {
@@ -324,6 +327,7 @@ where
             if want == 0 {
                 break;
             }
+            self.shared.counters.note_depth(want);
             // Reserved under the bound before the claim, so that concurrent publishers cannot
             // overshoot the bound together.
             let Some(room) = self

@@ -23,6 +23,7 @@ use super::Context;
 use super::dispatcher::{Dispatcher, Handler};
 use crate::error::HandlerFailure;
 use crate::event::Event;
+use crate::metrics::{ProjectionCounters, ProjectionRegistry};
 use crate::panics;
 
 /// One multiply per word: fast for the small keys projections are (integers, enums, short
@@ -139,8 +140,76 @@ pub(crate) enum Delivery<Err> {
 /// Routes as built: each projection with its entries.
 type RouteList<E, Err> = Vec<(<E as Event>::Projection, Vec<Entry<E, Err>>)>;
 
-/// One version of the route table, as the run loop uses it.
-pub(crate) type Table<E, Err> = Routes<<E as Event>::Projection, Entry<E, Err>>;
+/// What [`Table::lookup`] finds: the route's slot, and the handlers to run.
+pub(crate) type Lookup<'a, E, Err> = (Option<usize>, Option<&'a [Entry<E, Err>]>);
+
+/// One version of the route table, as the run loop uses it: the routes, and each route's
+/// projection counters (looked up in the store's [`ProjectionRegistry`] when the version is
+/// built, so that the run loop never takes its lock for a routed projection).
+pub(crate) struct Table<E: Event, Err> {
+    routes: Routes<E::Projection, Entry<E, Err>>,
+    /// `counters[slot]`: the counters of the route at `slot` of `routes`.
+    counters: Box<[Option<Arc<ProjectionCounters>>]>,
+}
+
+impl<E: Event, Err> Table<E, Err> {
+    fn new(routes: Routes<E::Projection, Entry<E, Err>>, registry: &ProjectionRegistry) -> Self {
+        let counters = routes
+            .slots
+            .iter()
+            .map(|slot| slot.as_ref().map(|r| registry.get(&r.projection)))
+            .collect();
+        Self { routes, counters }
+    }
+
+    /// The slot of `projection`'s route, and its handlers; `None` for a projection without a
+    /// route, with the catch-all handlers if there are any.
+    #[inline(always)]
+    pub(crate) fn lookup(&self, projection: &E::Projection) -> Lookup<'_, E, Err> {
+        match self.routes.find(projection) {
+            // A route whose subscriptions are all gone (catch-alls are in every route).
+            Some(i) => (
+                Some(i),
+                self.routes.handlers_at(i).filter(|h| !h.is_empty()),
+            ),
+            None if self.routes.fallback.is_empty() => (None, None),
+            None => (None, Some(&self.routes.fallback)),
+        }
+    }
+
+    /// The counters of the route at `slot` (from [`lookup`](Self::lookup)).
+    #[inline(always)]
+    pub(crate) fn counters_at(&self, slot: usize) -> &Arc<ProjectionCounters> {
+        match &self.counters[slot] {
+            Some(counters) => counters,
+            None => unreachable!("a slot lookup returned holds a route"),
+        }
+    }
+
+    /// The counters of `projection`'s route, if it has one.
+    pub(crate) fn counters_of(
+        &self,
+        projection: &E::Projection,
+    ) -> Option<&Arc<ProjectionCounters>> {
+        self.routes
+            .find(projection)
+            .map(|slot| self.counters_at(slot))
+    }
+}
+
+impl<E: Event, Err> Deref for Table<E, Err> {
+    type Target = Routes<E::Projection, Entry<E, Err>>;
+    #[inline(always)]
+    fn deref(&self) -> &Self::Target {
+        &self.routes
+    }
+}
+
+impl<E: Event, Err> fmt::Debug for Table<E, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.routes.fmt(f)
+    }
+}
 
 /// The route table a store dispatches through: an atomically swapped snapshot
 /// (`arc_swap::ArcSwap`), built from the dispatcher's routes when the store is built, and
@@ -155,6 +224,8 @@ pub(crate) struct RouteTable<E: Event, Err> {
     current: ArcSwap<Table<E, Err>>,
     /// Serialises rebuilds.
     writer: Mutex<()>,
+    /// Every projection's counters: those of the routes, and of projections seen without one.
+    projections: ProjectionRegistry,
 }
 
 /// A loaded version of the table, valid for one run.
@@ -170,7 +241,7 @@ impl<E: Event, Err> Deref for Loaded<E, Err> {
 
 impl<E: Event, Err> RouteTable<E, Err> {
     /// The table of `dispatcher`'s routes.
-    pub(crate) fn new(dispatcher: Dispatcher<E, Err>) -> Self {
+    pub(crate) fn new(dispatcher: Dispatcher<E, Err>, projections: ProjectionRegistry) -> Self {
         let (routes, catch_all) = dispatcher.into_routes();
         let entries = |handlers: Vec<Handler<E, Err>>| -> Vec<Entry<E, Err>> {
             handlers.into_iter().map(Entry::Handler).collect()
@@ -178,10 +249,17 @@ impl<E: Event, Err> RouteTable<E, Err> {
         let routes = routes
             .map(|(key, handlers)| (key, entries(handlers)))
             .collect();
+        let table = Table::new(Routes::new(routes, entries(catch_all)), &projections);
         Self {
-            current: ArcSwap::from_pointee(Routes::new(routes, entries(catch_all))),
+            current: ArcSwap::from_pointee(table),
             writer: Mutex::new(()),
+            projections,
         }
+    }
+
+    /// Every projection's counters.
+    pub(crate) fn projections(&self) -> &ProjectionRegistry {
+        &self.projections
     }
 
     /// The routes for one run of events.
@@ -216,8 +294,8 @@ impl<E: Event, Err> RouteTable<E, Err> {
             entries.extend(catch_all.iter().cloned());
             routes.push((projection, entries));
         }
-        self.current
-            .store(Arc::new(Routes::new(routes, catch_all.to_vec())));
+        let table = Table::new(Routes::new(routes, catch_all.to_vec()), &self.projections);
+        self.current.store(Arc::new(table));
     }
 
     /// Removes the subscription `id`; returns the table it was in, which the caller may wait
@@ -242,7 +320,10 @@ impl<E: Event, Err> RouteTable<E, Err> {
                 (key.clone(), kept.collect())
             })
             .collect();
-        let new = Routes::new(routes, old.fallback().to_vec());
+        let new = Table::new(
+            Routes::new(routes, old.fallback().to_vec()),
+            &self.projections,
+        );
         drop(old);
         Some(self.current.swap(Arc::new(new)))
     }
@@ -326,6 +407,12 @@ impl<K: Eq + Hash, H> Routes<K, H> {
         });
     }
 
+    /// The handlers of the route at `slot`.
+    #[inline(always)]
+    fn handlers_at(&self, slot: usize) -> Option<&[H]> {
+        self.slots[slot].as_ref().map(|r| &r.handlers[..])
+    }
+
     /// The slot of `projection`'s route.
     #[inline]
     fn find(&self, projection: &K) -> Option<usize> {
@@ -383,9 +470,15 @@ impl<K: Eq + Hash, H> Routes<K, H> {
 
 #[inline]
 fn home<K: Hash>(key: &K, shift: u32) -> usize {
+    (hash_of(key) >> shift) as usize
+}
+
+/// The table's hash of `key`.
+#[inline]
+pub(crate) fn hash_of<K: Hash + ?Sized>(key: &K) -> u64 {
     let mut hasher = MulHasher::default();
     key.hash(&mut hasher);
-    (hasher.finish() >> shift) as usize
+    hasher.finish()
 }
 
 impl<K, H> Drop for Routes<K, H> {

@@ -11,11 +11,13 @@ use super::Context;
 use super::fork::Plan;
 use super::held::{Held, Standing};
 use super::local::{LocalHandlers, NoLocal};
-use super::routes::{Delivery, Entry, Table};
+use super::routes::{Delivery, Entry, Table, hash_of};
 use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
 use crate::event::Event;
-use crate::metrics::Tally;
+use crate::metrics::{
+    LOCAL_ROUTES, Outcome, ProjectionCounters, RunCounts, Tally, Unlisted, UnlistedCache,
+};
 use crate::panics::{self, Payload, dispose, panic_message};
 use crate::trace;
 
@@ -236,12 +238,16 @@ where
         // The event's hold, if a subscriber's retry takes one: lent to each event's context,
         // emptied when the event ends.
         let mut held = OnceLock::new();
+        let mut counts = RunCounts::new();
+        let mut unlisted = UnlistedCache::new();
         while cursor.event < events.len() {
             let run = panics::catch(|| {
                 self.run_from(
                     &routes,
                     &mut cursor,
                     &mut held,
+                    &mut counts,
+                    &mut unlisted,
                     first,
                     events,
                     deadline,
@@ -254,6 +260,10 @@ where
                 self.handle_panic(&mut cursor, first, events, payload, tally, outcomes);
             }
         }
+        counts.flush(|index| match index {
+            slot if slot < LOCAL_ROUTES => routes.counters_at(slot),
+            cached => unlisted.at(cached),
+        });
     }
 
     /// The hot loop of [`Self::run_events`]: runs events from `cursor` on.
@@ -267,6 +277,8 @@ where
         routes: &Table<E, Err>,
         cursor: &mut Cursor,
         held: &mut OnceLock<Arc<Held>>,
+        counts: &mut RunCounts,
+        unlisted: &mut UnlistedCache,
         first: u64,
         events: &[E],
         deadline: Option<Instant>,
@@ -275,6 +287,8 @@ where
         locals: &mut impl LocalHandlers<E, Err>,
     ) {
         let filter = self.shared.filter.as_deref();
+        let sampling = self.shared.sampling.as_ref();
+        let projections = self.shared.routes.projections();
         while let Some(event) = events.get(cursor.event) {
             // Handlers are numbered across both lists: the store's, then the local ones. After
             // a handler's panic the run resumes here with the next one; the cursor goes back to
@@ -295,8 +309,27 @@ where
                     continue;
                 }
             }
+            let sequence = first + cursor.event as u64;
             let projection = event.projection();
-            let shared = routes.get(&projection);
+            let (slot, shared) = routes.lookup(&projection);
+            // The projection's counters, and where the run counts it: its route's (at its
+            // slot), or for a projection without a route the registry's, through the run's
+            // small cache.
+            let uncached;
+            let (index, counters) = match slot {
+                // Routes past the local array are counted straight into their atomics.
+                Some(slot) if slot < LOCAL_ROUTES => (slot, routes.counters_at(slot)),
+                Some(slot) => (usize::MAX, routes.counters_at(slot)),
+                None => match unlisted.find(hash_of(&projection), |hash| {
+                    projections.by_hash(hash, &projection)
+                }) {
+                    Unlisted::Cached(index) => (index, unlisted.at(index)),
+                    Unlisted::Uncached(counters) => {
+                        uncached = counters;
+                        (usize::MAX, &uncached)
+                    }
+                },
+            };
             // Without local handlers (every path but `publish_with`) `local` is an empty
             // slice known at compile time, and this is the plain lookup.
             let (local, state) = locals.get(&projection);
@@ -304,10 +337,11 @@ where
                 let shared = shared.unwrap_or_default();
                 let ctx = Context {
                     store: self,
-                    sequence: first + cursor.event as u64,
+                    sequence,
                     projection: &projection,
                     deadline,
                     held,
+                    counters,
                 };
                 if resume != 0 {
                     // Resuming after a panic: the event's hold, if a retry took one.
@@ -315,6 +349,12 @@ where
                         let _ = ctx.held.set(held);
                     }
                 }
+                // A sampled event is timed from here (not after a handler's panic: its run
+                // is cut in two).
+                let started = match sampling {
+                    Some(s) if resume == 0 && s.config.samples(sequence) => Some(s.now()),
+                    _ => None,
+                };
                 for (index, entry) in shared.iter().enumerate().skip(resume) {
                     cursor.handler = index;
                     let _span = trace::handler(&projection, ctx.sequence, index);
@@ -340,6 +380,9 @@ where
                         self.handler_failed(cursor, &ctx, err, outcomes);
                     }
                 }
+                if let Some(started) = started {
+                    self.record_latency(counters, sequence, started);
+                }
                 tally.handler_errors += cursor.failures;
                 if let Some(held) = held.get().is_some().then(|| held.take()).flatten() {
                     // A retry is pending: the hold decides the event's place when it ends.
@@ -351,13 +394,20 @@ where
                     held.release(standing, &self.shared.counters);
                 } else if cursor.dead_lettered {
                     tally.dead_lettered += 1;
+                    counters.add(Outcome::DeadLettered, 1);
                 } else if cursor.failures == 0 {
                     tally.processed += 1;
+                    counts.processed(index, counters);
                 } else {
                     tally.failed += 1;
+                    counters.add(Outcome::Failed, 1);
+                }
+                if cursor.failures != 0 {
+                    counters.add_handler_errors(cursor.failures);
                 }
             } else {
                 tally.unrouted += 1;
+                counters.add(Outcome::Unrouted, 1);
             }
             // A projection's `Drop` is user code too; for keys without one (the usual enums,
             // integers and `&str`) this compiles to nothing.
@@ -367,6 +417,21 @@ where
             }
             cursor.next_event();
         }
+    }
+
+    /// Records a sampled event's wait in the ring and its handlers' run time, from `started`.
+    #[cold]
+    #[inline(never)]
+    fn record_latency(&self, counters: &ProjectionCounters, sequence: u64, started: u64) {
+        let (Some(sampling), Some(latency)) = (self.shared.sampling.as_ref(), counters.latency())
+        else {
+            return;
+        };
+        let now = sampling.now();
+        latency.record(
+            sampling.waited(sequence, started),
+            now.wrapping_sub(started),
+        );
     }
 
     /// Counts and reports what a subscriber said other than `Done`.
@@ -402,6 +467,7 @@ where
             // Counted as a handler error now; the event's outcome waits for the retry.
             Delivery::Deferred(failure) => {
                 tally.handler_errors += 1;
+                ctx.counters.add_handler_errors(1);
                 if cursor.held.is_none() {
                     cursor.held = ctx.held.get().cloned();
                 }

@@ -149,6 +149,7 @@ where
         // wait for the table loaded just above, which this thread holds.
         let _running = RunningHandlers::enter();
         let counters = store.counters();
+        let projection_counters = Arc::clone(held.projection());
         // Released as failed if user code (a breaker, a clock, the event's `Clone`) panics
         // below: the panic is contained by `run_due`, the event's hold must still end.
         let mut share = Share {
@@ -163,10 +164,12 @@ where
         let projection = sub.projection.clone();
         // A retry is not held again: its own outcome is this job's.
         let no_hold = OnceLock::new();
-        let ctx = Context::outside_run(store, sequence, &projection, &no_hold);
+        let ctx =
+            Context::outside_run(store, sequence, &projection, &projection_counters, &no_hold);
         counters.add_retries(1);
+        projection_counters.add_retry();
         // An open breaker skips the retry: it uses up its attempt without a call.
-        let attempted = if sub.breaker_allows(store) {
+        let attempted = if sub.breaker_allows(store, &projection_counters) {
             sub.attempt(&ctx, &event)
         } else {
             Attempt::Failed(crate::error::HandlerFailure::CircuitOpen)
@@ -181,6 +184,7 @@ where
                 if !skipped {
                     sub.record(false);
                     counters.record_failure(&failure);
+                    projection_counters.add_handler_errors(1);
                 }
                 store.report_failure(&projection, sequence, &failure);
                 if sub.retries_left(&failure, attempt + 1) {

@@ -14,6 +14,7 @@ use super::retry::{RetryPolicy, RetryPolicyError};
 use super::{Retryable, SubscriptionId};
 use crate::error::HandlerFailure;
 use crate::event::Event;
+use crate::metrics::ProjectionCounters;
 use crate::panics;
 use crate::store::{Context, Delivery, Entry, EventStore, RunningHandlers, Standing, Subscriber};
 use crate::sync::Backoff;
@@ -129,10 +130,15 @@ where
     }
 
     /// True unless the breaker is open now; a skip is counted.
-    pub(super) fn breaker_allows(&self, store: &EventStore<E, Err>) -> bool {
+    pub(super) fn breaker_allows(
+        &self,
+        store: &EventStore<E, Err>,
+        projection: &ProjectionCounters,
+    ) -> bool {
         match &self.breaker {
             Some(breaker) if !breaker.allow(self.clock.now()) => {
                 store.counters().add_skipped(1);
+                projection.add_skipped();
                 false
             }
             _ => true,
@@ -256,7 +262,7 @@ where
                 Err(err) => Delivery::Failed(HandlerFailure::Error(err)),
             };
         }
-        if !self.breaker_allows(ctx.store()) {
+        if !self.breaker_allows(ctx.store(), ctx.projection_counters()) {
             // Skipped: a dead letter if this subscription sends them, else nothing.
             return match self.give_up(ctx.store(), event, HandlerFailure::CircuitOpen, 0) {
                 (Standing::DeadLettered, _) => Delivery::DeadLettered {
@@ -288,9 +294,11 @@ where
             ctx.store()
                 .report_failure(ctx.projection(), ctx.sequence(), &report);
             ctx.store().counters().record_failure(&report);
+            ctx.projection_counters().add_handler_errors(1);
             panics::drop_contained(report);
             std::thread::sleep(retry.policy.delay_before(attempts, 0));
             ctx.store().counters().add_retries(1);
+            ctx.projection_counters().add_retry();
             match self.attempt(ctx, event) {
                 Attempt::Ok => {
                     self.record(true);

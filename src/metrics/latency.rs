@@ -1,0 +1,334 @@
+//! Sampled latencies: one event in `every` (a power of two, chosen with
+//! [`Builder::sample_latency`](crate::Builder::sample_latency)) has the time it waited in the
+//! ring (enqueue to dispatch) and the time its handlers ran recorded in its projection's
+//! HdrHistograms (the `hdrhistogram` crate). Off by default; off, the enqueue path and the run
+//! loop each test one `Option` per call.
+//!
+//! An event is sampled when its sequence is a multiple of `every`: the producer stamps the
+//! time into a side array, one slot per ring slot ([`Stamps`]); the publisher that dispatches
+//! it reads the stamp back. A stamp packs the time with the ring lap it was written in, so a
+//! stamp that a later lap overwrote before the dispatch read it is recognised and skipped
+//! rather than read as a wrong wait.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// Significant figures the histograms keep: 1% precision at every magnitude.
+const SIGNIFICANT_FIGURES: u8 = 2;
+
+/// How often the store samples latencies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SamplingConfig {
+    /// `every - 1`: a sequence `s` is sampled when `s & mask == 0`.
+    mask: u64,
+}
+
+impl SamplingConfig {
+    /// One in `every` events; `every` is a power of two (the builder checks).
+    pub(crate) fn one_in(every: u64) -> Self {
+        debug_assert!(every.is_power_of_two());
+        Self { mask: every - 1 }
+    }
+
+    /// True for a sampled sequence (the lane's tag bit is above any mask).
+    #[inline(always)]
+    pub(crate) fn samples(&self, sequence: u64) -> bool {
+        sequence & self.mask == 0
+    }
+}
+
+/// Per-slot enqueue times of one lane, for sampled sequences.
+#[derive(Debug)]
+pub(crate) struct Stamps {
+    /// `(nanoseconds since epoch) << LAP_BITS | lap`, one per ring slot.
+    slots: Box<[AtomicU64]>,
+    /// `log2(capacity)`: a sequence's lap is `sequence >> slot_bits`.
+    slot_bits: u32,
+}
+
+/// Low bits of a stamp that name the lap it was written in.
+const LAP_BITS: u32 = 16;
+const LAP_MASK: u64 = (1 << LAP_BITS) - 1;
+
+impl Stamps {
+    /// Stamps for a ring of `capacity` slots (a power of two).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            slots: (0..capacity).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            slot_bits: capacity.trailing_zeros(),
+        }
+    }
+
+    fn index(&self, sequence: u64) -> usize {
+        (sequence & ((1 << self.slot_bits) - 1)) as usize
+    }
+
+    fn lap(&self, sequence: u64) -> u64 {
+        (sequence >> self.slot_bits) & LAP_MASK
+    }
+
+    /// Records that `sequence` was enqueued `at` (nanoseconds since the epoch). Called before
+    /// the event is written to its slot: the slot's release store publishes the stamp to the
+    /// publisher that takes the event.
+    #[inline]
+    pub(crate) fn stamp(&self, sequence: u64, at: u64) {
+        // Relaxed: ordered before the dispatch by the ring slot's release/acquire.
+        self.slots[self.index(sequence)]
+            .store(at << LAP_BITS | self.lap(sequence), Ordering::Relaxed);
+    }
+
+    /// When `sequence` was enqueued (nanoseconds since the epoch), unless its stamp was
+    /// overwritten by a later lap meanwhile.
+    #[inline]
+    pub(crate) fn read(&self, sequence: u64) -> Option<u64> {
+        let stamp = self.slots[self.index(sequence)].load(Ordering::Relaxed);
+        (stamp != u64::MAX && stamp & LAP_MASK == self.lap(sequence)).then_some(stamp >> LAP_BITS)
+    }
+}
+
+/// The store's latency sampling: the config, the clock's epoch, and each lane's stamps.
+#[derive(Debug)]
+pub(crate) struct Sampling {
+    pub(crate) config: SamplingConfig,
+    epoch: Instant,
+    /// The shared lane's stamps, then the producer lane's (if any).
+    lanes: [Option<Stamps>; 2],
+}
+
+impl Sampling {
+    pub(crate) fn new(config: SamplingConfig, capacity: usize, producer_lane: bool) -> Self {
+        Self {
+            config,
+            epoch: Instant::now(),
+            lanes: [
+                Some(Stamps::new(capacity)),
+                producer_lane.then(|| Stamps::new(capacity)),
+            ],
+        }
+    }
+
+    /// Nanoseconds since the epoch, as stamps hold them (wraps after 2^48 ns, about 78 hours;
+    /// a wait is computed modulo that).
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64) & (u64::MAX >> LAP_BITS)
+    }
+
+    /// The stamps of the lane `tagged` (a sequence with its lane's tag) is on.
+    #[inline]
+    fn lane(&self, tagged: u64) -> Option<&Stamps> {
+        let producer = tagged & crate::store::PRODUCER_LANE != 0;
+        self.lanes[usize::from(producer)].as_ref()
+    }
+
+    /// Stamps every sampled sequence among `count` from `first` (untagged) of lane `tag`.
+    #[inline]
+    pub(crate) fn stamp_range(&self, first: u64, count: u64, tag: u64) {
+        let Some(stamps) = self.lane(tag) else {
+            return;
+        };
+        let mask = self.config.mask;
+        // The first multiple of `every` at or after `first`.
+        let mut sequence = (first + mask) & !mask;
+        let end = first + count;
+        if sequence >= end {
+            return;
+        }
+        let now = self.now();
+        while sequence < end {
+            stamps.stamp(sequence, now);
+            sequence += mask + 1;
+        }
+    }
+
+    /// How long the sampled event `tagged` waited, from its stamp to `now`.
+    #[inline]
+    pub(crate) fn waited(&self, tagged: u64, now: u64) -> Option<u64> {
+        let untagged = tagged & !crate::store::PRODUCER_LANE;
+        let then = self.lane(tagged)?.read(untagged)?;
+        Some(now.wrapping_sub(then) & (u64::MAX >> LAP_BITS))
+    }
+}
+
+/// One projection's sampled latencies, in nanoseconds.
+#[derive(Debug)]
+pub(crate) struct LatencyHistograms {
+    wait: Mutex<Histogram<u64>>,
+    run: Mutex<Histogram<u64>>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Grows as larger values arrive; starts sized for up to 1 ms.
+    let mut h = Histogram::new_with_max(1_000_000, SIGNIFICANT_FIGURES)
+        .expect("1 ms and 2 significant figures are valid bounds");
+    h.auto(true);
+    h
+}
+
+impl LatencyHistograms {
+    pub(crate) fn new() -> Self {
+        Self {
+            wait: Mutex::new(histogram()),
+            run: Mutex::new(histogram()),
+        }
+    }
+
+    /// Records a wait in the ring and a run of the handlers (nanoseconds). A lock each, held
+    /// for one record: no user code runs under it.
+    pub(crate) fn record(&self, waited: Option<u64>, ran: u64) {
+        if let Some(waited) = waited {
+            record(&self.wait, waited);
+        }
+        record(&self.run, ran);
+    }
+
+    pub(crate) fn wait_summary(&self) -> LatencySummary {
+        LatencySummary::of(&self.wait.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn run_summary(&self) -> LatencySummary {
+        LatencySummary::of(&self.run.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+fn record(histogram: &Mutex<Histogram<u64>>, nanos: u64) {
+    let mut h = histogram.lock().unwrap_or_else(PoisonError::into_inner);
+    // `record` grows the histogram (auto-resize) for a value past its range; should growing
+    // fail, the value is clamped to the largest it holds rather than lost.
+    if h.record(nanos).is_err() {
+        h.saturating_record(nanos);
+    }
+}
+
+/// Percentiles of one sampled latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct LatencySummary {
+    /// Samples recorded.
+    pub count: u64,
+    /// The smallest sample.
+    pub min: Duration,
+    /// The mean.
+    pub mean: Duration,
+    /// The median.
+    pub p50: Duration,
+    /// The 90th percentile.
+    pub p90: Duration,
+    /// The 99th percentile.
+    pub p99: Duration,
+    /// The 99.9th percentile.
+    pub p999: Duration,
+    /// The largest sample.
+    pub max: Duration,
+}
+
+impl LatencySummary {
+    /// The summary of `h` (nanoseconds). Values are HdrHistogram's: each within 1% of a
+    /// recorded sample (two significant figures).
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let at = |q: f64| Duration::from_nanos(h.value_at_quantile(q));
+        Self {
+            count: h.len(),
+            min: Duration::from_nanos(h.min()),
+            mean: Duration::from_nanos(h.mean() as u64),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: Duration::from_nanos(h.max()),
+        }
+    }
+}
+
+/// The sampled latencies of one projection, from
+/// [`EventStore::latency`](crate::EventStore::latency).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProjectionLatency {
+    /// The projection, in its `Debug` form.
+    pub projection: String,
+    /// Time from enqueue to dispatch (the ring's wait).
+    pub wait: LatencySummary,
+    /// Time the event's handlers ran, all of them together.
+    pub run: LatencySummary,
+}
+
+impl ProjectionLatency {
+    pub(crate) fn new(projection: String, wait: LatencySummary, run: LatencySummary) -> Self {
+        Self {
+            projection,
+            wait,
+            run,
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_durations() {
+        let h = LatencyHistograms::new();
+        // 1..=1000 microseconds, once each: the q-quantile is about q * 1000 us.
+        for us in 1..=1000u64 {
+            h.record(Some(us * 1000), us * 1000);
+        }
+        let s = h.run_summary();
+        assert_eq!(s.count, 1000);
+        let near = |d: Duration, us: u64| {
+            let want = us as f64 * 1000.0;
+            (d.as_nanos() as f64 - want).abs() <= want * 0.01
+        };
+        assert!(near(s.p50, 500), "{s:?}");
+        assert!(near(s.p90, 900), "{s:?}");
+        assert!(near(s.p99, 990), "{s:?}");
+        assert!(near(s.p999, 999), "{s:?}");
+        assert!(near(s.max, 1000), "{s:?}");
+        assert!(near(s.min, 1), "{s:?}");
+        assert!(near(s.mean, 500), "{s:?}");
+        assert_eq!(h.wait_summary(), s);
+        assert_eq!(LatencySummary::of(&histogram()), LatencySummary::default());
+    }
+
+    #[test]
+    fn a_tail_far_above_the_start_range_is_kept() {
+        let h = LatencyHistograms::new();
+        for _ in 0..999 {
+            h.record(None, 100);
+        }
+        h.record(None, 5_000_000_000); // 5 s, past the 1 ms the histogram starts with
+        let s = h.run_summary();
+        assert_eq!(s.p99, Duration::from_nanos(100));
+        let max = s.max.as_secs_f64();
+        assert!((4.95..=5.05).contains(&max), "{s:?}");
+        assert_eq!(h.wait_summary().count, 0, "no wait was recorded");
+    }
+
+    #[test]
+    fn stamps_sample_one_in_every_and_forget_overwritten_laps() {
+        let sampling = Sampling::new(SamplingConfig::one_in(4), 8, false);
+        sampling.stamp_range(1, 10, 0); // 1..=10: samples 4 and 8
+        let now = sampling.now() + 1000;
+        assert!(sampling.waited(4, now).is_some_and(|w| w >= 1000));
+        assert!(sampling.waited(8, now).is_some());
+        assert!(sampling.waited(12, now).is_none(), "never stamped");
+        assert!(
+            sampling.waited(0, now).is_none(),
+            "slot 0 holds lap 1's stamp"
+        );
+        assert!(!sampling.config.samples(5));
+        assert!(
+            sampling
+                .waited(crate::store::PRODUCER_LANE | 4, now)
+                .is_none()
+        );
+    }
+}
