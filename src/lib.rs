@@ -411,6 +411,7 @@ mod barrier;
 mod error;
 mod event;
 mod event_enum;
+mod health;
 mod metrics;
 mod panics;
 mod ring;
@@ -426,6 +427,7 @@ pub use error::{
     BatchError, BuildError, EnqueueError, EnqueueErrorKind, HandlerFailure, TimeoutError,
 };
 pub use event::{BoxError, Event, TypeKey};
+pub use health::{Health, HealthThresholds, Unhealthy};
 pub use metrics::{
     LatencySummary, MAX_PROJECTIONS, Metrics, OVERFLOW, ProjectionLatency, ProjectionMetrics,
 };

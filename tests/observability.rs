@@ -411,3 +411,181 @@ fn unrouted_projections_are_counted_by_name() {
     assert_eq!(counts["(Debug panicked)"], 1);
     assert_eq!(store.metrics().unrouted, 6);
 }
+
+mod health {
+    use super::*;
+    use ringbus::{
+        ConsecutiveFailures, DeadLetterOverrun, HealthThresholds, ManualClock, Unhealthy,
+    };
+    use std::time::Instant;
+
+    /// Past the backlog threshold and back, with the default and a configured threshold.
+    #[test]
+    fn backlog_flips_past_its_threshold_and_back() {
+        let _deadline = deadline("backlog_flips_past_its_threshold_and_back", LIMIT);
+        let store = EventStore::new(dispatcher(), 8, OverrunPolicy::ReturnError).unwrap();
+        for _ in 0..6 {
+            store.enqueue(Ev(Kind::Ok)).unwrap();
+        }
+        let h = store.health();
+        assert!(h.healthy, "6 of 8 is under 0.8: {h:?}");
+        assert_eq!(h.backlog, 0.75);
+        store.enqueue(Ev(Kind::Ok)).unwrap();
+        let h = store.health();
+        assert_eq!(
+            h.reasons,
+            [Unhealthy::Backlog {
+                depth: 7,
+                capacity: 8
+            }]
+        );
+        store.set_health_thresholds(HealthThresholds {
+            max_backlog_ratio: 0.9,
+            ..HealthThresholds::default()
+        });
+        assert!(store.health().healthy, "7 of 8 is under 0.9");
+        store.publish();
+        let h = store.health();
+        assert!(h.healthy && h.backlog == 0.0, "{h:?}");
+    }
+
+    /// The error rate counts only the window: failures past it stop counting, and too few
+    /// events give no verdict.
+    #[test]
+    fn the_error_rate_flips_within_its_window_and_back() {
+        let _deadline = deadline("the_error_rate_flips_within_its_window_and_back", LIMIT);
+        let store = EventStore::new(dispatcher(), 128, OverrunPolicy::ReturnError).unwrap();
+        quiet_panics();
+        let window = Duration::from_secs(10);
+        store.set_health_thresholds(HealthThresholds {
+            window,
+            ..HealthThresholds::default()
+        });
+        let t0 = Instant::now();
+        let send = |kind: Kind, n: usize| {
+            for _ in 0..n {
+                store.enqueue(Ev(kind)).unwrap();
+            }
+            store.publish();
+        };
+        send(Kind::Err, 5);
+        let h = store.health_at(t0);
+        assert!(h.healthy, "5 events are under min_events: {h:?}");
+        assert_eq!(h.error_rate, 1.0);
+        send(Kind::Ok, 100);
+        let h = store.health_at(t0 + Duration::from_secs(1));
+        assert!(h.healthy, "5 of 105 is under 5%: {h:?}");
+        send(Kind::Err, 10);
+        let h = store.health_at(t0 + Duration::from_secs(2));
+        match &h.reasons[..] {
+            [
+                Unhealthy::ErrorRate {
+                    failures: 15,
+                    finished: 115,
+                    over,
+                },
+            ] => {
+                assert!(*over >= window, "{h:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Ten seconds on: the window starts after the failures; only successes since.
+        send(Kind::Ok, 30);
+        let h = store.health_at(t0 + Duration::from_secs(13));
+        assert!(h.healthy, "{h:?}");
+        assert_eq!(h.error_rate, 0.0);
+        assert_eq!(h.metrics.failed, 15, "the totals keep them");
+        // A burst of failures inside the window flips it again.
+        send(Kind::Panic, 20);
+        let h = store.health_at(t0 + Duration::from_secs(14));
+        assert!(
+            matches!(
+                h.reasons[..],
+                [Unhealthy::ErrorRate {
+                    failures: 20,
+                    finished: 50,
+                    ..
+                }]
+            ),
+            "{h:?}"
+        );
+        assert!(h.errors_per_second > 0.0);
+    }
+
+    /// Dead letters waiting make the store unhealthy until they are taken.
+    #[test]
+    fn dead_letters_flip_health_until_drained() {
+        let _deadline = deadline("dead_letters_flip_health_until_drained", LIMIT);
+        let store = EventStore::new(Dispatcher::<Ev>::new(), 16, OverrunPolicy::Block).unwrap();
+        store
+            .enable_dead_letters(8, DeadLetterOverrun::DropNewest, None)
+            .unwrap();
+        let _sub = store
+            .subscribe(Kind::Err)
+            .dead_letters()
+            .handle(|_, _| Err("poison".into()))
+            .unwrap();
+        store.set_health_thresholds(HealthThresholds {
+            max_error_rate: 1.0,
+            ..HealthThresholds::default()
+        });
+        store.enqueue(Ev(Kind::Err)).unwrap();
+        store.publish();
+        let h = store.health();
+        assert_eq!(h.reasons, [Unhealthy::DeadLetters { waiting: 1 }]);
+        assert_eq!(store.dead_letters().unwrap().drain().len(), 1);
+        assert!(store.health().healthy);
+    }
+
+    /// An open breaker makes the store unhealthy; half-open (cooldown passed) it is healthy.
+    #[test]
+    fn an_open_breaker_flips_health_until_its_cooldown() {
+        let _deadline = deadline("an_open_breaker_flips_health_until_its_cooldown", LIMIT);
+        let store = EventStore::new(Dispatcher::<Ev>::new(), 16, OverrunPolicy::Block).unwrap();
+        let clock = Arc::new(ManualClock::new());
+        let breaker = ConsecutiveFailures::new(2, Duration::from_secs(5), 1).unwrap();
+        let sub = store
+            .subscribe(Kind::Err)
+            .breaker(breaker)
+            .clock(clock.clone())
+            .handle(|_, _| Err("down".into()))
+            .unwrap();
+        store.set_health_thresholds(HealthThresholds {
+            max_error_rate: 1.0,
+            ..HealthThresholds::default()
+        });
+        store.enqueue(Ev(Kind::Err)).unwrap();
+        store.publish();
+        assert!(store.health().healthy, "one failure: still closed");
+        store.enqueue(Ev(Kind::Err)).unwrap();
+        store.publish();
+        let h = store.health();
+        assert_eq!(
+            h.reasons,
+            [Unhealthy::BreakerOpen {
+                projection: name(Kind::Err),
+                subscription: sub.id(),
+            }]
+        );
+        clock.advance(Duration::from_secs(6));
+        assert!(store.health().healthy, "half-open after the cooldown");
+        store.set_health_thresholds(HealthThresholds {
+            max_error_rate: 1.0,
+            open_breakers: false,
+            ..HealthThresholds::default()
+        });
+        clock.advance(Duration::ZERO);
+        store.enqueue(Ev(Kind::Err)).unwrap();
+        store.publish(); // fails on trial: open again, but not judged
+        assert!(store.health().healthy);
+    }
+
+    /// A closed store says so.
+    #[test]
+    fn a_closed_store_is_unhealthy() {
+        let _deadline = deadline("a_closed_store_is_unhealthy", LIMIT);
+        let store = EventStore::new(dispatcher(), 8, OverrunPolicy::Block).unwrap();
+        store.close(Duration::from_secs(5)).unwrap();
+        assert_eq!(store.health().reasons, [Unhealthy::Closed]);
+    }
+}

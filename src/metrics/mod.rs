@@ -17,7 +17,7 @@ pub use latency::{LatencySummary, ProjectionLatency};
 pub(crate) use latency::{Sampling, SamplingConfig};
 pub(crate) use projection::{
     LOCAL_ROUTES, Outcome, ProjectionCounters, ProjectionRegistry, RunCounts, Unlisted,
-    UnlistedCache,
+    UnlistedCache, name_of,
 };
 pub use projection::{MAX_PROJECTIONS, OVERFLOW, ProjectionMetrics};
 

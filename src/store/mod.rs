@@ -267,6 +267,36 @@ where
             .collect()
     }
 
+    /// The subscriptions whose circuit breaker is open now: each one's projection (its `Debug`
+    /// form) and id.
+    pub(crate) fn open_breakers(&self) -> Vec<(String, u64)> {
+        let table = self.shared.routes.load();
+        let mut open: Vec<(String, u64)> = table
+            .iter()
+            .flat_map(|(projection, entries)| {
+                entries
+                    .iter()
+                    .filter_map(|e| e.open_breaker())
+                    .map(move |id| (crate::metrics::name_of(projection), id))
+            })
+            .collect();
+        open.sort_unstable();
+        open.dedup();
+        open
+    }
+
+    /// The events waiting in the fullest lane (the shared ring, or a [`Producer`]'s).
+    pub(crate) fn deepest_lane(&self) -> u64 {
+        self.shared
+            .sources()
+            .map(|lane| {
+                let head = lane.ring.head();
+                lane.ring.tail().saturating_sub(head)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Events waiting in the ring (in both lanes, for a store with a [`Producer`]).
     pub fn pending(&self) -> u64 {
         let head = self.shared.head();

@@ -97,6 +97,14 @@ impl<E: Event, Err> Clone for Entry<E, Err> {
 }
 
 impl<E: Event, Err> Entry<E, Err> {
+    /// The id of this entry's subscription if its circuit breaker is open now.
+    pub(crate) fn open_breaker(&self) -> Option<u64> {
+        match self {
+            Self::Subscriber(s) if s.breaker_open() => Some(s.id()),
+            _ => None,
+        }
+    }
+
     fn is_subscription(&self, id: u64) -> bool {
         match self {
             Self::Handler(_) => false,
@@ -116,6 +124,12 @@ pub(crate) trait Subscriber<E: Event, Err>: Send + Sync {
     /// Delivers `event` to the subscription. A panic of its handler is the subscriber's to
     /// contain (it may retry it); one that escapes counts as the handler's panic.
     fn deliver(&self, ctx: &Context<'_, E, Err>, event: &E) -> Delivery<Err>;
+
+    /// True while the subscription's circuit breaker is open (calls refused), for
+    /// [`EventStore::health`](crate::EventStore::health).
+    fn breaker_open(&self) -> bool {
+        false
+    }
 }
 
 /// What a [`Subscriber`] did with an event.

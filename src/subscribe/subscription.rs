@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use super::breaker::CircuitBreaker;
+use super::breaker::{BreakerState, CircuitBreaker};
 use super::clock::{Clock, SystemClock};
 use super::dead_letters::{DeadLetter, DeadLetterLayer};
 use super::retries::{Job, Retries};
@@ -214,6 +214,12 @@ where
 {
     fn id(&self) -> u64 {
         self.id.get()
+    }
+
+    fn breaker_open(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_some_and(|b| b.state(self.clock.now()) == BreakerState::Open)
     }
 
     fn deliver(&self, ctx: &Context<'_, E, Err>, event: &E) -> Delivery<Err> {
