@@ -419,6 +419,19 @@ mod health {
     };
     use std::time::Instant;
 
+    /// Health judged without the error rate, which the failing handlers below would trip.
+    fn ignore_error_rate(store: &EventStore<Ev>) {
+        store.set_health_thresholds(HealthThresholds {
+            max_error_rate: 1.0,
+            ..HealthThresholds::default()
+        });
+    }
+
+    fn send_one_err(store: &EventStore<Ev>) {
+        store.enqueue(Ev(Kind::Err)).unwrap();
+        store.publish();
+    }
+
     /// Past the backlog threshold and back, with the default and a configured threshold.
     #[test]
     fn backlog_flips_past_its_threshold_and_back() {
@@ -525,12 +538,8 @@ mod health {
             .dead_letters()
             .handle(|_, _| Err("poison".into()))
             .unwrap();
-        store.set_health_thresholds(HealthThresholds {
-            max_error_rate: 1.0,
-            ..HealthThresholds::default()
-        });
-        store.enqueue(Ev(Kind::Err)).unwrap();
-        store.publish();
+        ignore_error_rate(&store);
+        send_one_err(&store);
         let h = store.health();
         assert_eq!(h.reasons, [Unhealthy::DeadLetters { waiting: 1 }]);
         assert_eq!(store.dead_letters().unwrap().drain().len(), 1);
@@ -550,15 +559,10 @@ mod health {
             .clock(clock.clone())
             .handle(|_, _| Err("down".into()))
             .unwrap();
-        store.set_health_thresholds(HealthThresholds {
-            max_error_rate: 1.0,
-            ..HealthThresholds::default()
-        });
-        store.enqueue(Ev(Kind::Err)).unwrap();
-        store.publish();
+        ignore_error_rate(&store);
+        send_one_err(&store);
         assert!(store.health().healthy, "one failure: still closed");
-        store.enqueue(Ev(Kind::Err)).unwrap();
-        store.publish();
+        send_one_err(&store);
         let h = store.health();
         assert_eq!(
             h.reasons,
