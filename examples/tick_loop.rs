@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ringbus::{DispatchMode, Dispatcher, Event, EventStore, Metrics, OverrunPolicy};
+use ringbus::{
+    DispatchMode, Dispatcher, Event, EventStore, Health, Metrics, OverrunPolicy, ProjectionLatency,
+    ProjectionMetrics,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -101,7 +104,16 @@ struct Run {
     tick_p50: Duration,
     tick_p99: Duration,
     metrics: Metrics,
+    /// Sampled latencies per projection (1 event in [`SAMPLE_EVERY`]).
+    latency: Vec<ProjectionLatency>,
+    /// Events per projection.
+    projections: Vec<ProjectionMetrics>,
+    /// The health check after the last tick (before `close`, which would make it unhealthy).
+    health: Health,
 }
+
+/// One event in this many has its wait in the ring and its handlers' time sampled.
+const SAMPLE_EVERY: u64 = 64;
 
 fn simulate(mode: DispatchMode, ticks: u32, entities: u32) -> Run {
     let world = Arc::new(World::new(entities));
@@ -110,8 +122,9 @@ fn simulate(mode: DispatchMode, ticks: u32, entities: u32) -> Run {
         .capacity(capacity)
         .policy(OverrunPolicy::Block)
         .mode(mode)
+        .sample_latency(SAMPLE_EVERY)
         .build()
-        .expect("capacity is a power of two");
+        .expect("capacity and sampling rate are powers of two");
 
     let mut tick_times = Vec::with_capacity(ticks as usize);
     let start = Instant::now();
@@ -140,6 +153,10 @@ fn simulate(mode: DispatchMode, ticks: u32, entities: u32) -> Run {
         tick_times.push(tick_start.elapsed());
     }
     store
+        .drain(Duration::from_secs(30))
+        .expect("async batches finish within 30 s");
+    let health = store.health();
+    store
         .close(Duration::from_secs(30))
         .expect("close drains within 30 s");
     let total = start.elapsed();
@@ -156,7 +173,64 @@ fn simulate(mode: DispatchMode, ticks: u32, entities: u32) -> Run {
         tick_p50: pct(0.50),
         tick_p99: pct(0.99),
         metrics,
+        latency: store.latency(),
+        projections: store.projection_metrics(),
+        health,
     }
+}
+
+/// A duration in microseconds, one decimal.
+fn us(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+/// The sampled latencies, the counts per projection and the health of one run.
+fn print_observability(r: &Run) {
+    println!(
+        "\n{:?}: sampled latencies (1 event in {SAMPLE_EVERY}), microseconds",
+        r.mode
+    );
+    println!(
+        "  {:<9} {:<5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "projection", "stage", "samples", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for l in &r.latency {
+        for (stage, s) in [("wait", &l.wait), ("run", &l.run)] {
+            println!(
+                "  {:<9} {:<5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9}",
+                l.projection,
+                stage,
+                s.count,
+                us(s.p50),
+                us(s.p90),
+                us(s.p99),
+                us(s.p999),
+                us(s.max)
+            );
+        }
+    }
+    let lost: u64 = r.latency.iter().map(|l| l.wait_lost).sum();
+    if lost > 0 {
+        println!("  ({lost} waits lost: async batches started after their stamps were reused)");
+    }
+    let counts: Vec<String> = r
+        .projections
+        .iter()
+        .map(|p| format!("{}={}", p.projection, p.processed))
+        .collect();
+    println!("  processed per projection: {}", counts.join(" "));
+    let h = &r.health;
+    println!(
+        "  health: {} (backlog {:.0}%, error rate {:.1}%{})",
+        if h.healthy { "healthy" } else { "UNHEALTHY" },
+        h.backlog * 100.0,
+        h.error_rate * 100.0,
+        if h.reasons.is_empty() {
+            String::new()
+        } else {
+            format!(", {:?}", h.reasons)
+        }
+    );
 }
 
 fn arg(name: &str, default: u32) -> u32 {
@@ -221,6 +295,9 @@ fn main() {
             m.in_flight,
             m.rejected
         );
+    }
+    for r in &runs {
+        print_observability(r);
     }
     println!(
         "\nAsync's tick time is only the hand-off: its handlers finish on the pool, and events/s \

@@ -5,10 +5,16 @@
 //! loop each test one `Option` per call.
 //!
 //! An event is sampled when its sequence is a multiple of `every`: the producer stamps the
-//! time into a side array, one slot per ring slot ([`Stamps`]); the publisher that dispatches
-//! it reads the stamp back. A stamp packs the time with the ring lap it was written in, so a
-//! stamp that a later lap overwrote before the dispatch read it is recognised and skipped
-//! rather than read as a wrong wait.
+//! time into a side array ([`Stamps`], with room for the ring's events and those a publisher
+//! may hold taken but not yet run); the publisher that runs it reads the stamp back. A stamp
+//! packs the time with the lap of the array it was written in, so a stamp that a later lap
+//! overwrote before the run read it is recognised and counted as a lost wait sample
+//! ([`ProjectionLatency::wait_lost`]) rather than read as a wrong wait. The array outlives the
+//! ring by `max_in_flight` events, so a sync or parallel publish, which runs what it takes at
+//! once, loses one only when `DropOldest` evictions race a whole array's worth past an event
+//! between its take and its run (a tiny ring under heavy overrun); an async batch loses them
+//! when rayon starts it late (its workers run the jobs they spawned newest first, so an old
+//! batch may start after many newer ones).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -44,7 +50,7 @@ impl SamplingConfig {
 /// Per-slot enqueue times of one lane, for sampled sequences.
 #[derive(Debug)]
 pub(crate) struct Stamps {
-    /// `(nanoseconds since epoch) << LAP_BITS | lap`, one per ring slot.
+    /// `(nanoseconds since epoch) << LAP_BITS | lap`, one per sequence modulo its length.
     slots: Box<[AtomicU64]>,
     /// `log2(capacity)`: a sequence's lap is `sequence >> slot_bits`.
     slot_bits: u32,
@@ -55,7 +61,7 @@ const LAP_BITS: u32 = 16;
 const LAP_MASK: u64 = (1 << LAP_BITS) - 1;
 
 impl Stamps {
-    /// Stamps for a ring of `capacity` slots (a power of two).
+    /// Room for `capacity` stamps (a power of two).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             slots: (0..capacity).map(|_| AtomicU64::new(u64::MAX)).collect(),
@@ -100,6 +106,7 @@ pub(crate) struct Sampling {
 }
 
 impl Sampling {
+    /// Sampling with room for `capacity` stamps per lane (a power of two).
     pub(crate) fn new(config: SamplingConfig, capacity: usize, producer_lane: bool) -> Self {
         Self {
             config,
@@ -159,6 +166,8 @@ impl Sampling {
 pub(crate) struct LatencyHistograms {
     wait: Mutex<Histogram<u64>>,
     run: Mutex<Histogram<u64>>,
+    /// Sampled events whose wait could not be measured (their stamp was overwritten).
+    wait_lost: AtomicU64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -174,16 +183,25 @@ impl LatencyHistograms {
         Self {
             wait: Mutex::new(histogram()),
             run: Mutex::new(histogram()),
+            wait_lost: AtomicU64::new(0),
         }
     }
 
     /// Records a wait in the ring and a run of the handlers (nanoseconds). A lock each, held
     /// for one record: no user code runs under it.
     pub(crate) fn record(&self, waited: Option<u64>, ran: u64) {
-        if let Some(waited) = waited {
-            record(&self.wait, waited);
+        match waited {
+            Some(waited) => record(&self.wait, waited),
+            None => {
+                self.wait_lost.fetch_add(1, Ordering::Relaxed);
+            }
         }
         record(&self.run, ran);
+    }
+
+    /// Sampled events whose wait was lost.
+    pub(crate) fn wait_lost(&self) -> u64 {
+        self.wait_lost.load(Ordering::Relaxed)
     }
 
     pub(crate) fn wait_summary(&self) -> LatencySummary {
@@ -258,14 +276,25 @@ pub struct ProjectionLatency {
     pub wait: LatencySummary,
     /// Time the event's handlers ran, all of them together.
     pub run: LatencySummary,
+    /// Sampled events whose wait could not be measured because their enqueue stamp was
+    /// reused before their handlers started: an async batch started late, or evictions raced
+    /// past them (see [`Builder::sample_latency`](crate::Builder::sample_latency)).
+    /// `run.count` counts them, `wait.count` does not.
+    pub wait_lost: u64,
 }
 
 impl ProjectionLatency {
-    pub(crate) fn new(projection: String, wait: LatencySummary, run: LatencySummary) -> Self {
+    pub(crate) fn new(
+        projection: String,
+        wait: LatencySummary,
+        run: LatencySummary,
+        wait_lost: u64,
+    ) -> Self {
         Self {
             projection,
             wait,
             run,
+            wait_lost,
         }
     }
 }
@@ -310,6 +339,7 @@ mod tests {
         let max = s.max.as_secs_f64();
         assert!((4.95..=5.05).contains(&max), "{s:?}");
         assert_eq!(h.wait_summary().count, 0, "no wait was recorded");
+        assert_eq!(h.wait_lost(), 1000);
     }
 
     #[test]

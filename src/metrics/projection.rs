@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 
-use super::latency::{LatencyHistograms, LatencySummary};
+use super::latency::{LatencyHistograms, ProjectionLatency};
 use crate::panics;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -275,17 +275,22 @@ impl ProjectionRegistry {
     }
 
     /// Every projection's latency summaries (empty unless the store samples), sorted by name.
-    pub(crate) fn latency(&self) -> Vec<(String, LatencySummary, LatencySummary)> {
+    pub(crate) fn latency(&self) -> Vec<ProjectionLatency> {
         let map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
         let mut all: Vec<_> = map
             .iter()
             .filter_map(|(name, c)| {
                 let l = c.latency()?;
-                Some((name.clone(), l.wait_summary(), l.run_summary()))
+                Some(ProjectionLatency::new(
+                    name.clone(),
+                    l.wait_summary(),
+                    l.run_summary(),
+                    l.wait_lost(),
+                ))
             })
             .collect();
         drop(map);
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| a.projection.cmp(&b.projection));
         all
     }
 }

@@ -258,13 +258,7 @@ where
     /// projection's `Debug` form; empty unless the store was built with
     /// [`Builder::sample_latency`].
     pub fn latency(&self) -> Vec<ProjectionLatency> {
-        self.shared
-            .routes
-            .projections()
-            .latency()
-            .into_iter()
-            .map(|(projection, wait, run)| ProjectionLatency::new(projection, wait, run))
-            .collect()
+        self.shared.routes.projections().latency()
     }
 
     /// The subscriptions whose circuit breaker is open now: each one's projection (its `Debug`

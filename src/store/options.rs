@@ -137,6 +137,13 @@ where
     /// cost per sampled event is two clock reads and two short locks (the bench report
     /// measures 1 in 64 and 1 in 1).
     ///
+    /// The wait is measured from the enqueue to the moment the event's handlers start. It is
+    /// read from a stamp array with room for the ring's events and `max_in_flight` more; an
+    /// event whose stamp was reused before its handlers started (an async batch that rayon
+    /// started after newer ones had cycled that many events through, or, on a tiny ring,
+    /// `DropOldest` evictions racing past it between its take and its run) has its wait
+    /// counted in [`ProjectionLatency::wait_lost`](crate::ProjectionLatency), not guessed.
+    ///
     /// [`build`](Self::build) fails with [`BuildError::SampleRate`] unless `every` is a power
     /// of two.
     pub fn sample_latency(mut self, every: u64) -> Self {
@@ -219,8 +226,12 @@ where
             true => ProducerLane::try_new(capacity).ok_or_else(no_memory)?,
             false => None,
         };
+        // Stamps outlive their slot by the events a publisher may hold taken but not yet
+        // run (async batches, up to `max_in_flight`), so that a sampled event's stamp is
+        // still there when its handlers start.
+        let stamps = (capacity + max_in_flight).next_power_of_two();
         let sampling_lanes =
-            sampling.map(|config| Sampling::new(config, capacity, producer_lane.is_some()));
+            sampling.map(|config| Sampling::new(config, stamps, producer_lane.is_some()));
         Ok(EventStore {
             shared: Arc::new(Shared {
                 sampling: sampling_lanes,
