@@ -364,6 +364,22 @@ fn goals(results: &Results) -> String {
             }
         }
     }
+    if let Some(rb) = tick("ringbus") {
+        for (cell, what) in [
+            ("ringbus-sampled-64", "latency sampling 1 in 64"),
+            ("ringbus-sampled-1", "latency sampling 1 in 1"),
+        ] {
+            if let Some(ns) = tick(cell) {
+                check(
+                    format!(
+                        "W-tick {what}: {:+.1} ns per event ({ns:.1} vs {rb:.1} ns unsampled)",
+                        ns - rb
+                    ),
+                    None,
+                );
+            }
+        }
+    }
     for w in ["W-enqueue", "W-mp"] {
         if let (Some(rb), Some(aq)) = (get(w, "ringbus"), get(w, "arrayqueue")) {
             check(

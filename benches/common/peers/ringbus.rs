@@ -2,7 +2,8 @@
 //! the same fed by its single [`ringbus::Producer`]; ringbus-consumer, consumed by the store's
 //! own thread (`spawn_consumer`); plus, in W-tick, ringbus-batch (its
 //! `enqueue_batch` variant), ringbus-local (`publish_with` handlers on the caller's `&mut`
-//! state) and the runtime subscriptions (ringbus-subscribed, -filtered, -retry).
+//! state), the runtime subscriptions (ringbus-subscribed, -filtered, -retry) and latency
+//! sampling (ringbus-sampled-64, -1).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -434,6 +435,61 @@ impl Tick for RingbusLocal {
         let total: u64 = self.sums.iter().sum();
         assert_eq!(total, made, "{} lost or duplicated events", Self::NAME);
         assert_eq!(self.store.metrics().dropped, 0);
+    }
+}
+
+/// ringbus-sampled-64 / -1: [`Ringbus`]'s tick on a store that samples latencies
+/// (`Builder::sample_latency`) one event in `every`: the cost of the histograms.
+#[derive(Debug)]
+pub struct RingbusSampled {
+    store: EventStore<Ev>,
+    sink: Arc<Sink>,
+    name: &'static str,
+}
+
+impl RingbusSampled {
+    /// The cell's name for sampling one in `every`.
+    pub const fn name(every: u64) -> &'static str {
+        match every {
+            1 => "ringbus-sampled-1",
+            64 => "ringbus-sampled-64",
+            _ => panic!("W-tick samples 1 in 1 or 1 in 64"),
+        }
+    }
+
+    /// A sync `DropOldest` store sampling one event in `every`.
+    pub fn new(every: u64) -> Self {
+        let sink = Sink::new(0);
+        let store = builder(
+            Work::Tiny,
+            &sink,
+            OverrunPolicy::DropOldest,
+            DispatchMode::Sync,
+        )
+        .sample_latency(every)
+        .build()
+        .expect("a power-of-two capacity and sampling rate");
+        Self {
+            store,
+            sink,
+            name: Self::name(every),
+        }
+    }
+}
+
+impl Tick for RingbusSampled {
+    #[inline(always)]
+    fn tick(&mut self, first: u64, n: u64) {
+        for i in first..first + n {
+            self.store.enqueue(event(i)).expect("room for a tick");
+        }
+        self.store.publish();
+    }
+
+    fn check(&self, made: u64) {
+        self.sink.expect_total(made, self.name);
+        let sampled: u64 = self.store.latency().iter().map(|l| l.run.count).sum();
+        assert!(sampled > 0, "{} sampled nothing", self.name);
     }
 }
 

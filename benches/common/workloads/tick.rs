@@ -5,7 +5,7 @@ use crate::common::baselines::{Base, Direct};
 use crate::common::handlers::Work;
 use crate::common::peer::Peer;
 use crate::common::peers::ringbus::{
-    Ringbus, RingbusBatch, RingbusLocal, RingbusSp, RingbusSubscribed, Subscribed,
+    Ringbus, RingbusBatch, RingbusLocal, RingbusSampled, RingbusSp, RingbusSubscribed, Subscribed,
 };
 use crate::common::registry::{Throughput, Workload, peers};
 use crate::common::runner::{PeerTick, TickRunner};
@@ -37,6 +37,12 @@ fn cells() -> Vec<Throughput> {
         subscribed(Subscribed::Plain),
         subscribed(Subscribed::Filtered),
         subscribed(Subscribed::Retry),
+        Throughput::new(RingbusSampled::name(64), |_| {
+            TickRunner::boxed(RingbusSampled::new(64), TICK)
+        }),
+        Throughput::new(RingbusSampled::name(1), |_| {
+            TickRunner::boxed(RingbusSampled::new(1), TICK)
+        }),
     ];
     cells.extend(peers!(cell));
     cells
