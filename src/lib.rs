@@ -83,6 +83,13 @@
 //!   and `close` run the pool's pending jobs while they wait, so they never wait for work
 //!   queued behind themselves; without a pool of its own (rayon's global pool), they run the
 //!   jobs queued on their own thread, never a job of an unrelated pool.
+//! - **Observing** ([`metrics`](EventStore::metrics), [`projection_metrics`](EventStore::projection_metrics),
+//!   [`latency`](EventStore::latency), [`health`](EventStore::health)) never makes a
+//!   publisher or producer wait: `metrics` is a few atomic loads; the others take short
+//!   mutexes (the projection registry, each histogram, the health records) that publishers
+//!   take only on rare paths: a projection without a route met for the first time, an
+//!   eviction, a sampled event (one in `every`, for one histogram record). A sampled event's
+//!   publisher may wait for a reader copying that histogram (microseconds).
 //!
 //! # Consumers
 //! A thread that only consumes need not spin on `publish` nor sleep-poll:
@@ -268,6 +275,25 @@
 //! is outside the sum. Scheduled events join the sum when they fire (see [`Metrics`]).
 //! Counters are updated once per batch, so metrics cost the hot path nothing.
 //!
+//! **Per projection** ([`EventStore::projection_metrics`]) an event is counted once its
+//! projection is known: when a publisher runs it, or when `DropOldest` evicts it. For each
+//! projection, `published == processed + failed + dead_lettered + dropped + unrouted +
+//! retrying` ([`ProjectionMetrics::is_balanced`]); over the store, with nothing in flight,
+//! `Metrics::published == Σ published + filtered + pending` plus the events whose
+//! `projection()` panicked (counted store-wide only, like filtered ones, which never have
+//! their projection computed). Publishers count processed events per route in a local array
+//! and add the totals once per run; the rare outcomes go straight to the projection's
+//! atomics. [`Metrics::depth_high_water`] is the deepest a lane was seen.
+//!
+//! **Latency** ([`Builder::sample_latency`], off by default): one event in `every` has its
+//! wait in the ring (enqueue to handler start) and its handlers' run time recorded in its
+//! projection's HdrHistograms ([`EventStore::latency`]); a wait whose enqueue stamp was
+//! reused before the run is counted lost, never guessed.
+//!
+//! **Health** ([`EventStore::health`], go-events' `HealthCheck`): the backlog, the error rate
+//! over a window, dead letters, open breakers and a closed store, against
+//! [`HealthThresholds`].
+//!
 //! # Shutdown
 //! [`close`](EventStore::close) lets accepted work finish, in three steps, within its timeout:
 //! 1. It closes the intake atomically with respect to every outside enqueue: an enqueue either
@@ -352,7 +378,9 @@
 //! ring.rs           the ring: slots, stamps, claims on head and tail, eviction, the gate
 //! wait.rs           waiting: producers blocked on a full ring, drain/close polling
 //! event.rs          Event, TypeKey, BoxError; event_enum.rs: the event_enum! macro
-//! metrics/          the Metrics snapshot; live counters; in-flight (the one counter that orders)
+//! metrics/          the Metrics snapshot; live counters; in-flight (the one counter that
+//!                   orders); projection.rs (counts per projection, the registry, a run's
+//!                   local counts); latency.rs (sampling stamps, HdrHistograms)
 //! panics.rs         containing panics from user code
 //! error.rs          the errors, and HandlerFailure
 //! store/            EventStore: options, dispatcher (Dispatcher, Variant), routes (the
@@ -366,6 +394,9 @@
 //! schedule/         layer: schedule_at / ScheduleHandle (mod.rs), the timer thread (timer.rs)
 //! subscribe/        layer: subscriptions (subscription.rs), retries (retries.rs, retry.rs),
 //!                   dead letters, circuit breakers, clocks
+//! health.rs         layer: health() and its thresholds (reads metrics, asks the route
+//!                   table's subscribers whether a breaker is open)
+//! trace.rs          the `tracing` feature's spans and events (nothing without it)
 //! ```
 //!
 //! **How an event flows.** [`EventStore::enqueue`] claims a sequence with one CAS on the
@@ -381,7 +412,9 @@
 //! - *The route table* (`store/routes.rs`, `RouteTable::load`): read once per run of events,
 //!   swapped by the subscription layer. Its entries are the dispatcher's handlers or
 //!   `Subscriber`s: the layer's subscriptions, which decide themselves whether their handler
-//!   runs and what becomes of a failure, and tell the run loop in a `Delivery`.
+//!   runs and what becomes of a failure, and tell the run loop in a `Delivery` (and health
+//!   whether their breaker is open). Each version of the table carries its routes'
+//!   projection counters, so the run loop counts without a lookup of its own.
 //! - *Deferred work* (`store/deferred.rs`): work a layer holds for publishing threads to run
 //!   later (the subscription layer's retries); `publish` runs what is due, `close` all of it.
 //! - *The per-event outcome hook* (`store/run.rs`, `Outcomes`): told of every handler
