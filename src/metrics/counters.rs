@@ -121,7 +121,8 @@ impl Counters {
     /// (recorded first, so that a snapshot never sees it in neither).
     pub(crate) fn release(&self, t: Tally) {
         self.record(t);
-        self.outcomes.retrying.fetch_sub(1, Ordering::Relaxed);
+        // Release: a snapshot that sees it gone from `retrying` (Acquire) sees `t` recorded.
+        self.outcomes.retrying.fetch_sub(1, Ordering::Release);
     }
 
     /// A handler call failed outside a run's tally (a retry, an inline retry's earlier
@@ -176,6 +177,9 @@ impl Counters {
     /// its head and tail, read head first so that `pending` cannot underflow.
     pub(crate) fn snapshot(&self, head: u64, tail: u64) -> Metrics {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        // First, Acquire: an event that left `retrying` is then seen in its outcome (see
+        // `release`); one seen in both for a moment is possible, in neither not.
+        let retrying = self.outcomes.retrying.load(Ordering::Acquire);
         Metrics {
             published: tail,
             processed: load(&self.outcomes.processed),
@@ -198,7 +202,7 @@ impl Counters {
             drop_panics: load(&self.overrun.drop_panics),
             filtered: load(&self.outcomes.filtered),
             dead_lettered: load(&self.outcomes.dead_lettered),
-            retrying: load(&self.outcomes.retrying),
+            retrying,
             skipped: load(&self.outcomes.skipped),
             retries: load(&self.outcomes.retries),
             dead_letters: 0,

@@ -151,7 +151,9 @@ impl ProjectionCounters {
     /// snapshot never sees it in neither).
     pub(crate) fn release(&self, outcome: Outcome) {
         self.add(outcome, 1);
-        self.retrying.fetch_sub(1, Ordering::Relaxed);
+        // Release: a snapshot that sees the event gone from `retrying` (Acquire) sees its
+        // outcome counted.
+        self.retrying.fetch_sub(1, Ordering::Release);
     }
 
     /// The projection's latency histograms, when the store samples latencies.
@@ -162,9 +164,10 @@ impl ProjectionCounters {
 
     fn snapshot(&self, projection: String) -> ProjectionMetrics {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        // `retrying` first: an event leaving it was counted in its outcome before, so reading
-        // the outcomes after never misses it (it may be seen in both, for a moment).
-        let retrying = load(&self.retrying);
+        // `retrying` first, Acquire: an event leaving it was counted in its outcome before
+        // (see `release`), so reading the outcomes after never misses it (it may be seen in
+        // both, for a moment).
+        let retrying = self.retrying.load(Ordering::Acquire);
         let mut m = ProjectionMetrics {
             projection,
             published: 0,
@@ -415,6 +418,31 @@ impl UnlistedCache {
             Some((_, counters)) => counters,
             None => unreachable!("an index `find` returned holds an entry"),
         }
+    }
+}
+
+/// A held event ends while a snapshot reads its projection: the snapshot sees it held, or in
+/// its outcome, never in neither. `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_projection {
+    use super::{Outcome, ProjectionCounters};
+    use loom::sync::Arc;
+
+    #[test]
+    fn loom_a_released_event_is_never_in_neither() {
+        loom::model(|| {
+            let counters = Arc::new(ProjectionCounters::new(None));
+            counters.hold();
+            let releaser = {
+                let counters = counters.clone();
+                loom::thread::spawn(move || counters.release(Outcome::Failed))
+            };
+            let m = counters.snapshot(String::new());
+            assert!(m.retrying + m.failed >= 1, "{m:?}");
+            releaser.join().unwrap();
+            let m = counters.snapshot(String::new());
+            assert_eq!((m.retrying, m.failed, m.published), (0, 1, 1), "{m:?}");
+        });
     }
 }
 
