@@ -447,6 +447,8 @@ mod event_enum;
 mod health;
 mod metrics;
 mod panics;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 mod ring;
 mod schedule;
 mod store;

@@ -199,6 +199,14 @@ impl LatencyHistograms {
         record(&self.run, ran);
     }
 
+    /// Copies of the two histograms (wait, run), for an exporter.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn histograms(&self) -> (Histogram<u64>, Histogram<u64>) {
+        let copy =
+            |h: &Mutex<Histogram<u64>>| h.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        (copy(&self.wait), copy(&self.run))
+    }
+
     /// Sampled events whose wait was lost.
     pub(crate) fn wait_lost(&self) -> u64 {
         self.wait_lost.load(Ordering::Relaxed)

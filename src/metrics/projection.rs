@@ -13,6 +13,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use hdrhistogram::Histogram;
 
 use super::latency::{LatencyHistograms, ProjectionLatency};
 use crate::panics;
@@ -294,6 +295,25 @@ impl ProjectionRegistry {
             .collect();
         drop(map);
         all.sort_by(|a, b| a.projection.cmp(&b.projection));
+        all
+    }
+}
+
+impl ProjectionRegistry {
+    /// Every sampled projection's name and copies of its histograms (wait, run), sorted by
+    /// name, for an exporter.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn histograms(&self) -> Vec<(String, Histogram<u64>, Histogram<u64>)> {
+        let map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = map
+            .iter()
+            .filter_map(|(name, c)| {
+                let (wait, run) = c.latency()?.histograms();
+                Some((name.clone(), wait, run))
+            })
+            .collect();
+        drop(map);
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 }

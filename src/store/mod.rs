@@ -261,6 +261,19 @@ where
         self.shared.routes.projections().latency()
     }
 
+    /// Every sampled projection's name and copies of its latency histograms (wait, run), for
+    /// an exporter.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+    pub(crate) fn latency_histograms(
+        &self,
+    ) -> Vec<(
+        String,
+        hdrhistogram::Histogram<u64>,
+        hdrhistogram::Histogram<u64>,
+    )> {
+        self.shared.routes.projections().histograms()
+    }
+
     /// The subscriptions whose circuit breaker is open now: each one's projection (its `Debug`
     /// form) and id.
     pub(crate) fn open_breakers(&self) -> Vec<(String, u64)> {
