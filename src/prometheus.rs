@@ -1,12 +1,13 @@
 //! Prometheus / OpenMetrics export (feature `prometheus`), on the `prometheus-client` crate.
 //!
-//! [`register`] adds a collector for one store to a `prometheus_client` registry. It reads the
-//! store at each scrape ([`metrics`](EventStore::metrics),
+//! An [`Exporter`] is a collector for a `prometheus_client` registry; it exports the stores
+//! [`add`](Exporter::add)ed to it. It reads each store at each scrape ([`metrics`](EventStore::metrics),
 //! [`projection_metrics`](EventStore::projection_metrics), the sampled latency histograms and
 //! [`health`](EventStore::health)), so it costs nothing between scrapes and nothing on the
-//! publish path. It holds the store weakly: once every handle is dropped it exports nothing.
+//! publish path. It holds the stores weakly: once every handle of one is dropped it exports
+//! nothing of it.
 //!
-//! Every series has the label `store` (the name given to [`register`]); the per-projection
+//! Every series has the label `store` (the name given to [`add`](Exporter::add)); the per-projection
 //! ones add `projection` (its `Debug` form, with the quotes of a string key taken off).
 //!
 //! | Family | Type | Labels | What |
@@ -14,8 +15,8 @@
 //! | `ringbus_published_total` | counter | | events accepted |
 //! | `ringbus_events_total` | counter | `outcome` | processed, failed, dead_lettered, filtered, dropped, unrouted |
 //! | `ringbus_rejected_total` | counter | `reason` | full, closed, timeout |
-//! | `ringbus_handler_errors_total`, `ringbus_panics_total`, `ringbus_retries_total`, `ringbus_skipped_total`, `ringbus_drop_panics_total`, `ringbus_cancelled_total` | counter | | as in [`Metrics`](crate::Metrics) |
-//! | `ringbus_pending`, `ringbus_in_flight`, `ringbus_retrying`, `ringbus_scheduled`, `ringbus_dead_letters`, `ringbus_depth_high_water`, `ringbus_capacity` | gauge | | as in [`Metrics`](crate::Metrics) |
+//! | `ringbus_handler_errors_total`, `ringbus_panics_total`, `ringbus_retries_total`, `ringbus_skipped_total`, `ringbus_drop_panics_total`, `ringbus_cancelled_total` | counter | | as in [`Metrics`] |
+//! | `ringbus_pending`, `ringbus_in_flight`, `ringbus_retrying`, `ringbus_scheduled`, `ringbus_dead_letters`, `ringbus_depth_high_water`, `ringbus_capacity` | gauge | | as in [`Metrics`] |
 //! | `ringbus_healthy` | gauge | | 1 when [`health`](EventStore::health) says healthy, else 0 |
 //! | `ringbus_backlog_ratio` | gauge | | the fullest lane's depth over its capacity |
 //! | `ringbus_projection_events_total` | counter | `projection`, `outcome` | processed, failed, dead_lettered, dropped, unrouted |
@@ -44,7 +45,8 @@
 //! dispatcher.on("order", |_, _| Ok(()));
 //! let store = EventStore::new(dispatcher, 64, OverrunPolicy::Block)?;
 //! let mut registry = Registry::default();
-//! ringbus::prometheus::register(&mut registry, "orders", &store);
+//! let exporter = ringbus::prometheus::Exporter::register(&mut registry);
+//! exporter.add("orders", &store);
 //!
 //! store.enqueue(Order)?;
 //! store.publish();
@@ -57,14 +59,15 @@
 //! ```
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use crate::event::Event;
 use crate::health::Health;
@@ -77,18 +80,76 @@ pub const BUCKETS: [f64; 22] = [
     5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Registers a collector for `store`, named `store_name` in every series' `store` label. The
-/// collector holds the store weakly (it does not keep it alive) and reads it at each scrape.
-pub fn register<E, Err>(registry: &mut Registry, store_name: &str, store: &EventStore<E, Err>)
-where
-    E: Event + Send + 'static,
-    Err: 'static,
-{
-    let weak = store.downgrade();
-    registry.register_collector(Box::new(StoreCollector {
-        name: store_name.to_owned(),
-        read: Box::new(move || weak.upgrade().map(|store| Snapshot::of(&store))),
-    }));
+/// A `prometheus-client` collector for any number of stores, each named in its series'
+/// `store` label. Register it once per registry (a clone shares the stores), then
+/// [`add`](Self::add) stores: every family then holds the series of every store, as
+/// OpenMetrics requires (a family may appear only once in an exposition, so one collector
+/// per store would break it as soon as there were two).
+///
+/// The exporter holds each store weakly (it does not keep it alive) and reads it at each
+/// scrape; a store that is gone exports nothing and is forgotten.
+#[derive(Clone, Default)]
+pub struct Exporter {
+    stores: Arc<Mutex<Vec<(String, Read)>>>,
+}
+
+impl Exporter {
+    /// An exporter with no store yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Exports `store` under the label `store="<name>"`.
+    pub fn add<E, Err>(&self, name: &str, store: &EventStore<E, Err>)
+    where
+        E: Event + Send + 'static,
+        Err: 'static,
+    {
+        let weak = store.downgrade();
+        let read: Read = Arc::new(move || weak.upgrade().map(|store| Snapshot::of(&store)));
+        self.lock().push((name.to_owned(), read));
+    }
+
+    /// A new exporter registered with `registry`: the usual start.
+    pub fn register(registry: &mut Registry) -> Self {
+        let exporter = Self::new();
+        registry.register_collector(Box::new(exporter.clone()));
+        exporter
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Read)>> {
+        self.stores.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every live store's name and snapshot; the gone ones are forgotten. Read outside the
+    /// lock (a scrape runs user code: projections' `Debug`, breakers' `state`).
+    fn snapshots(&self) -> Vec<(String, Snapshot)> {
+        let readers: Vec<(String, Arc<ReadFn>)> = self
+            .lock()
+            .iter()
+            .map(|(name, read)| (name.clone(), Arc::clone(read)))
+            .collect();
+        let mut live = Vec::with_capacity(readers.len());
+        let mut gone = Vec::new();
+        for (name, read) in readers {
+            match read() {
+                Some(snapshot) => live.push((name, snapshot)),
+                None => gone.push(Arc::as_ptr(&read)),
+            }
+        }
+        if !gone.is_empty() {
+            self.lock()
+                .retain(|(_, read)| !gone.contains(&Arc::as_ptr(read)));
+        }
+        live
+    }
+}
+
+impl fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<String> = self.lock().iter().map(|(n, _)| n.clone()).collect();
+        f.debug_struct("Exporter").field("stores", &names).finish()
+    }
 }
 
 /// What one scrape reads from a store.
@@ -117,20 +178,8 @@ impl Snapshot {
 }
 
 /// Reads a store, or `None` once it is gone.
-type Read = Box<dyn Fn() -> Option<Snapshot> + Send + Sync>;
-
-struct StoreCollector {
-    name: String,
-    read: Read,
-}
-
-impl fmt::Debug for StoreCollector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreCollector")
-            .field("store", &self.name)
-            .finish_non_exhaustive()
-    }
-}
+type ReadFn = dyn Fn() -> Option<Snapshot> + Send + Sync;
+type Read = Arc<ReadFn>;
 
 /// A projection's `Debug` form as a label: a string key's quotes taken off.
 fn projection_label(name: &str) -> &str {
@@ -141,7 +190,7 @@ fn projection_label(name: &str) -> &str {
 }
 
 /// Encodes one family of a single metric type, one series per label set.
-fn family<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
+fn family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -178,207 +227,228 @@ fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
         .collect()
 }
 
-impl Collector for StoreCollector {
+/// A store-wide counter or gauge: its name, help and value.
+type StoreField = (&'static str, &'static str, fn(&Snapshot) -> u64);
+
+const STORE_COUNTERS: [StoreField; 7] = [
+    ("ringbus_published", "Events accepted by the store", |s| {
+        s.metrics.published
+    }),
+    ("ringbus_handler_errors", "Handler calls that failed", |s| {
+        s.metrics.handler_errors
+    }),
+    ("ringbus_panics", "Handler calls that panicked", |s| {
+        s.metrics.panics
+    }),
+    ("ringbus_retries", "Retry attempts run", |s| {
+        s.metrics.retries
+    }),
+    (
+        "ringbus_skipped",
+        "Handler calls an open circuit breaker skipped",
+        |s| s.metrics.skipped,
+    ),
+    (
+        "ringbus_drop_panics",
+        "Panics caught in the Drop of events or projections",
+        |s| s.metrics.drop_panics,
+    ),
+    (
+        "ringbus_cancelled",
+        "Scheduled events cancelled before they fired",
+        |s| s.metrics.cancelled,
+    ),
+];
+
+const STORE_GAUGES: [StoreField; 8] = [
+    (
+        "ringbus_pending",
+        "Events in the ring, not yet taken",
+        |s| s.metrics.pending,
+    ),
+    (
+        "ringbus_in_flight",
+        "Events taken whose handlers have not finished",
+        |s| s.metrics.in_flight,
+    ),
+    ("ringbus_retrying", "Events held for a pending retry", |s| {
+        s.metrics.retrying
+    }),
+    (
+        "ringbus_scheduled",
+        "Scheduled events waiting in the timer",
+        |s| s.metrics.scheduled,
+    ),
+    ("ringbus_dead_letters", "Dead letters in the queue", |s| {
+        s.metrics.dead_letters
+    }),
+    (
+        "ringbus_depth_high_water",
+        "The most events seen waiting in one lane",
+        |s| s.metrics.depth_high_water,
+    ),
+    ("ringbus_capacity", "Slots per lane", |s| s.capacity),
+    (
+        "ringbus_healthy",
+        "1 when health() says healthy, else 0",
+        |s| u64::from(s.health.healthy),
+    ),
+];
+
+/// A per-projection counter or gauge: its name, type, help and value.
+type ProjectionField = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&ProjectionMetrics) -> u64,
+);
+
+const PROJECTION_FIELDS: [ProjectionField; 4] = [
+    (
+        "ringbus_projection_handler_errors",
+        MetricType::Counter,
+        "Handler calls of a projection that failed",
+        |p| p.handler_errors,
+    ),
+    (
+        "ringbus_projection_retries",
+        MetricType::Counter,
+        "Retry attempts of a projection",
+        |p| p.retries,
+    ),
+    (
+        "ringbus_projection_skipped",
+        MetricType::Counter,
+        "Calls of a projection an open breaker skipped",
+        |p| p.skipped,
+    ),
+    (
+        "ringbus_projection_retrying",
+        MetricType::Gauge,
+        "Events of a projection held for a retry",
+        |p| p.retrying,
+    ),
+];
+
+impl Collector for Exporter {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let Some(s) = (self.read)() else {
+        let stores = self.snapshots();
+        if stores.is_empty() {
             return Ok(());
-        };
-        let store = ("store", self.name.as_str());
-        let m = &s.metrics;
-        let one = |v: u64| [([store], v)];
-        use MetricType::{Counter, Gauge};
-        family(
-            &mut encoder,
-            "ringbus_published",
-            "Events accepted by the store",
-            Counter,
-            one(m.published),
-        )?;
-        let outcomes = [
-            ("processed", m.processed),
-            ("failed", m.failed),
-            ("dead_lettered", m.dead_lettered),
-            ("filtered", m.filtered),
-            ("dropped", m.dropped),
-            ("unrouted", m.unrouted),
-        ];
+        }
+        let each = || stores.iter().map(|(name, s)| (("store", name.as_str()), s));
+        for (name, help, field) in STORE_COUNTERS {
+            let series = each().map(|(store, s)| ([store], field(s)));
+            family(&mut encoder, name, help, MetricType::Counter, series)?;
+        }
+        let outcomes = each().flat_map(|(store, s)| {
+            let m = &s.metrics;
+            [
+                ("processed", m.processed),
+                ("failed", m.failed),
+                ("dead_lettered", m.dead_lettered),
+                ("filtered", m.filtered),
+                ("dropped", m.dropped),
+                ("unrouted", m.unrouted),
+            ]
+            .map(|(o, v)| ([store, ("outcome", o)], v))
+        });
         family(
             &mut encoder,
             "ringbus_events",
             "Events by outcome",
-            Counter,
-            outcomes.map(|(o, v)| ([store, ("outcome", o)], v)),
+            MetricType::Counter,
+            outcomes,
         )?;
-        let reasons = [
-            ("full", m.rejected_full),
-            ("closed", m.rejected_closed),
-            ("timeout", m.rejected_timeout),
-        ];
+        let reasons = each().flat_map(|(store, s)| {
+            let m = &s.metrics;
+            [
+                ("full", m.rejected_full),
+                ("closed", m.rejected_closed),
+                ("timeout", m.rejected_timeout),
+            ]
+            .map(|(r, v)| ([store, ("reason", r)], v))
+        });
+        let help = "Events refused and handed back, by reason";
         family(
             &mut encoder,
             "ringbus_rejected",
-            "Events refused and handed back, by reason",
-            Counter,
-            reasons.map(|(r, v)| ([store, ("reason", r)], v)),
+            help,
+            MetricType::Counter,
+            reasons,
         )?;
-        for (name, help, value) in [
-            (
-                "ringbus_handler_errors",
-                "Handler calls that failed",
-                m.handler_errors,
-            ),
-            ("ringbus_panics", "Handler calls that panicked", m.panics),
-            ("ringbus_retries", "Retry attempts run", m.retries),
-            (
-                "ringbus_skipped",
-                "Handler calls an open circuit breaker skipped",
-                m.skipped,
-            ),
-            (
-                "ringbus_drop_panics",
-                "Panics caught in the Drop of events or projections",
-                m.drop_panics,
-            ),
-            (
-                "ringbus_cancelled",
-                "Scheduled events cancelled before they fired",
-                m.cancelled,
-            ),
-        ] {
-            family(&mut encoder, name, help, Counter, one(value))?;
-        }
-        for (name, help, value) in [
-            (
-                "ringbus_pending",
-                "Events in the ring, not yet taken",
-                m.pending,
-            ),
-            (
-                "ringbus_in_flight",
-                "Events taken whose handlers have not finished",
-                m.in_flight,
-            ),
-            (
-                "ringbus_retrying",
-                "Events held for a pending retry",
-                m.retrying,
-            ),
-            (
-                "ringbus_scheduled",
-                "Scheduled events waiting in the timer",
-                m.scheduled,
-            ),
-            (
-                "ringbus_dead_letters",
-                "Dead letters in the queue",
-                m.dead_letters,
-            ),
-            (
-                "ringbus_depth_high_water",
-                "The most events seen waiting in one lane",
-                m.depth_high_water,
-            ),
-            ("ringbus_capacity", "Slots per lane", s.capacity),
-            (
-                "ringbus_healthy",
-                "1 when health() says healthy, else 0",
-                u64::from(s.health.healthy),
-            ),
-        ] {
-            family(&mut encoder, name, help, Gauge, one(value))?;
+        for (name, help, field) in STORE_GAUGES {
+            let series = each().map(|(store, s)| ([store], field(s)));
+            family(&mut encoder, name, help, MetricType::Gauge, series)?;
         }
         {
+            let help = "The fullest lane's depth over its capacity";
             let mut metric = encoder.encode_descriptor(
                 "ringbus_backlog_ratio",
-                "The fullest lane's depth over its capacity",
+                help,
                 None,
-                Gauge,
+                MetricType::Gauge,
             )?;
-            ConstGauge::new(s.health.backlog).encode(metric.encode_family(&[store])?)?;
+            for (store, s) in each() {
+                ConstGauge::new(s.health.backlog).encode(metric.encode_family(&[store])?)?;
+            }
         }
         let projections = || {
-            s.projections
-                .iter()
-                .map(|p| (p, ("projection", projection_label(&p.projection))))
+            each().flat_map(|(store, s)| {
+                s.projections
+                    .iter()
+                    .map(move |p| (store, ("projection", projection_label(&p.projection)), p))
+            })
         };
+        let events = projections().flat_map(|(store, projection, p)| {
+            [
+                ("processed", p.processed),
+                ("failed", p.failed),
+                ("dead_lettered", p.dead_lettered),
+                ("dropped", p.dropped),
+                ("unrouted", p.unrouted),
+            ]
+            .map(|(o, v)| ([store, projection, ("outcome", o)], v))
+        });
+        let help = "Events of a projection by outcome";
         family(
             &mut encoder,
             "ringbus_projection_events",
-            "Events of a projection by outcome",
-            Counter,
-            projections().flat_map(|(p, label)| {
-                [
-                    ("processed", p.processed),
-                    ("failed", p.failed),
-                    ("dead_lettered", p.dead_lettered),
-                    ("dropped", p.dropped),
-                    ("unrouted", p.unrouted),
-                ]
-                .map(|(o, v)| ([store, label, ("outcome", o)], v))
-            }),
+            help,
+            MetricType::Counter,
+            events,
         )?;
-        type Field = fn(&ProjectionMetrics) -> u64;
-        let per_projection: [(&str, &str, MetricType, Field); 4] = [
-            (
-                "ringbus_projection_handler_errors",
-                "Handler calls of a projection that failed",
-                Counter,
-                |p| p.handler_errors,
-            ),
-            (
-                "ringbus_projection_retries",
-                "Retry attempts of a projection",
-                Counter,
-                |p| p.retries,
-            ),
-            (
-                "ringbus_projection_skipped",
-                "Calls of a projection an open breaker skipped",
-                Counter,
-                |p| p.skipped,
-            ),
-            (
-                "ringbus_projection_retrying",
-                "Events of a projection held for a retry",
-                Gauge,
-                |p| p.retrying,
-            ),
-        ];
-        for (name, help, kind, field) in per_projection {
-            family(
-                &mut encoder,
-                name,
-                help,
-                kind,
-                projections().map(|(p, label)| ([store, label], field(p))),
-            )?;
+        for (name, kind, help, field) in PROJECTION_FIELDS {
+            let series =
+                projections().map(|(store, projection, p)| ([store, projection], field(p)));
+            family(&mut encoder, name, help, kind, series)?;
         }
-        if !s.histograms.is_empty() {
+        if stores.iter().any(|(_, s)| !s.histograms.is_empty()) {
+            // Seconds, named so (no UNIT line: some OpenMetrics parsers refuse one on a
+            // histogram).
             for (name, help, wait) in [
                 (
-                    "ringbus_wait",
+                    "ringbus_wait_seconds",
                     "Sampled time from enqueue to handler start",
                     true,
                 ),
                 (
-                    "ringbus_handler",
+                    "ringbus_handler_seconds",
                     "Sampled time an event's handlers ran",
                     false,
                 ),
             ] {
-                let mut metric = encoder.encode_descriptor(
-                    name,
-                    help,
-                    Some(&Unit::Seconds),
-                    MetricType::Histogram,
-                )?;
-                for (projection, w, r) in &s.histograms {
-                    let h = if wait { w } else { r };
-                    let labels = [store, ("projection", projection_label(projection))];
-                    let sum = h.mean() * h.len() as f64 * 1e-9;
-                    metric
-                        .encode_family(&labels)?
-                        .encode_histogram::<NoLabelSet>(sum, h.len(), &buckets(h), None)?;
+                let mut metric =
+                    encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+                for (store, s) in each() {
+                    for (projection, w, r) in &s.histograms {
+                        let h = if wait { w } else { r };
+                        let labels = [store, ("projection", projection_label(projection))];
+                        let sum = h.mean() * h.len() as f64 * 1e-9;
+                        metric
+                            .encode_family(&labels)?
+                            .encode_histogram::<NoLabelSet>(sum, h.len(), &buckets(h), None)?;
+                    }
                 }
             }
         }
