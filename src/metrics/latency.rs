@@ -164,10 +164,16 @@ impl Sampling {
 /// One projection's sampled latencies, in nanoseconds.
 #[derive(Debug)]
 pub(crate) struct LatencyHistograms {
-    wait: Mutex<Histogram<u64>>,
-    run: Mutex<Histogram<u64>>,
+    /// Both histograms under one lock: a sampled event records into both at once.
+    both: Mutex<Pair>,
     /// Sampled events whose wait could not be measured (their stamp was overwritten).
     wait_lost: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Pair {
+    wait: Histogram<u64>,
+    run: Histogram<u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -181,30 +187,36 @@ fn histogram() -> Histogram<u64> {
 impl LatencyHistograms {
     pub(crate) fn new() -> Self {
         Self {
-            wait: Mutex::new(histogram()),
-            run: Mutex::new(histogram()),
+            both: Mutex::new(Pair {
+                wait: histogram(),
+                run: histogram(),
+            }),
             wait_lost: AtomicU64::new(0),
         }
     }
 
-    /// Records a wait in the ring and a run of the handlers (nanoseconds). A lock each, held
-    /// for one record: no user code runs under it.
+    fn both(&self) -> std::sync::MutexGuard<'_, Pair> {
+        self.both.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a wait in the ring and a run of the handlers (nanoseconds). One lock, held for
+    /// the two records: no user code runs under it.
     pub(crate) fn record(&self, waited: Option<u64>, ran: u64) {
-        match waited {
-            Some(waited) => record(&self.wait, waited),
-            None => {
-                self.wait_lost.fetch_add(1, Ordering::Relaxed);
-            }
+        if waited.is_none() {
+            self.wait_lost.fetch_add(1, Ordering::Relaxed);
         }
-        record(&self.run, ran);
+        let mut both = self.both();
+        if let Some(waited) = waited {
+            record(&mut both.wait, waited);
+        }
+        record(&mut both.run, ran);
     }
 
     /// Copies of the two histograms (wait, run), for an exporter.
     #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) fn histograms(&self) -> (Histogram<u64>, Histogram<u64>) {
-        let copy =
-            |h: &Mutex<Histogram<u64>>| h.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        (copy(&self.wait), copy(&self.run))
+        let both = self.both();
+        (both.wait.clone(), both.run.clone())
     }
 
     /// Sampled events whose wait was lost.
@@ -213,16 +225,15 @@ impl LatencyHistograms {
     }
 
     pub(crate) fn wait_summary(&self) -> LatencySummary {
-        LatencySummary::of(&self.wait.lock().unwrap_or_else(PoisonError::into_inner))
+        LatencySummary::of(&self.both().wait)
     }
 
     pub(crate) fn run_summary(&self) -> LatencySummary {
-        LatencySummary::of(&self.run.lock().unwrap_or_else(PoisonError::into_inner))
+        LatencySummary::of(&self.both().run)
     }
 }
 
-fn record(histogram: &Mutex<Histogram<u64>>, nanos: u64) {
-    let mut h = histogram.lock().unwrap_or_else(PoisonError::into_inner);
+fn record(h: &mut Histogram<u64>, nanos: u64) {
     // `record` grows the histogram (auto-resize) for a value past its range; should growing
     // fail, the value is clamped to the largest it holds rather than lost.
     if h.record(nanos).is_err() {

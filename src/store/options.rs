@@ -134,7 +134,7 @@ where
     /// Samples latencies: one event in `every` (a power of two; 1 samples every event) has
     /// its wait in the ring (enqueue to dispatch) and its handlers' run time recorded in its
     /// projection's HdrHistograms, read with [`EventStore::latency`]. Off by default; the
-    /// cost per sampled event is two clock reads and two short locks (the bench report
+    /// cost per sampled event is two clock reads and one short lock (the bench report
     /// measures 1 in 64 and 1 in 1).
     ///
     /// The wait is measured from the enqueue to the moment the event's handlers start. It is
