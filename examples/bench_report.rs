@@ -7,7 +7,13 @@
 //! cargo run --release --example bench_report -- --json  # plus one JSON object, last line
 //! cargo run --release --example bench_report -- --only W-tick/ringbus  # one cell, e.g. to
 //!                                                       # profile it under callgrind
+//! cargo run --release --example bench_report -- --plot DIR  # plus SVG charts in DIR
 //! ```
+//!
+//! `--plot DIR` (created if missing) writes, after measuring, one bar chart per throughput
+//! workload (`w-tick.svg`, `w-enqueue.svg`, ...: ns per event per system) and `w-latency.svg`
+//! (each system's latency against the percentile, on log scales, the tail at the right end);
+//! charts without data (under `--only`) are skipped. The drawing is in `bench_report/plot.rs`.
 //!
 //! Every figure is the median of several repetitions, and the repetitions of a workload's
 //! systems are interleaved (a, b, c, a, b, c, ...) so that a burst of noise from other work on
@@ -15,10 +21,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[path = "../benches/common/mod.rs"]
 mod common;
+#[path = "bench_report/plot.rs"]
+mod plot;
 
 use common::calibrate::Calibration;
 use common::peer::Peer;
@@ -35,6 +44,10 @@ struct Plan {
 
 /// `results[workload][system] = ns per event` (for latency: `W-latency-p50` etc.).
 type Results = BTreeMap<String, BTreeMap<&'static str, f64>>;
+
+/// W-latency per system, in table order: `(p, ns)` at each of [`percentiles`], each the median
+/// over the repetitions (so at p50, p99 and p99.9 the same figures as `results`).
+type Distribution = Vec<(&'static str, Vec<(f64, f64)>)>;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -60,20 +73,32 @@ fn main() {
     let mut quick = false;
     let mut json = false;
     let mut only = None;
+    let mut plot_dir = None;
     let mut args = std::env::args().skip(1);
+    let usage = "usage: bench_report [--quick] [--json] [--only WORKLOAD[/SYSTEM]] [--plot DIR]";
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
             "--json" => json = true,
             "--only" => only = args.next(),
+            "--plot" => match args.next() {
+                Some(dir) => plot_dir = Some(PathBuf::from(dir)),
+                None => {
+                    eprintln!("--plot needs a directory; {usage}");
+                    std::process::exit(2);
+                }
+            },
             _ => {
-                eprintln!(
-                    "unknown argument {arg}; usage: bench_report [--quick] [--json] \
-                     [--only WORKLOAD[/SYSTEM]]"
-                );
+                eprintln!("unknown argument {arg}; {usage}");
                 std::process::exit(2);
             }
         }
+    }
+    // Before measuring, so that a bad directory costs no minutes of benchmarking. (No
+    // let-chains here and below: the crate's MSRV, 1.85, predates them.)
+    if let Err(e) = plot_dir.as_deref().map_or(Ok(()), plot_dir_ready) {
+        eprintln!("--plot: {e}");
+        std::process::exit(1);
     }
     let plan = if quick {
         Plan {
@@ -112,7 +137,7 @@ fn main() {
             &wanted,
         );
     }
-    measure_latency(&plan, &mut results, started, &wanted);
+    let distribution = measure_latency(&plan, &mut results, started, &wanted);
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 
     print!("{}", table(&results));
@@ -120,6 +145,58 @@ fn main() {
     if json {
         println!("{}", to_json(&results));
     }
+    if let Some(dir) = &plot_dir {
+        if let Err(e) = write_plots(dir, &results, &distribution) {
+            eprintln!("--plot: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Creates `dir` if missing and checks that a file can be written in it.
+fn plot_dir_ready(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+    let probe = dir.join(".bench_report-probe");
+    std::fs::write(&probe, b"")
+        .map_err(|e| format!("cannot write in directory {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
+/// One bar chart per throughput workload measured, and the latency distribution if measured;
+/// says on stderr which it wrote and which it skipped for want of data.
+fn write_plots(dir: &Path, results: &Results, distribution: &Distribution) -> Result<(), String> {
+    let written = |path: &Path| eprintln!("plot: wrote {}", path.display());
+    for workload in &THROUGHPUT {
+        let path = dir.join(plot::file_name(workload.name));
+        let Some(row) = results.get(workload.name) else {
+            eprintln!(
+                "plot: no {} data in this run, skipping {}",
+                workload.name,
+                path.display()
+            );
+            continue;
+        };
+        let bars: Vec<(&str, f64)> = (workload.cells)()
+            .iter()
+            .filter_map(|c| row.get(c.system).map(|&ns| (c.system, ns)))
+            .collect();
+        plot::bars(&path, workload.name, &bars).map_err(|e| e.to_string())?;
+        written(&path);
+    }
+    let path = dir.join(plot::file_name(LATENCY.name));
+    if distribution.is_empty() {
+        eprintln!(
+            "plot: no {} data in this run, skipping {}",
+            LATENCY.name,
+            path.display()
+        );
+    } else {
+        plot::latency(&path, LATENCY.name, distribution).map_err(|e| e.to_string())?;
+        written(&path);
+    }
+    Ok(())
 }
 
 fn progress(started: Instant, what: &str) {
@@ -195,13 +272,28 @@ fn measure_throughput(
 
 const QUANTILES: [(&str, f64); 3] = [("p50", 0.50), ("p99", 0.99), ("p99.9", 0.999)];
 
+/// The percentiles of the latency distribution: 0 to 99.99% on a geometric grid of
+/// `1 / (1 - p)` (40 points a decade: 90%, 99%, 99.9% are on it), plus 50%.
+fn percentiles() -> Vec<f64> {
+    let mut ps: Vec<f64> = (0..=160)
+        .map(|k| 1.0 - 10f64.powf(-f64::from(k) / 40.0))
+        .collect();
+    ps.push(0.5);
+    ps.sort_by(f64::total_cmp);
+    ps
+}
+
+/// Fills the `W-latency-p*` rows of `results` and returns the distribution for `--plot`.
 fn measure_latency(
     plan: &Plan,
     results: &mut Results,
     started: Instant,
     wanted: &dyn Fn(&str, &str) -> bool,
-) {
+) -> Distribution {
+    let grid = percentiles();
     let mut per: BTreeMap<&'static str, [Vec<f64>; 3]> = BTreeMap::new();
+    // `curves[system][i]`: the latency at `grid[i]` in each repetition.
+    let mut curves: BTreeMap<&'static str, Vec<Vec<f64>>> = BTreeMap::new();
     for rep in 0..plan.reps {
         for cell in (LATENCY.cells)() {
             if !wanted(LATENCY.name, cell.system) {
@@ -222,6 +314,12 @@ fn measure_latency(
             for (k, (_, q)) in QUANTILES.iter().enumerate() {
                 slot[k].push(quantile(&samples, *q) as f64);
             }
+            let curve = curves
+                .entry(cell.system)
+                .or_insert_with(|| vec![Vec::new(); grid.len()]);
+            for (at, &p) in curve.iter_mut().zip(&grid) {
+                at.push(quantile(&samples, p) as f64);
+            }
         }
     }
     for (name, qs) in per {
@@ -232,6 +330,16 @@ fn measure_latency(
                 .insert(name, median(qs[k].clone()));
         }
     }
+    // Table order; the median of each percentile over the repetitions (the median of
+    // non-decreasing curves, point by point, is non-decreasing).
+    (LATENCY.cells)()
+        .iter()
+        .filter_map(|c| {
+            let reps = curves.remove(c.system)?;
+            let points = grid.iter().zip(reps).map(|(&p, v)| (p, median(v)));
+            Some((c.system, points.collect()))
+        })
+        .collect()
 }
 
 /// The fastest of the peers ringbus is compared against, where the row has any.
