@@ -75,9 +75,8 @@ fn a_panicking_hash_of_an_evicted_projection_stays_in_the_store() {
     let store = EventStore::new(d, 1, OverrunPolicy::DropOldest).unwrap();
     store.enqueue(Touchy(13)).unwrap();
     // Evicts the 13: its key's `Hash` panics while the eviction is counted.
-    let enqueued = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        store.enqueue(Touchy(1))
-    }));
+    let enqueued =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.enqueue(Touchy(1))));
     let enqueued = enqueued.expect("a key's panicking Hash unwound out of enqueue");
     assert_eq!(enqueued.unwrap().dropped, 1);
     // The same through a batch that evicts, and through the second eviction of one enqueue.
@@ -88,7 +87,9 @@ fn a_panicking_hash_of_an_evicted_projection_stays_in_the_store() {
         store.enqueue_batch(&mut batch)
     }));
     assert!(
-        batch.expect("a key's panicking Hash unwound out of enqueue_batch").is_ok(),
+        batch
+            .expect("a key's panicking Hash unwound out of enqueue_batch")
+            .is_ok(),
         "the batch got in"
     );
     assert_eq!(store.publish().processed, 1);
@@ -243,4 +244,110 @@ fn depth_within_capacity(capacity: usize, abort: &Arc<AtomicBool>) {
         backlog <= 1.0,
         "ring of {capacity}: health saw a backlog of {backlog} (over the capacity)"
     );
+}
+
+mod health {
+    use super::*;
+    use ringbus::{BreakerState, CircuitBreaker, HealthThresholds, Unhealthy};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    enum Outcome {
+        Ok,
+        Err,
+    }
+
+    struct Ev(Outcome);
+
+    impl Event for Ev {
+        type Projection = Outcome;
+        fn projection(&self) -> Outcome {
+            self.0
+        }
+    }
+
+    fn store() -> EventStore<Ev> {
+        let mut d = Dispatcher::<Ev>::new();
+        d.on(Outcome::Ok, |_, _| Ok(()));
+        d.on(Outcome::Err, |_, _| Err("no".into()));
+        EventStore::new(d, 256, OverrunPolicy::ReturnError).unwrap()
+    }
+
+    fn send(store: &EventStore<Ev>, outcome: Outcome, n: usize) {
+        for _ in 0..n {
+            store.enqueue(Ev(outcome)).unwrap();
+        }
+        store.publish();
+    }
+
+    /// The error rate's window must slide however often health is checked. Checks closer
+    /// together than `window / 64` replace the newest record; if that replacement keeps the
+    /// newest record forever within a step of now, the window never moves past the first
+    /// check and failures from long ago count forever.
+    #[test]
+    fn the_window_slides_under_frequent_checks() {
+        let _deadline = deadline("the_window_slides_under_frequent_checks", LIMIT);
+        let store = store();
+        let window = Duration::from_secs(10);
+        store.set_health_thresholds(HealthThresholds {
+            window,
+            ..HealthThresholds::default()
+        });
+        let t0 = Instant::now();
+        send(&store, Outcome::Err, 30);
+        assert!(!store.health_at(t0).healthy, "30 of 30 failed");
+        // A check every 10 ms for 20 s (a scrape loop, a health endpoint polled often), with
+        // only successes after the first check.
+        for ms in (10..=20_000u64).step_by(10) {
+            if ms == 15_000 {
+                send(&store, Outcome::Ok, 100);
+            }
+            let h = store.health_at(t0 + Duration::from_millis(ms));
+            if ms == 20_000 {
+                assert!(
+                    h.healthy && h.error_rate == 0.0,
+                    "the failures are 20 s old, the window 10 s: {h:?}"
+                );
+            }
+        }
+    }
+
+    /// A user's circuit breaker whose `state` panics.
+    #[derive(Debug)]
+    struct Exploding;
+
+    impl CircuitBreaker for Exploding {
+        fn allow(&self, _: Instant) -> bool {
+            true
+        }
+        fn record_success(&self, _: Instant) {}
+        fn record_failure(&self, _: Instant) {}
+        fn state(&self, _: Instant) -> BreakerState {
+            panic!("breaker state exploded")
+        }
+    }
+
+    /// A breaker and a clock are user code, contained everywhere the store calls them (the
+    /// run loop, retries). `health()` asks each subscription's breaker for its state: a
+    /// panic there must not unwind out of `health()` (nor out of a Prometheus scrape, which
+    /// calls it).
+    #[test]
+    fn a_panicking_breaker_does_not_unwind_out_of_health() {
+        let _deadline = deadline("a_panicking_breaker_does_not_unwind_out_of_health", LIMIT);
+        quiet();
+        let store = store();
+        let _sub = store
+            .subscribe(Outcome::Ok)
+            .breaker(Exploding)
+            .handle(|_, _| Ok(()))
+            .unwrap();
+        send(&store, Outcome::Ok, 1);
+        let h = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.health()))
+            .expect("a breaker's panicking state() unwound out of health()");
+        assert!(
+            !h.reasons
+                .iter()
+                .any(|r| matches!(r, Unhealthy::BreakerOpen { .. })),
+            "{h:?}"
+        );
+    }
 }
