@@ -97,10 +97,19 @@ impl<E: Event, Err> Clone for Entry<E, Err> {
 }
 
 impl<E: Event, Err> Entry<E, Err> {
-    /// The id of this entry's subscription if its circuit breaker is open now.
+    /// The id of this entry's subscription if its circuit breaker is open now. The breaker
+    /// and its clock are user code: one that panics is contained and not reported open
+    /// (its state is unknown).
     pub(crate) fn open_breaker(&self) -> Option<u64> {
         match self {
-            Self::Subscriber(s) if s.breaker_open() => Some(s.id()),
+            Self::Subscriber(s) => match panics::catch(|| s.breaker_open()) {
+                Ok(true) => Some(s.id()),
+                Ok(false) => None,
+                Err(payload) => {
+                    panics::dispose(payload);
+                    None
+                }
+            },
             _ => None,
         }
     }
