@@ -329,3 +329,33 @@ fn many_unrouted_projections_allocate_nothing_once_met() {
         6 * u64::from(users)
     );
 }
+
+/// `DropOldest` on a full ring evicts on every enqueue, counting each eviction under its
+/// projection: for projections without a route as for routed ones, that must neither
+/// allocate nor lock once the projection has been met.
+#[test]
+fn evictions_of_unrouted_projections_allocate_nothing() {
+    let _deadline = deadline(
+        "evictions_of_unrouted_projections_allocate_nothing",
+        DEADLINE,
+    );
+    let store =
+        EventStore::new(Dispatcher::<BenchEv>::new(), 64, OverrunPolicy::DropOldest).unwrap();
+    let flood = |from: u64| {
+        for i in from..from + 10 * TICK {
+            store.enqueue(event(i)).unwrap();
+        }
+    };
+    flood(0);
+    let allocs = allocations_in(|| flood(10 * TICK));
+    assert_eq!(
+        allocs,
+        0,
+        "{} evictions allocated {allocs} times",
+        10 * TICK
+    );
+    let m = store.metrics();
+    assert_eq!(m.dropped, 20 * TICK - 64);
+    let dropped: u64 = store.projection_metrics().iter().map(|p| p.dropped).sum();
+    assert_eq!(dropped, m.dropped);
+}

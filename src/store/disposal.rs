@@ -2,6 +2,7 @@
 //! `Drop` (counted in `Metrics::drop_panics`), and calls to the `on_error` hook that contain a
 //! panicking hook. Both run user code outside the handlers.
 
+use super::routes::hash_of;
 use super::{ErrorKind, ErrorReport, Shared};
 use crate::error::HandlerFailure;
 use crate::event::Event;
@@ -75,8 +76,11 @@ impl<E: Event, Err> Shared<E, Err> {
                         .map(|counters| counters.add(Outcome::Dropped, 1))
                         .is_some();
                     if !routed {
+                        // As the run loop counts it: lock-free once met.
                         let projections = self.routes.projections();
-                        projections.get(&projection).add(Outcome::Dropped, 1);
+                        projections
+                            .by_hash(hash_of(&projection), &projection)
+                            .add(Outcome::Dropped, 1);
                     }
                 });
                 if let Err(payload) = counted {
