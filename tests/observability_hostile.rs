@@ -351,3 +351,387 @@ mod health {
         );
     }
 }
+
+/// Everything at once, hostile: handlers that fail, panic and observe the store from inside;
+/// a `projection()` that panics, a key whose `Hash` panics, one whose `Debug` panics, a
+/// `Debug` and an `on_error` hook and an event's `Drop` that call back into the store, events
+/// whose `Drop` panics; more than 32 route slots, more than 8 projections without a route in
+/// one run (with and without a catch-all), retries, dead letters, a breaker, a store-wide
+/// filter, batches, transactions, the single producer's lane, scheduled events, `publish_with`,
+/// an observer thread, `DropOldest` on a small ring, in every mode. Nothing may deadlock, and
+/// once closed the counts per projection must add up to the store's:
+/// `published == Σ published + filtered + pending + events whose projection() (or key's Hash)
+/// panicked`.
+mod soup {
+    use super::*;
+    use std::cell::Cell;
+    use std::sync::Mutex;
+
+    use ringbus::{
+        ConsecutiveFailures, DeadLetterOverrun, LocalDispatcher, Producer, RetryPolicy, Settle,
+    };
+
+    const ROUTED: u16 = 40;
+    /// Keys `ROUTED..UNROUTED` have no route of the store's.
+    const UNROUTED: u16 = 60;
+    /// Its `Hash` panics.
+    const BAD_HASH: u16 = 998;
+    /// Its `Debug` panics.
+    const BAD_DEBUG: u16 = 999;
+    /// Handled locally by `publish_with` only.
+    const LOCAL: u16 = 41;
+
+    static CURRENT: Mutex<Option<EventStore<Soup>>> = Mutex::new(None);
+
+    thread_local! {
+        static OBSERVING: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Calls every observer of the current store, unless this thread is already inside one.
+    fn observe() {
+        if OBSERVING.with(|o| o.replace(true)) {
+            return;
+        }
+        let store = CURRENT.try_lock().ok().and_then(|s| s.clone());
+        if let Some(store) = store {
+            let _ = store.projection_metrics();
+            let _ = store.health();
+            let _ = store.latency();
+            let _ = store.metrics();
+        }
+        OBSERVING.with(|o| o.set(false));
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    struct Key(u16);
+
+    impl Hash for Key {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            if self.0 == BAD_HASH {
+                panic!("hash exploded");
+            }
+            self.0.hash(state);
+        }
+    }
+
+    impl std::fmt::Debug for Key {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if self.0 == BAD_DEBUG {
+                panic!("debug exploded");
+            }
+            observe();
+            write!(f, "k{}", self.0)
+        }
+    }
+
+    #[derive(Clone)]
+    struct Soup {
+        key: u16,
+        bad_projection: bool,
+        bad_drop: bool,
+    }
+
+    impl Soup {
+        fn new(key: u16) -> Self {
+            Self {
+                key,
+                bad_projection: false,
+                bad_drop: false,
+            }
+        }
+
+        /// Whether its projection panics (its own or its key's `Hash`): counted under no
+        /// projection.
+        fn is_bad(&self) -> bool {
+            self.bad_projection || self.key == BAD_HASH
+        }
+    }
+
+    impl Event for Soup {
+        type Projection = Key;
+        fn projection(&self) -> Key {
+            if self.bad_projection {
+                panic!("projection exploded");
+            }
+            Key(self.key)
+        }
+    }
+
+    impl Drop for Soup {
+        fn drop(&mut self) {
+            if self.key % 11 == 0 {
+                observe();
+            }
+            if self.bad_drop && !thread::panicking() {
+                panic!("drop exploded");
+            }
+        }
+    }
+
+    /// The `i`-th event a producer sends: now and then a hostile one.
+    fn nth(i: u64, t: u64) -> Soup {
+        let key = ((i * 7 + t * 13) % u64::from(UNROUTED)) as u16;
+        let mut ev = Soup::new(key);
+        match i % 101 {
+            13 => ev.bad_projection = true,
+            29 => ev.key = BAD_HASH,
+            47 => ev.key = BAD_DEBUG,
+            61 => ev.bad_drop = true,
+            _ => {}
+        }
+        ev
+    }
+
+    fn dispatcher(catch_all: bool) -> Dispatcher<Soup> {
+        let mut d = Dispatcher::<Soup>::new();
+        for key in 0..ROUTED {
+            match key % 4 {
+                0 => d.on(Key(key), |_, _| Ok(())),
+                1 => d.on(Key(key), |_, _| Err("no".into())),
+                2 => d.on(Key(key), |_, ev| {
+                    if ev.key % 8 == 2 {
+                        panic!("handler exploded");
+                    }
+                    Ok(())
+                }),
+                _ => d.on(Key(key), |ctx, _| {
+                    let _ = ctx.store().projection_metrics();
+                    let _ = ctx.store().health();
+                    let _ = ctx.store().latency();
+                    Ok(())
+                }),
+            };
+        }
+        if catch_all {
+            d.on_any(|_, _| Ok(()));
+        }
+        d
+    }
+
+    /// Accepted events whose projection panics (counted under no projection).
+    #[derive(Default)]
+    struct Bad(AtomicU64);
+
+    #[test]
+    fn counts_add_up_and_nothing_deadlocks() {
+        watchdog("counts_add_up_and_nothing_deadlocks", LIMIT, |abort| {
+            quiet();
+            for mode in [
+                DispatchMode::Sync,
+                DispatchMode::Parallel,
+                DispatchMode::Async,
+            ] {
+                for catch_all in [false, true] {
+                    if abort.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    one(mode, catch_all);
+                }
+            }
+        });
+    }
+
+    fn one(mode: DispatchMode, catch_all: bool) {
+        let tag = format!("{mode:?} catch_all={catch_all}");
+        let (store, producer) = EventStore::builder(dispatcher(catch_all))
+            .capacity(64)
+            .policy(OverrunPolicy::DropOldest)
+            .mode(mode)
+            .sample_latency(2)
+            // Filters routed keys 10 and 20 (never a hostile event).
+            .filter(|ev: &Soup| !(ev.key == 10 || ev.key == 20) || ev.is_bad())
+            .on_error(|_| observe())
+            .build_with_producer()
+            .unwrap();
+        *CURRENT.lock().unwrap() = Some(store.clone());
+        store
+            .enable_dead_letters(1024, DeadLetterOverrun::DropOldest, None)
+            .unwrap();
+        let tries = Arc::new(AtomicU64::new(0));
+        let t = tries.clone();
+        let retried = store
+            .subscribe(Key(5))
+            .retry(RetryPolicy::new(3).initial_delay(Duration::ZERO))
+            .handle(move |_, _| match t.fetch_add(1, Ordering::Relaxed) % 2 {
+                0 => Err("once".into()),
+                _ => Ok(()),
+            })
+            .unwrap();
+        let dead = store
+            .subscribe(Key(6))
+            .dead_letters()
+            .handle(|_, _| Err("poison".into()))
+            .unwrap();
+        let broken = store
+            .subscribe(Key(7))
+            .breaker(ConsecutiveFailures::new(1, Duration::from_millis(1), 1).unwrap())
+            .handle(|_, _| Err("down".into()))
+            .unwrap();
+        let bad = Arc::new(Bad::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        // Single enqueues.
+        threads.push({
+            let (store, bad) = (store.clone(), bad.clone());
+            thread::spawn(move || {
+                for i in 0..3000 {
+                    let ev = nth(i, 0);
+                    let is_bad = ev.is_bad();
+                    if store.enqueue(ev).is_ok() && is_bad {
+                        bad.0.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        });
+        // Batches and transactions.
+        threads.push({
+            let (store, bad) = (store.clone(), bad.clone());
+            thread::spawn(move || {
+                let mut batch = Vec::new();
+                for i in 0..300u64 {
+                    let events: Vec<Soup> = (0..5).map(|j| nth(i * 5 + j, 1)).collect();
+                    // Counted before they go in (the events are not kept: a copy of one whose
+                    // `Drop` panics would panic here).
+                    let n = events.iter().filter(|e| e.is_bad()).count() as u64;
+                    let accepted = match i % 3 {
+                        0 => {
+                            batch.extend(events);
+                            store.enqueue_batch(&mut batch).is_ok()
+                        }
+                        1 => {
+                            let mut tx = store.begin_transaction();
+                            tx.extend(events);
+                            tx.commit_deferred().is_ok()
+                        }
+                        _ => {
+                            let mut tx = store.begin_transaction();
+                            tx.extend(events);
+                            // A handler's failure: the events went in all the same.
+                            matches!(
+                                tx.commit(),
+                                Ok(_) | Err(ringbus::CommitError::Handler { .. })
+                            )
+                        }
+                    };
+                    assert!(accepted, "DropOldest takes every batch");
+                    bad.0.fetch_add(n, Ordering::Relaxed);
+                }
+            })
+        });
+        // The single producer.
+        threads.push({
+            let bad = bad.clone();
+            let mut producer: Producer<Soup> = producer;
+            thread::spawn(move || {
+                for i in 0..3000 {
+                    let ev = nth(i, 2);
+                    let is_bad = ev.is_bad();
+                    if producer.enqueue(ev).is_ok() && is_bad {
+                        bad.0.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        });
+        // Scheduled events (never hostile ones).
+        threads.push({
+            let store = store.clone();
+            thread::spawn(move || {
+                for i in 0..200u64 {
+                    let delay = Duration::from_micros(i % 7 * 100);
+                    let _ = store.schedule_after(delay, Soup::new((i % 60) as u16));
+                }
+            })
+        });
+        // Publishers: plain, and with local handlers.
+        threads.push({
+            let (store, stop) = (store.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    store.publish();
+                    thread::yield_now();
+                }
+            })
+        });
+        threads.push({
+            let (store, stop) = (store.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut local = LocalDispatcher::<Soup, u64>::new();
+                local.on(Key(LOCAL), |n, _, _| {
+                    *n += 1;
+                    Ok(())
+                });
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    store.publish_with(&mut local, &mut n);
+                    thread::yield_now();
+                }
+            })
+        });
+        // An observer.
+        threads.push({
+            let (store, stop) = (store.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = store.health();
+                    let _ = store.projection_metrics();
+                    let _ = store.latency();
+                    thread::sleep(Duration::from_micros(200));
+                }
+            })
+        });
+        let workers = threads.len() - 3;
+        let join = |t: thread::JoinHandle<()>| {
+            if let Err(p) = t.join() {
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned());
+                panic!("{tag}: a test thread panicked: {message:?}");
+            }
+        };
+        for t in threads.drain(..workers) {
+            join(t);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            join(t);
+        }
+        thread::sleep(Duration::from_millis(2));
+        store.close(Duration::from_secs(20)).unwrap();
+        let settled = store.settle(Settle::rounds(50));
+        assert!(settled.settled, "{tag}: {settled:?}");
+        drop((retried, dead, broken));
+        let m = store.metrics();
+        let per: Vec<_> = store.projection_metrics();
+        let bad = bad.0.load(Ordering::Relaxed);
+        assert!(m.is_balanced(), "{tag}: {m:?}");
+        assert_eq!(
+            (m.in_flight, m.retrying, m.pending),
+            (0, 0, 0),
+            "{tag}: {m:?}"
+        );
+        for p in &per {
+            assert!(p.is_balanced(), "{tag}: {p:?}");
+        }
+        let sum = |f: fn(&ringbus::ProjectionMetrics) -> u64| per.iter().map(f).sum::<u64>();
+        assert_eq!(
+            sum(|p| p.published) + m.filtered + m.pending + bad,
+            m.published,
+            "{tag}: Σ published {} + filtered {} + pending {} + bad {bad} != {m:?}",
+            sum(|p| p.published),
+            m.filtered,
+            m.pending,
+        );
+        assert_eq!(sum(|p| p.processed), m.processed, "{tag}: {m:?}");
+        // Dropped, too: the store's also counts the evicted events whose projection panicked.
+        assert!(sum(|p| p.dropped) <= m.dropped, "{tag}: {m:?}");
+        assert_eq!(sum(|p| p.unrouted), m.unrouted, "{tag}: {m:?}");
+        assert_eq!(sum(|p| p.dead_lettered), m.dead_lettered, "{tag}: {m:?}");
+        assert_eq!(sum(|p| p.skipped), m.skipped, "{tag}: {m:?}");
+        assert_eq!(sum(|p| p.retries), m.retries, "{tag}: {m:?}");
+        // Failed: the store's also counts the events whose projection panicked at dispatch.
+        assert!(sum(|p| p.failed) <= m.failed, "{tag}: {m:?}");
+        let store = CURRENT.lock().unwrap().take();
+        drop(store);
+    }
+}
