@@ -735,3 +735,39 @@ mod soup {
         drop(store);
     }
 }
+
+/// `max_in_flight` is any positive number (a user who wants no bound may say `usize::MAX`),
+/// and sampling sizes its stamp array from it (room for the ring's events and `max_in_flight`
+/// more): that must neither overflow into an empty array (every sampled enqueue then indexes
+/// out of bounds) nor ask for terabytes it cannot have (an allocation failure aborts the
+/// process, where the ring's own allocation fails with `BuildError::AllocationFailed`).
+#[test]
+fn sampling_with_a_huge_max_in_flight_builds_and_runs() {
+    let _deadline = deadline("sampling_with_a_huge_max_in_flight_builds_and_runs", LIMIT);
+    for max_in_flight in [usize::MAX, (1 << 63) + 1, 1 << 40] {
+        let mut d = Dispatcher::<LapEv>::new();
+        d.on(Lap::FollowUp, |_, _| Ok(()));
+        let built = EventStore::builder(d)
+            .capacity(8)
+            .max_in_flight(max_in_flight)
+            .mode(DispatchMode::Async)
+            .sample_latency(1)
+            .build();
+        let Ok(store) = built else {
+            continue; // refused cleanly: fine too
+        };
+        let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for _ in 0..20 {
+                store.enqueue(LapEv(Lap::FollowUp)).unwrap();
+                store.publish();
+            }
+        }));
+        assert!(
+            sent.is_ok(),
+            "max_in_flight {max_in_flight}: a sampled enqueue panicked"
+        );
+        store.drain(Duration::from_secs(10)).unwrap();
+        let l = store.latency();
+        assert_eq!(l[0].run.count, 20, "max_in_flight {max_in_flight}: {l:?}");
+    }
+}
