@@ -63,12 +63,16 @@ const LAP_MASK: u64 = (1 << LAP_BITS) - 1;
 const TIME_MASK: u64 = u64::MAX >> LAP_BITS;
 
 impl Stamps {
-    /// Room for `capacity` stamps (a power of two).
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            slots: (0..capacity).map(|_| AtomicU64::new(u64::MAX)).collect(),
+    /// Room for `capacity` stamps (a power of two), or `None` if they cannot be allocated.
+    pub(crate) fn try_new(capacity: usize) -> Option<Self> {
+        debug_assert!(capacity.is_power_of_two());
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(capacity).ok()?;
+        slots.extend((0..capacity).map(|_| AtomicU64::new(u64::MAX)));
+        Some(Self {
+            slots: slots.into_boxed_slice(),
             slot_bits: capacity.trailing_zeros(),
-        }
+        })
     }
 
     fn index(&self, sequence: u64) -> usize {
@@ -108,16 +112,28 @@ pub(crate) struct Sampling {
 }
 
 impl Sampling {
-    /// Sampling with room for `capacity` stamps per lane (a power of two).
-    pub(crate) fn new(config: SamplingConfig, capacity: usize, producer_lane: bool) -> Self {
-        Self {
+    /// Sampling for a ring of `ring` slots (a power of two) whose publishers may hold up to
+    /// `in_flight` events taken but not yet run: each lane's stamps have room for the ring's
+    /// events and that many more, up to the ring's capacity more (a larger bound would cost
+    /// memory for nothing but fewer lost waits). `None` if they cannot be allocated.
+    pub(crate) fn try_new(
+        config: SamplingConfig,
+        ring: usize,
+        in_flight: usize,
+        producer_lane: bool,
+    ) -> Option<Self> {
+        let capacity = ring.saturating_add(in_flight.min(ring)).next_power_of_two();
+        Some(Self {
             config,
             epoch: Instant::now(),
             lanes: [
-                Some(Stamps::new(capacity)),
-                producer_lane.then(|| Stamps::new(capacity)),
+                Some(Stamps::try_new(capacity)?),
+                match producer_lane {
+                    true => Some(Stamps::try_new(capacity)?),
+                    false => None,
+                },
             ],
-        }
+        })
     }
 
     /// Nanoseconds since the epoch, as stamps hold them (wraps after 2^48 ns, about 78 hours;
@@ -388,7 +404,7 @@ mod tests {
 
     #[test]
     fn stamps_sample_one_in_every_and_forget_overwritten_laps() {
-        let sampling = Sampling::new(SamplingConfig::one_in(4), 8, false);
+        let sampling = Sampling::try_new(SamplingConfig::one_in(4), 4, 4, false).unwrap();
         sampling.stamp_range(1, 10, 0); // 1..=10: samples 4 and 8
         let now = sampling.now() + 1000;
         assert!(sampling.waited(4, now).is_some_and(|w| w >= 1000));
@@ -410,6 +426,27 @@ mod tests {
             sampling
                 .waited(4, sampling.now().wrapping_sub(1000))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn stamps_are_sized_within_bounds_and_allocated_fallibly() {
+        let config = SamplingConfig::one_in(1);
+        let sized = |ring, in_flight| {
+            Sampling::try_new(config, ring, in_flight, false)
+                .map(|s| s.lanes[0].as_ref().unwrap().slots.len())
+        };
+        assert_eq!(sized(8, 8), Some(16));
+        assert_eq!(sized(8, 3), Some(16));
+        assert_eq!(
+            sized(8, usize::MAX),
+            Some(16),
+            "at most the ring's capacity more"
+        );
+        assert_eq!(sized(8, (1 << 63) + 1), Some(16));
+        assert!(
+            Sampling::try_new(config, 1 << 60, 1, true).is_none(),
+            "refused, not aborted"
         );
     }
 
