@@ -36,7 +36,8 @@ use crate::sync::{AtomicU64, Ordering};
 #[non_exhaustive]
 pub struct ProjectionMetrics {
     /// The projection, as its `Debug` form writes it (projections with the same `Debug` form
-    /// share one entry).
+    /// share one entry; so, rarely, may two multi-word projections without a route whose
+    /// route-table hashes collide: they are counted under the first one met).
     pub projection: String,
     /// Events of this projection that left the ring: the sum of the six outcomes below.
     pub published: u64,

@@ -40,6 +40,13 @@ impl Hasher for MulHasher {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
+            // A last, partial chunk carries its length in its top byte, so that zero padding
+            // cannot make `b"a"` and `b"a\0"` one word: the counts of projections without a
+            // route are kept by this hash alone. (Multi-word keys can still collide, e.g. a
+            // 7-byte chunk with a full one ending in byte 7; none this natural.)
+            if chunk.len() < 8 {
+                word[7] = chunk.len() as u8;
+            }
             self.write_u64(u64::from_le_bytes(word));
         }
     }
