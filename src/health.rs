@@ -137,8 +137,8 @@ struct State {
     records: VecDeque<Record>,
 }
 
-/// The most records kept: checks closer together than `window / MAX_RECORDS` replace the
-/// newest record rather than add one.
+/// About the most records kept within the window: a check less than `window / MAX_RECORDS`
+/// after the last record it keeps for good replaces the newest record rather than adding one.
 const MAX_RECORDS: u32 = 64;
 
 impl<E> Layer<E> for HealthMonitor {
@@ -190,12 +190,20 @@ impl State {
             failures,
         };
         let step = window / MAX_RECORDS;
-        let several = self.records.len() > 1;
+        // The newest record is replaced while it is less than a step after the one before
+        // it, so that kept records are at least a step apart. (Measured from the newest
+        // record itself, the replacement would move it forward with every check: checks
+        // closer together than a step would keep it forever within a step of now, no record
+        // would ever pass the window's start, and the baseline would never move.) The
+        // baseline (the first record) is never replaced.
+        let len = self.records.len();
+        let provisional = len > 1
+            && self.records[len - 1]
+                .at
+                .saturating_duration_since(self.records[len - 2].at)
+                < step;
         match self.records.back_mut() {
-            // The baseline (the first record) is never replaced.
-            Some(last) if several && now.saturating_duration_since(last.at) < step => {
-                *last = record;
-            }
+            Some(last) if provisional => *last = record,
             _ => self.records.push_back(record),
         }
         baseline
@@ -311,5 +319,46 @@ where
 
     fn monitor(&self) -> std::sync::Arc<HealthMonitor> {
         self.layer(|| HealthMonitor::new(HealthThresholds::default()))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// However often (and however irregularly) checks come, the records stay bounded and the
+    /// baseline stays within a step of the window's start.
+    #[test]
+    fn records_stay_bounded_and_the_baseline_follows_the_window() {
+        let window = Duration::from_secs(10);
+        let mut state = State {
+            thresholds: HealthThresholds {
+                window,
+                ..HealthThresholds::default()
+            },
+            records: VecDeque::new(),
+        };
+        let t0 = Instant::now();
+        let step = window / MAX_RECORDS;
+        for ms in 0..100_000u64 {
+            // Every millisecond, with a pause of a second now and then.
+            let now = t0 + Duration::from_millis(ms + ms / 7919 * 1000);
+            let baseline = state.record(now, ms, 0);
+            assert!(state.records.len() <= MAX_RECORDS as usize + 3, "{ms}");
+            if let Some(start) = now.checked_sub(window) {
+                if ms > 20_000 {
+                    assert!(
+                        baseline.at <= start,
+                        "{ms}: the baseline is inside the window"
+                    );
+                    // A step, or the pause the checks made across the start.
+                    assert!(
+                        start.saturating_duration_since(baseline.at)
+                            <= 2 * step + Duration::from_secs(1),
+                        "{ms}: the baseline lags the window's start by more than a step"
+                    );
+                }
+            }
+        }
     }
 }

@@ -87,8 +87,10 @@
 //!   [`latency`](EventStore::latency), [`health`](EventStore::health)) never makes a
 //!   publisher or producer wait: `metrics` is a few atomic loads; the others take short
 //!   mutexes (the projection registry, each histogram, the health records) that publishers
-//!   take only on rare paths: a projection without a route met for the first time, an
-//!   eviction, a sampled event (one in `every`, for one histogram record). A sampled event's
+//!   take only on rare paths: a projection without a route met for the first time (by a
+//!   publisher or an eviction), a sampled event (one in `every`, for one histogram record).
+//!   Past `2 * MAX_PROJECTIONS` projections without a route, new ones are counted under
+//!   [`OVERFLOW`] without the lock. A sampled event's
 //!   publisher may wait for a reader copying that histogram (microseconds).
 //!
 //! # Consumers

@@ -284,3 +284,78 @@ fn the_counter_counts() {
     });
     assert_eq!(allocs, 1);
 }
+
+/// Projections made from data (an id per user, say) and without a route: once each has been
+/// met, their events allocate nothing and take no lock, however many there are (the registry
+/// keeps the first `MAX_PROJECTIONS` apart and counts the rest together). Past the registry's
+/// lock-free index of `2 * MAX_PROJECTIONS` hashes, each event must not format its
+/// projection's name (an allocation) and take the registry's mutex.
+#[test]
+fn many_unrouted_projections_allocate_nothing_once_met() {
+    let _deadline = deadline(
+        "many_unrouted_projections_allocate_nothing_once_met",
+        DEADLINE,
+    );
+    struct User(u32);
+    impl Event for User {
+        type Projection = u32;
+        fn projection(&self) -> u32 {
+            self.0
+        }
+    }
+    let users = 3 * ringbus::MAX_PROJECTIONS as u32;
+    let store = EventStore::new(Dispatcher::<User>::new(), 1 << 14, OverrunPolicy::Block).unwrap();
+    let round = || {
+        for id in 0..users {
+            store.enqueue(User(id)).unwrap();
+        }
+        assert_eq!(store.publish().unrouted, u64::from(users));
+    };
+    round();
+    round();
+    let allocs = allocations_in(|| {
+        for _ in 0..4 {
+            round();
+        }
+    });
+    assert_eq!(
+        allocs, 0,
+        "4 rounds of {users} projections met before allocated {allocs} times"
+    );
+    let m = store.projection_metrics();
+    assert_eq!(m.len(), ringbus::MAX_PROJECTIONS + 1);
+    assert_eq!(
+        m.iter().map(|p| p.unrouted).sum::<u64>(),
+        6 * u64::from(users)
+    );
+}
+
+/// `DropOldest` on a full ring evicts on every enqueue, counting each eviction under its
+/// projection: for projections without a route as for routed ones, that must neither
+/// allocate nor lock once the projection has been met.
+#[test]
+fn evictions_of_unrouted_projections_allocate_nothing() {
+    let _deadline = deadline(
+        "evictions_of_unrouted_projections_allocate_nothing",
+        DEADLINE,
+    );
+    let store =
+        EventStore::new(Dispatcher::<BenchEv>::new(), 64, OverrunPolicy::DropOldest).unwrap();
+    let flood = |from: u64| {
+        for i in from..from + 10 * TICK {
+            store.enqueue(event(i)).unwrap();
+        }
+    };
+    flood(0);
+    let allocs = allocations_in(|| flood(10 * TICK));
+    assert_eq!(
+        allocs,
+        0,
+        "{} evictions allocated {allocs} times",
+        10 * TICK
+    );
+    let m = store.metrics();
+    assert_eq!(m.dropped, 20 * TICK - 64);
+    let dropped: u64 = store.projection_metrics().iter().map(|p| p.dropped).sum();
+    assert_eq!(dropped, m.dropped);
+}

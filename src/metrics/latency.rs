@@ -59,14 +59,20 @@ pub(crate) struct Stamps {
 /// Low bits of a stamp that name the lap it was written in.
 const LAP_BITS: u32 = 16;
 const LAP_MASK: u64 = (1 << LAP_BITS) - 1;
+/// The bits of a time, in nanoseconds since the sampling's epoch, that a stamp keeps.
+const TIME_MASK: u64 = u64::MAX >> LAP_BITS;
 
 impl Stamps {
-    /// Room for `capacity` stamps (a power of two).
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self {
-            slots: (0..capacity).map(|_| AtomicU64::new(u64::MAX)).collect(),
+    /// Room for `capacity` stamps (a power of two), or `None` if they cannot be allocated.
+    pub(crate) fn try_new(capacity: usize) -> Option<Self> {
+        debug_assert!(capacity.is_power_of_two());
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(capacity).ok()?;
+        slots.extend((0..capacity).map(|_| AtomicU64::new(u64::MAX)));
+        Some(Self {
+            slots: slots.into_boxed_slice(),
             slot_bits: capacity.trailing_zeros(),
-        }
+        })
     }
 
     fn index(&self, sequence: u64) -> usize {
@@ -106,23 +112,54 @@ pub(crate) struct Sampling {
 }
 
 impl Sampling {
-    /// Sampling with room for `capacity` stamps per lane (a power of two).
-    pub(crate) fn new(config: SamplingConfig, capacity: usize, producer_lane: bool) -> Self {
-        Self {
+    /// Sampling for a ring of `ring` slots (a power of two) whose publishers may hold up to
+    /// `in_flight` events taken but not yet run: each lane's stamps have room for the ring's
+    /// events and that many more, up to the ring's capacity more (a larger bound would cost
+    /// memory for nothing but fewer lost waits). `None` if they cannot be allocated.
+    pub(crate) fn try_new(
+        config: SamplingConfig,
+        ring: usize,
+        in_flight: usize,
+        producer_lane: bool,
+    ) -> Option<Self> {
+        let capacity = ring.saturating_add(in_flight.min(ring)).next_power_of_two();
+        Some(Self {
             config,
             epoch: Instant::now(),
             lanes: [
-                Some(Stamps::new(capacity)),
-                producer_lane.then(|| Stamps::new(capacity)),
+                Some(Stamps::try_new(capacity)?),
+                match producer_lane {
+                    true => Some(Stamps::try_new(capacity)?),
+                    false => None,
+                },
             ],
-        }
+        })
     }
 
     /// Nanoseconds since the epoch, as stamps hold them (wraps after 2^48 ns, about 78 hours;
-    /// a wait is computed modulo that).
+    /// a wait or a run time is computed modulo that, see [`between`](Self::between)).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        (self.epoch.elapsed().as_nanos() as u64) & (u64::MAX >> LAP_BITS)
+        (self.epoch.elapsed().as_nanos() as u64) & TIME_MASK
+    }
+
+    /// The time from `then` to `now` (both from [`now`](Self::now)), modulo the 48 bits they
+    /// are kept in, so that a span across the clock's wrap is still its length.
+    #[inline]
+    pub(crate) fn between(then: u64, now: u64) -> u64 {
+        now.wrapping_sub(then) & TIME_MASK
+    }
+
+    /// A sampled event's handlers start: the time now, and how long it waited in the ring
+    /// (`None`: its stamp is gone). The stamp is read first, then the clock, so that the
+    /// stamp read is never one written after the time returned; and read when the handlers
+    /// start, not after they ran, when the handlers themselves may have cycled the ring
+    /// (a handler enqueueing into its own tiny `DropOldest` ring) past the event's stamp.
+    #[inline]
+    pub(crate) fn start(&self, tagged: u64) -> (u64, Option<u64>) {
+        let then = self.stamp_of(tagged);
+        let now = self.now();
+        (now, then.and_then(|then| Self::wait(then, now)))
     }
 
     /// The stamps of the lane `tagged` (a sequence with its lane's tag) is on.
@@ -152,12 +189,27 @@ impl Sampling {
         }
     }
 
-    /// How long the sampled event `tagged` waited, from its stamp to `now`.
+    /// The enqueue time of the sampled event `tagged`, unless its stamp was overwritten.
     #[inline]
-    pub(crate) fn waited(&self, tagged: u64, now: u64) -> Option<u64> {
+    fn stamp_of(&self, tagged: u64) -> Option<u64> {
         let untagged = tagged & !crate::store::PRODUCER_LANE;
-        let then = self.lane(tagged)?.read(untagged)?;
-        Some(now.wrapping_sub(then) & (u64::MAX >> LAP_BITS))
+        self.lane(tagged)?.read(untagged)
+    }
+
+    /// How long the sampled event `tagged` waited, from its stamp to `now`.
+    #[cfg(test)]
+    fn waited(&self, tagged: u64, now: u64) -> Option<u64> {
+        Self::wait(self.stamp_of(tagged)?, now)
+    }
+
+    /// The wait from a stamp written `then` to `now`, or `None` for a stamp that reads as
+    /// written after `now`: a later lap's, which the 16 lap bits cannot tell from the event's
+    /// own once every 65536 laps. (Such a stamp would make a wait that wrapped, to about
+    /// 2^48 ns; a real wait of more than half that, 39 hours, is counted lost with them.)
+    #[inline]
+    fn wait(then: u64, now: u64) -> Option<u64> {
+        let waited = Self::between(then, now);
+        (waited <= TIME_MASK / 2).then_some(waited)
     }
 }
 
@@ -363,7 +415,7 @@ mod tests {
 
     #[test]
     fn stamps_sample_one_in_every_and_forget_overwritten_laps() {
-        let sampling = Sampling::new(SamplingConfig::one_in(4), 8, false);
+        let sampling = Sampling::try_new(SamplingConfig::one_in(4), 4, 4, false).unwrap();
         sampling.stamp_range(1, 10, 0); // 1..=10: samples 4 and 8
         let now = sampling.now() + 1000;
         assert!(sampling.waited(4, now).is_some_and(|w| w >= 1000));
@@ -378,6 +430,49 @@ mod tests {
             sampling
                 .waited(crate::store::PRODUCER_LANE | 4, now)
                 .is_none()
+        );
+        // A stamp that reads as written after `now` (a later lap's, with the lap bits wrapped)
+        // is lost, not a wait of 2^48 ns less a little.
+        assert!(
+            sampling
+                .waited(4, sampling.now().wrapping_sub(1000))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn stamps_are_sized_within_bounds_and_allocated_fallibly() {
+        let config = SamplingConfig::one_in(1);
+        let sized = |ring, in_flight| {
+            Sampling::try_new(config, ring, in_flight, false)
+                .map(|s| s.lanes[0].as_ref().unwrap().slots.len())
+        };
+        assert_eq!(sized(8, 8), Some(16));
+        assert_eq!(sized(8, 3), Some(16));
+        assert_eq!(
+            sized(8, usize::MAX),
+            Some(16),
+            "at most the ring's capacity more"
+        );
+        assert_eq!(sized(8, (1 << 63) + 1), Some(16));
+        assert!(
+            Sampling::try_new(config, 1 << 60, 1, true).is_none(),
+            "refused, not aborted"
+        );
+    }
+
+    #[test]
+    fn spans_across_the_clocks_wrap_keep_their_length() {
+        // Stamps keep 48 bits of nanoseconds: a run that starts before the wrap and ends after
+        // it lasted `end + 2^48 - start`, not 2^64 less something.
+        let before_wrap = TIME_MASK - 500;
+        assert_eq!(Sampling::between(before_wrap, 700), 1201);
+        assert_eq!(Sampling::wait(before_wrap, 700), Some(1201));
+        assert_eq!(Sampling::between(5, 5), 0);
+        assert_eq!(
+            Sampling::wait(700, before_wrap),
+            None,
+            "written after `now`"
         );
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 use hdrhistogram::Histogram;
@@ -36,7 +36,8 @@ use crate::sync::{AtomicU64, Ordering};
 #[non_exhaustive]
 pub struct ProjectionMetrics {
     /// The projection, as its `Debug` form writes it (projections with the same `Debug` form
-    /// share one entry).
+    /// share one entry; so, rarely, may two multi-word projections without a route whose
+    /// route-table hashes collide: they are counted under the first one met).
     pub projection: String,
     /// Events of this projection that left the ring: the sum of the six outcomes below.
     pub published: u64,
@@ -190,80 +191,139 @@ impl ProjectionCounters {
 
 /// The most distinct projections a store counts apart; the events of any further ones are
 /// counted together under [`OVERFLOW`], so that keys made from data (user ids, say) cannot
-/// grow the registry without bound.
+/// grow the registry without bound. So are those of projections without a route met after
+/// `2 * MAX_PROJECTIONS` distinct ones without a route (keys whose `Debug` forms coincide),
+/// so that counting them never formats a name or takes a lock per event.
 pub const MAX_PROJECTIONS: usize = 1024;
 
 /// The name the projections past [`MAX_PROJECTIONS`] are counted under.
 pub const OVERFLOW: &str = "(other projections)";
 
 /// Every projection's counters in a store, by `Debug` name. Taken under a mutex, but only off
-/// the per-event path: when the route table is rebuilt, once per run for projections without
-/// a route, on an eviction, and for a snapshot.
+/// the per-event path: when the route table is rebuilt, on the first meeting with a projection
+/// without a route, and for a snapshot.
 pub(crate) struct ProjectionRegistry {
     by_name: Mutex<HashMap<String, Arc<ProjectionCounters>>>,
     /// The counters of projections met without a route, by the route table's hash of the
-    /// projection: read lock-free by runs (on their first meeting with such a projection), so
-    /// that a steady state of events without a route allocates and locks nothing. Copied and
-    /// swapped on a new entry, under `by_name`'s lock.
+    /// projection: read lock-free by runs and evictions, so that a steady state of events
+    /// without a route allocates and locks nothing. Copied and swapped on a new entry, under
+    /// `by_name`'s lock. Holds at most [`INDEXED`] hashes; a projection without a route met
+    /// once it is full is counted under [`OVERFLOW`], lock-free too.
     by_hash: ArcSwap<HashMap<u64, Arc<ProjectionCounters>>>,
+    /// The [`OVERFLOW`] entry's counters, once it is in `by_name`.
+    overflow: OnceLock<Arc<ProjectionCounters>>,
     /// Whether each projection gets latency histograms (the store samples latencies).
     sampling: Option<super::latency::SamplingConfig>,
 }
+
+/// The most hashes of projections without a route the registry indexes: twice the names, so
+/// that keys whose `Debug` forms coincide do not fill it before the names are.
+const INDEXED: usize = 2 * MAX_PROJECTIONS;
 
 impl ProjectionRegistry {
     pub(crate) fn new(sampling: Option<super::latency::SamplingConfig>) -> Self {
         Self {
             by_name: Mutex::new(HashMap::new()),
             by_hash: ArcSwap::default(),
+            overflow: OnceLock::new(),
             sampling,
         }
     }
 
-    /// The counters of `projection`, whose route-table hash is `hash`: lock-free and without
-    /// allocating once the projection has been met. Two projections with one hash (never for
-    /// single-word keys, for which the hash is one-to-one) share the first one's counters.
+    /// The counters of `projection`, a projection without a route whose route-table hash is
+    /// `hash`: lock-free and without allocating once the projection has been met. Two
+    /// projections with one hash (never for single-word keys, for which the hash is
+    /// one-to-one) share the first one's counters. Once [`INDEXED`] hashes are indexed, a
+    /// projection not among them is counted under [`OVERFLOW`] without a name: that its
+    /// `Debug` form might be one already listed is not worth formatting (an allocation) and
+    /// a lock per event.
     pub(crate) fn by_hash<P: fmt::Debug>(
         &self,
         hash: u64,
         projection: &P,
     ) -> Arc<ProjectionCounters> {
-        if let Some(counters) = self.by_hash.load().get(&hash) {
+        {
+            let index = self.by_hash.load();
+            if let Some(counters) = index.get(&hash) {
+                return Arc::clone(counters);
+            }
+            if index.len() >= INDEXED {
+                return self.overflow();
+            }
+        }
+        // User code: formatted before the lock is taken.
+        let name = name_of(projection);
+        let mut map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = self.by_hash.load_full();
+        if let Some(counters) = old.get(&hash) {
             return Arc::clone(counters);
         }
-        let counters = self.get(projection);
-        let _writer = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = self.by_hash.load_full();
-        // Bounded like the names: past the cap, such projections are looked up by name.
-        if old.len() < 2 * MAX_PROJECTIONS && !old.contains_key(&hash) {
-            let mut new = HashMap::clone(&old);
-            new.insert(hash, Arc::clone(&counters));
-            self.by_hash.store(Arc::new(new));
+        if old.len() >= INDEXED {
+            return self.overflow_locked(&mut map);
         }
+        let counters = self.named_locked(&mut map, name);
+        let mut new = HashMap::clone(&old);
+        new.insert(hash, Arc::clone(&counters));
+        self.by_hash.store(Arc::new(new));
         counters
     }
 
     /// The counters of `projection`, made on first use.
     pub(crate) fn get<P: fmt::Debug>(&self, projection: &P) -> Arc<ProjectionCounters> {
-        self.named(name_of(projection))
+        let name = name_of(projection);
+        let mut map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+        self.named_locked(&mut map, name)
     }
 
-    /// The counters of the projection named `name`.
-    fn named(&self, name: String) -> Arc<ProjectionCounters> {
-        let mut map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The counters of the projection named `name` in `map` (`by_name`, locked), made on
+    /// first use: under [`OVERFLOW`] once [`MAX_PROJECTIONS`] names are listed.
+    fn named_locked(
+        &self,
+        map: &mut HashMap<String, Arc<ProjectionCounters>>,
+        name: String,
+    ) -> Arc<ProjectionCounters> {
         if let Some(counters) = map.get(&name) {
             return Arc::clone(counters);
         }
-        let name = if map.len() >= MAX_PROJECTIONS {
-            OVERFLOW.to_owned()
-        } else {
-            name
-        };
-        let sampling = self.sampling;
-        Arc::clone(map.entry(name).or_insert_with(|| {
-            Arc::new(ProjectionCounters::new(
-                sampling.map(|_| LatencyHistograms::new()),
-            ))
-        }))
+        if map.len() >= MAX_PROJECTIONS {
+            return self.overflow_locked(map);
+        }
+        let counters = self.new_counters();
+        map.insert(name, Arc::clone(&counters));
+        counters
+    }
+
+    /// The [`OVERFLOW`] entry's counters, lock-free once it exists.
+    fn overflow(&self) -> Arc<ProjectionCounters> {
+        match self.overflow.get() {
+            Some(counters) => Arc::clone(counters),
+            None => {
+                let mut map = self.by_name.lock().unwrap_or_else(PoisonError::into_inner);
+                self.overflow_locked(&mut map)
+            }
+        }
+    }
+
+    /// The [`OVERFLOW`] entry's counters, listed in `map` (`by_name`, locked) on first use.
+    fn overflow_locked(
+        &self,
+        map: &mut HashMap<String, Arc<ProjectionCounters>>,
+    ) -> Arc<ProjectionCounters> {
+        if let Some(counters) = self.overflow.get() {
+            return Arc::clone(counters);
+        }
+        let counters = Arc::clone(
+            map.entry(OVERFLOW.to_owned())
+                .or_insert_with(|| self.new_counters()),
+        );
+        let _ = self.overflow.set(Arc::clone(&counters));
+        counters
+    }
+
+    fn new_counters(&self) -> Arc<ProjectionCounters> {
+        Arc::new(ProjectionCounters::new(
+            self.sampling.map(|_| LatencyHistograms::new()),
+        ))
     }
 
     /// Every projection's counts, sorted by name.
@@ -536,6 +596,33 @@ mod tests {
         let other = all.iter().find(|m| m.projection == OVERFLOW).unwrap();
         assert_eq!((other.unrouted, other.published), (10, 10));
         assert!(all.iter().all(ProjectionMetrics::is_balanced));
+    }
+
+    #[test]
+    fn hashes_past_the_index_count_under_overflow_without_a_name() {
+        // Keys whose `Debug` forms coincide: the index fills before the names do.
+        struct Same(u64);
+        impl fmt::Debug for Same {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "same-{}", self.0 % 4)
+            }
+        }
+        let registry = ProjectionRegistry::new(None);
+        for n in 0..INDEXED as u64 + 100 {
+            registry.by_hash(n, &Same(n)).add(Outcome::Unrouted, 1);
+        }
+        // Met again: the indexed ones under their names, the rest under the overflow.
+        for n in 0..INDEXED as u64 + 100 {
+            registry.by_hash(n, &Same(n)).add(Outcome::Unrouted, 1);
+        }
+        let all = registry.snapshot();
+        assert_eq!(all.len(), 5, "{all:?}");
+        let other = all.iter().find(|m| m.projection == OVERFLOW).unwrap();
+        assert_eq!(other.unrouted, 200);
+        assert_eq!(
+            all.iter().map(|m| m.unrouted).sum::<u64>(),
+            2 * (INDEXED as u64 + 100)
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `Drop` (counted in `Metrics::drop_panics`), and calls to the `on_error` hook that contain a
 //! panicking hook. Both run user code outside the handlers.
 
+use super::routes::hash_of;
 use super::{ErrorKind, ErrorReport, Shared};
 use crate::error::HandlerFailure;
 use crate::event::Event;
@@ -58,22 +59,32 @@ impl<E: Event, Err> Shared<E, Err> {
     }
 
     /// Drops an event `DropOldest` evicted, after counting it dropped under its projection.
-    /// Its `projection()` is user code: a panic in it is contained and the event stays
-    /// counted in the store-wide `dropped`, under no projection. It is not reported: reports
-    /// are of events whose handling failed, and this one was never going to be handled.
+    /// Its `projection()` and the key's `Hash` and `Eq` (the route lookup) are user code, run
+    /// here on the producer's thread: a panic in them is contained and the event stays
+    /// counted in the store-wide `dropped`, under no projection, as the run loop does for
+    /// such events. It is not reported: reports are of events whose handling failed, and this
+    /// one was never going to be handled.
     #[cold]
     pub(super) fn drop_evicted(&self, sequence: u64, event: E) {
         match panics::catch(|| event.projection()) {
             Ok(projection) => {
-                let counted = self
-                    .routes
-                    .load()
-                    .counters_of(&projection)
-                    .map(|counters| counters.add(Outcome::Dropped, 1))
-                    .is_some();
-                if !counted {
-                    let projections = self.routes.projections();
-                    projections.get(&projection).add(Outcome::Dropped, 1);
+                let counted = panics::catch(|| {
+                    let routed = self
+                        .routes
+                        .load()
+                        .counters_of(&projection)
+                        .map(|counters| counters.add(Outcome::Dropped, 1))
+                        .is_some();
+                    if !routed {
+                        // As the run loop counts it: lock-free once met.
+                        let projections = self.routes.projections();
+                        projections
+                            .by_hash(hash_of(&projection), &projection)
+                            .add(Outcome::Dropped, 1);
+                    }
+                });
+                if let Err(payload) = counted {
+                    panics::dispose(payload);
                 }
                 self.drop_projection(Some(sequence), projection);
             }

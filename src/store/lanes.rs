@@ -277,4 +277,17 @@ impl<'a, E> Source<'a, E> {
             index: 1,
         }
     }
+
+    /// The events waiting in the lane now, as an observer sees them: the head is read before
+    /// the tail (so that the depth is never understated), and the two reads are not one
+    /// instant: publishers and producers may move both between them (by far more than the
+    /// ring holds, if this thread is preempted there). A lane never holds more than its
+    /// capacity, so the depth is capped there.
+    pub(crate) fn depth(&self) -> u64 {
+        let head = self.ring.head();
+        self.ring
+            .tail()
+            .saturating_sub(head)
+            .min(self.ring.capacity())
+    }
 }

@@ -210,10 +210,7 @@ where
     /// A snapshot of the counters.
     pub fn metrics(&self) -> Metrics {
         for lane in self.shared.sources() {
-            let head = lane.ring.head();
-            self.shared
-                .counters
-                .note_depth(lane.ring.tail().saturating_sub(head));
+            self.shared.counters.note_depth(lane.depth());
         }
         let head = self.shared.head();
         let tail = self.shared.tail();
@@ -296,10 +293,7 @@ where
     pub(crate) fn deepest_lane(&self) -> u64 {
         self.shared
             .sources()
-            .map(|lane| {
-                let head = lane.ring.head();
-                lane.ring.tail().saturating_sub(head)
-            })
+            .map(|lane| lane.depth())
             .max()
             .unwrap_or(0)
     }

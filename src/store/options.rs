@@ -138,7 +138,9 @@ where
     /// measures 1 in 64 and 1 in 1).
     ///
     /// The wait is measured from the enqueue to the moment the event's handlers start. It is
-    /// read from a stamp array with room for the ring's events and `max_in_flight` more; an
+    /// read from a stamp array with room for the ring's events and `max_in_flight` more (at
+    /// most the ring's capacity more; a stamp array that cannot be allocated fails the build
+    /// with [`BuildError::AllocationFailed`]); an
     /// event whose stamp was reused before its handlers started (an async batch that rayon
     /// started after newer ones had cycled that many events through, or, on a tiny ring,
     /// `DropOldest` evictions racing past it between its take and its run) has its wait
@@ -229,9 +231,13 @@ where
         // Stamps outlive their slot by the events a publisher may hold taken but not yet
         // run (async batches, up to `max_in_flight`), so that a sampled event's stamp is
         // still there when its handlers start.
-        let stamps = (capacity + max_in_flight).next_power_of_two();
-        let sampling_lanes =
-            sampling.map(|config| Sampling::new(config, stamps, producer_lane.is_some()));
+        let sampling_lanes = match sampling {
+            Some(config) => Some(
+                Sampling::try_new(config, capacity, max_in_flight, producer_lane.is_some())
+                    .ok_or_else(no_memory)?,
+            ),
+            None => None,
+        };
         Ok(EventStore {
             shared: Arc::new(Shared {
                 sampling: sampling_lanes,

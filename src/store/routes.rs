@@ -40,6 +40,13 @@ impl Hasher for MulHasher {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
+            // A last, partial chunk carries its length in its top byte, so that zero padding
+            // cannot make `b"a"` and `b"a\0"` one word: the counts of projections without a
+            // route are kept by this hash alone. (Multi-word keys can still collide, e.g. a
+            // 7-byte chunk with a full one ending in byte 7; none this natural.)
+            if chunk.len() < 8 {
+                word[7] = chunk.len() as u8;
+            }
             self.write_u64(u64::from_le_bytes(word));
         }
     }
@@ -97,10 +104,19 @@ impl<E: Event, Err> Clone for Entry<E, Err> {
 }
 
 impl<E: Event, Err> Entry<E, Err> {
-    /// The id of this entry's subscription if its circuit breaker is open now.
+    /// The id of this entry's subscription if its circuit breaker is open now. The breaker
+    /// and its clock are user code: one that panics is contained and not reported open
+    /// (its state is unknown).
     pub(crate) fn open_breaker(&self) -> Option<u64> {
         match self {
-            Self::Subscriber(s) if s.breaker_open() => Some(s.id()),
+            Self::Subscriber(s) => match panics::catch(|| s.breaker_open()) {
+                Ok(true) => Some(s.id()),
+                Ok(false) => None,
+                Err(payload) => {
+                    panics::dispose(payload);
+                    None
+                }
+            },
             _ => None,
         }
     }

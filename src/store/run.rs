@@ -16,7 +16,7 @@ use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::metrics::{
-    LOCAL_ROUTES, Outcome, ProjectionCounters, RunCounts, Tally, Unlisted, UnlistedCache,
+    LOCAL_ROUTES, Outcome, ProjectionCounters, RunCounts, Sampling, Tally, Unlisted, UnlistedCache,
 };
 use crate::panics::{self, Payload, dispose, panic_message};
 use crate::trace;
@@ -352,7 +352,7 @@ where
                 // A sampled event is timed from here (not after a handler's panic: its run
                 // is cut in two).
                 let started = match sampling {
-                    Some(s) if resume == 0 && s.config.samples(sequence) => Some(s.now()),
+                    Some(s) if resume == 0 && s.config.samples(sequence) => Some(s.start(sequence)),
                     _ => None,
                 };
                 for (index, entry) in shared.iter().enumerate().skip(resume) {
@@ -380,8 +380,8 @@ where
                         self.handler_failed(cursor, &ctx, err, outcomes);
                     }
                 }
-                if let Some(started) = started {
-                    self.record_latency(counters, sequence, started);
+                if let Some((started, waited)) = started {
+                    self.record_latency(counters, waited, started);
                 }
                 tally.handler_errors += cursor.failures;
                 if let Some(held) = held.get().is_some().then(|| held.take()).flatten() {
@@ -419,19 +419,16 @@ where
         }
     }
 
-    /// Records a sampled event's wait in the ring and its handlers' run time, from `started`.
+    /// Records a sampled event's wait in the ring (read when its handlers started) and its
+    /// handlers' run time, from `started`.
     #[cold]
     #[inline(never)]
-    fn record_latency(&self, counters: &ProjectionCounters, sequence: u64, started: u64) {
+    fn record_latency(&self, counters: &ProjectionCounters, waited: Option<u64>, started: u64) {
         let (Some(sampling), Some(latency)) = (self.shared.sampling.as_ref(), counters.latency())
         else {
             return;
         };
-        let now = sampling.now();
-        latency.record(
-            sampling.waited(sequence, started),
-            now.wrapping_sub(started),
-        );
+        latency.record(waited, Sampling::between(started, sampling.now()));
     }
 
     /// Counts and reports what a subscriber said other than `Done`.
