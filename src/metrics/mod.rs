@@ -16,8 +16,8 @@ pub(crate) use in_flight::InFlight;
 pub use latency::{LatencySummary, ProjectionLatency};
 pub(crate) use latency::{Sampling, SamplingConfig};
 pub(crate) use projection::{
-    LOCAL_ROUTES, Outcome, ProjectionCounters, ProjectionRegistry, RunCounts, Unlisted,
-    UnlistedCache, name_of,
+    LOCAL_ROUTES, Outcome, ProjectionCounters, ProjectionRegistry, RunCounts, UnlistedCache,
+    name_of,
 };
 pub use projection::{MAX_PROJECTIONS, OVERFLOW, ProjectionMetrics};
 

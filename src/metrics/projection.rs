@@ -116,6 +116,12 @@ impl ProjectionCounters {
         }
     }
 
+    /// Counters of no projection, never reported: what the route table keeps at its slots
+    /// without a route.
+    pub(crate) fn unlisted() -> Arc<Self> {
+        Arc::new(Self::new(None))
+    }
+
     /// Adds `n` events with `outcome`.
     #[inline]
     pub(crate) fn add(&self, outcome: Outcome, n: u64) {
@@ -402,13 +408,16 @@ pub(crate) const LOCAL_ROUTES: usize = 32;
 
 /// Projections without a route whose counters a run keeps at hand (and counts locally, at
 /// `LOCAL_ROUTES + i`).
-const UNLISTED_CACHE: usize = 8;
+const UNLISTED_CACHE: usize = 16; // a power of two: a hash's top bits are its home
+
+// `RunCounts::touched` has a bit per local count.
+const _: () = assert!(LOCAL_ROUTES + UNLISTED_CACHE <= u64::BITS as usize);
 
 /// What one run of events processed per projection, summed locally and added to each
 /// projection's counters once, at the end of the run. Indexed by route slot (below
 /// [`LOCAL_ROUTES`]), then by [`UnlistedCache`] entry.
 pub(crate) struct RunCounts {
-    /// Bit `i`: `processed[i]` holds a count.
+    /// Bit `i`: `processed[i]` may hold a count (the flush reads only these).
     touched: u64,
     processed: [u64; LOCAL_ROUTES + UNLISTED_CACHE],
 }
@@ -422,18 +431,15 @@ impl RunCounts {
     }
 
     /// An event counted at `index` was processed; `counters` are that projection's.
+    /// Branch-free on the local path: the bit is set every time.
     #[inline(always)]
     pub(crate) fn processed(&mut self, index: usize, counters: &ProjectionCounters) {
-        if index < self.processed.len() {
-            let bit = 1 << index;
-            if self.touched & bit == 0 {
-                self.touched |= bit;
-                self.processed[index] = 1;
-            } else {
-                self.processed[index] += 1;
+        match self.processed.get_mut(index) {
+            Some(count) => {
+                *count += 1;
+                self.touched |= 1 << index;
             }
-        } else {
-            counters.add(Outcome::Processed, 1);
+            None => counters.add(Outcome::Processed, 1),
         }
     }
 
@@ -443,7 +449,10 @@ impl RunCounts {
         while self.touched != 0 {
             let index = self.touched.trailing_zeros() as usize;
             self.touched &= self.touched - 1;
-            counters_at(index).add(Outcome::Processed, self.processed[index]);
+            counters_at(index).add(
+                Outcome::Processed,
+                std::mem::take(&mut self.processed[index]),
+            );
         }
     }
 }
@@ -454,11 +463,13 @@ impl RunCounts {
 /// [`UNLISTED_CACHE`]; a run meeting more looks the rest up each time.
 pub(crate) struct UnlistedCache {
     entries: [Option<(u64, Arc<ProjectionCounters>)>; UNLISTED_CACHE],
+    /// The counters of the last projection the full cache turned away.
+    overflow: Option<Arc<ProjectionCounters>>,
 }
 
 /// Where a projection without a route is counted: a cache entry's index for [`RunCounts`],
 /// or counters of its own (the cache was full).
-pub(crate) enum Unlisted {
+enum Unlisted {
     Cached(usize),
     Uncached(Arc<ProjectionCounters>),
 }
@@ -467,28 +478,62 @@ impl UnlistedCache {
     pub(crate) fn new() -> Self {
         Self {
             entries: Default::default(),
+            overflow: None,
         }
     }
 
-    /// The entry of the projection of `hash`; `lookup` finds its counters in the registry on
-    /// the run's first meeting.
+    /// The entry of the projection of `hash`, probing from `home`; `lookup` finds its
+    /// counters in the registry on the run's first meeting.
     #[inline]
-    pub(crate) fn find(
+    fn find(
         &mut self,
         hash: u64,
+        home: usize,
         lookup: impl FnOnce(u64) -> Arc<ProjectionCounters>,
     ) -> Unlisted {
-        for (i, entry) in self.entries.iter_mut().enumerate() {
-            match entry {
+        for i in (home..UNLISTED_CACHE).chain(0..home) {
+            match &mut self.entries[i] {
                 Some((h, _)) if *h == hash => return Unlisted::Cached(LOCAL_ROUTES + i),
                 Some(_) => {}
-                None => {
+                entry @ None => {
                     *entry = Some((hash, lookup(hash)));
                     return Unlisted::Cached(LOCAL_ROUTES + i);
                 }
             }
         }
         Unlisted::Uncached(lookup(hash))
+    }
+
+    /// Where the run counts the projection of `hash` (a [`RunCounts`] index, or `usize::MAX`:
+    /// straight into its counters, the cache being full) and its counters. The entry at the
+    /// hash's home (its top bits) is checked inline; anything else is out of line, so that
+    /// the run loop stays short.
+    #[inline(always)]
+    pub(crate) fn counters(
+        &mut self,
+        hash: u64,
+        lookup: impl FnOnce(u64) -> Arc<ProjectionCounters>,
+    ) -> (usize, &Arc<ProjectionCounters>) {
+        let home = (hash >> (64 - UNLISTED_CACHE.trailing_zeros())) as usize;
+        if matches!(&self.entries[home], Some((h, _)) if *h == hash) {
+            return (LOCAL_ROUTES + home, self.at(LOCAL_ROUTES + home));
+        }
+        self.counters_away(hash, home, lookup)
+    }
+
+    /// [`counters`](Self::counters) for a projection not at its home: the first free or
+    /// matching entry from there on.
+    #[inline(never)]
+    fn counters_away(
+        &mut self,
+        hash: u64,
+        home: usize,
+        lookup: impl FnOnce(u64) -> Arc<ProjectionCounters>,
+    ) -> (usize, &Arc<ProjectionCounters>) {
+        match self.find(hash, home, lookup) {
+            Unlisted::Cached(index) => (index, self.at(index)),
+            Unlisted::Uncached(counters) => (usize::MAX, self.overflow.insert(counters)),
+        }
     }
 
     /// The counters at `index` (from [`find`](Self::find)).
@@ -554,35 +599,73 @@ mod tests {
         assert_eq!(counts["1"], 0);
     }
 
+    /// A hash whose home in the unlisted cache is `home`, made distinct by `n`.
+    fn at_home(home: u64, n: u64) -> u64 {
+        home << (64 - UNLISTED_CACHE.trailing_zeros()) | n
+    }
+
+    /// The cache's index for `hash`, counting the registry lookups it made in `lookups`.
+    fn index(
+        cache: &mut UnlistedCache,
+        registry: &ProjectionRegistry,
+        lookups: &mut usize,
+        hash: u64,
+    ) -> usize {
+        let lookup = |hash| {
+            *lookups += 1;
+            registry.by_hash(hash, &hash)
+        };
+        cache.counters(hash, lookup).0
+    }
+
     #[test]
     fn the_unlisted_cache_finds_each_hash_once_then_overflows() {
         let registry = ProjectionRegistry::new(None);
         let mut cache = UnlistedCache::new();
         let mut lookups = 0;
-        let mut find = |cache: &mut UnlistedCache, n: u64| {
-            cache.find(n, |hash| {
-                lookups += 1;
-                registry.by_hash(hash, &n)
-            })
-        };
-        for n in 0..UNLISTED_CACHE as u64 {
-            assert!(
-                matches!(find(&mut cache, n), Unlisted::Cached(i) if i == LOCAL_ROUTES + n as usize)
+        let mut index_of =
+            |cache: &mut UnlistedCache, hash| index(cache, &registry, &mut lookups, hash);
+        for home in 0..UNLISTED_CACHE as u64 {
+            assert_eq!(
+                index_of(&mut cache, at_home(home, 0)),
+                LOCAL_ROUTES + home as usize
             );
         }
-        assert!(matches!(find(&mut cache, 3), Unlisted::Cached(i) if i == LOCAL_ROUTES + 3));
-        assert!(matches!(find(&mut cache, 99), Unlisted::Uncached(_)));
-        assert_eq!(lookups, UNLISTED_CACHE + 1);
+        assert_eq!(index_of(&mut cache, at_home(3, 0)), LOCAL_ROUTES + 3);
+        // Full: a new projection is counted straight into its counters, looked up each time.
+        assert_eq!(index_of(&mut cache, at_home(3, 1)), usize::MAX);
+        assert_eq!(index_of(&mut cache, at_home(3, 1)), usize::MAX);
+        assert_eq!(lookups, UNLISTED_CACHE + 2);
         cache.at(LOCAL_ROUTES + 3).add(Outcome::Unrouted, 1);
+        let name = at_home(3, 0).to_string();
+        let all = registry.snapshot();
         assert_eq!(
-            registry
-                .snapshot()
-                .iter()
-                .find(|m| m.projection == "3")
-                .unwrap()
-                .unrouted,
+            all.iter().find(|m| m.projection == name).unwrap().unrouted,
             1
         );
+    }
+
+    #[test]
+    fn unlisted_projections_sharing_a_home_take_the_next_free_entries() {
+        let registry = ProjectionRegistry::new(None);
+        let mut cache = UnlistedCache::new();
+        let mut lookups = 0;
+        let mut index_of =
+            |cache: &mut UnlistedCache, hash| index(cache, &registry, &mut lookups, hash);
+        let last = UNLISTED_CACHE as u64 - 1;
+        assert_eq!(
+            index_of(&mut cache, at_home(last, 0)),
+            LOCAL_ROUTES + last as usize
+        );
+        // The probe wraps round to the first entry, then on.
+        assert_eq!(index_of(&mut cache, at_home(last, 1)), LOCAL_ROUTES);
+        assert_eq!(index_of(&mut cache, at_home(last, 2)), LOCAL_ROUTES + 1);
+        // Met again: found where they went, not looked up again.
+        assert_eq!(index_of(&mut cache, at_home(last, 2)), LOCAL_ROUTES + 1);
+        assert_eq!(index_of(&mut cache, at_home(last, 1)), LOCAL_ROUTES);
+        // A projection at home 1, taken: the next free entry.
+        assert_eq!(index_of(&mut cache, at_home(1, 0)), LOCAL_ROUTES + 2);
+        assert_eq!(lookups, 4);
     }
 
     #[test]

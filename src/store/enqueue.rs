@@ -166,8 +166,8 @@ where
     ) -> Result<Enqueued, (E, ClaimError)> {
         match lane.claim(1) {
             Ok(sequence) => {
-                if let Some(sampling) = &self.sampling {
-                    sampling.stamp_range(sequence, 1, lane.tag());
+                if self.sampling.is_some() {
+                    self.stamp_enqueued(sequence, 1, lane.tag());
                 }
                 // SAFETY: `sequence` was claimed just above, and is written once.
                 unsafe { lane.ring().write(sequence, event) };
@@ -418,8 +418,8 @@ where
         batch: &mut Vec<E>,
         dropped: u64,
     ) -> Enqueued {
-        if let Some(sampling) = &self.sampling {
-            sampling.stamp_range(first, batch.len() as u64, lane.tag());
+        if self.sampling.is_some() {
+            self.stamp_enqueued(first, batch.len() as u64, lane.tag());
         }
         // SAFETY: per the contract.
         unsafe { lane.ring().write_batch(first, batch) };
@@ -427,6 +427,19 @@ where
         Enqueued {
             sequence: first | lane.tag(),
             dropped,
+        }
+    }
+
+    /// Stamps the sampled events among `count` enqueued from `first` on the lane tagged `tag`
+    /// (latency sampling is on). Out of line and cold, so that a store without sampling pays
+    /// one predictable branch on its enqueue path and that path stays small enough to be
+    /// inlined into the caller's loop (inlined, the stamping grew it past LLVM's threshold and
+    /// cost W-tick a function call per event).
+    #[cold]
+    #[inline(never)]
+    fn stamp_enqueued(&self, first: u64, count: u64, tag: u64) {
+        if let Some(sampling) = &self.sampling {
+            sampling.stamp_range(first, count, tag);
         }
     }
 

@@ -84,14 +84,22 @@ where
     /// # Errors
     /// [`EnqueueError::Closed`] after [`close`](EventStore::close); [`EnqueueError::Full`]
     /// when the lane is full under `ReturnError`. The event comes back in the error.
-    #[inline]
+    #[inline(always)] // a claim and a write: worth its place in the caller's loop
     pub fn enqueue(&mut self, event: E) -> Result<Enqueued, EnqueueError<E>> {
         match self.exclusive() {
             Some((shared, lane)) => shared
                 .try_enqueue(event, &lane)
                 .or_else(|(event, refusal)| shared.enqueue_slow(event, refusal, None, &lane)),
-            None => self.store.enqueue(event),
+            None => self.enqueue_shared(event),
         }
+    }
+
+    /// [`enqueue`](Self::enqueue) without a lane of its own: the store's shared one. Out of
+    /// line, so that the lane path stays small enough to inline into the caller's loop.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_shared(&self, event: E) -> Result<Enqueued, EnqueueError<E>> {
+        self.store.enqueue(event)
     }
 
     /// [`enqueue`](Self::enqueue), waiting at most `timeout` for room under `Block` (see

@@ -178,16 +178,21 @@ pub(crate) type Lookup<'a, E, Err> = (Option<usize>, Option<&'a [Entry<E, Err>]>
 /// built, so that the run loop never takes its lock for a routed projection).
 pub(crate) struct Table<E: Event, Err> {
     routes: Routes<E::Projection, Entry<E, Err>>,
-    /// `counters[slot]`: the counters of the route at `slot` of `routes`.
-    counters: Box<[Option<Arc<ProjectionCounters>>]>,
+    /// `counters[slot]`: the counters of the route at `slot` of `routes`; a slot without a
+    /// route holds counters nothing reads (so that the run loop's read has no `None` arm).
+    counters: Box<[Arc<ProjectionCounters>]>,
 }
 
 impl<E: Event, Err> Table<E, Err> {
     fn new(routes: Routes<E::Projection, Entry<E, Err>>, registry: &ProjectionRegistry) -> Self {
+        let unused = ProjectionCounters::unlisted();
         let counters = routes
             .slots
             .iter()
-            .map(|slot| slot.as_ref().map(|r| registry.get(&r.projection)))
+            .map(|slot| match slot {
+                Some(route) => registry.get(&route.projection),
+                None => Arc::clone(&unused),
+            })
             .collect();
         Self { routes, counters }
     }
@@ -196,12 +201,9 @@ impl<E: Event, Err> Table<E, Err> {
     /// route, with the catch-all handlers if there are any.
     #[inline(always)]
     pub(crate) fn lookup(&self, projection: &E::Projection) -> Lookup<'_, E, Err> {
-        match self.routes.find(projection) {
+        match self.routes.find_route(projection) {
             // A route whose subscriptions are all gone (catch-alls are in every route).
-            Some(i) => (
-                Some(i),
-                self.routes.handlers_at(i).filter(|h| !h.is_empty()),
-            ),
+            Some((i, handlers)) => (Some(i), (!handlers.is_empty()).then_some(handlers)),
             None if self.routes.fallback.is_empty() => (None, None),
             None => (None, Some(&self.routes.fallback)),
         }
@@ -210,10 +212,7 @@ impl<E: Event, Err> Table<E, Err> {
     /// The counters of the route at `slot` (from [`lookup`](Self::lookup)).
     #[inline(always)]
     pub(crate) fn counters_at(&self, slot: usize) -> &Arc<ProjectionCounters> {
-        match &self.counters[slot] {
-            Some(counters) => counters,
-            None => unreachable!("a slot lookup returned holds a route"),
-        }
+        &self.counters[slot]
     }
 
     /// The counters of `projection`'s route, if it has one.
@@ -437,21 +436,23 @@ impl<K: Eq + Hash, H> Routes<K, H> {
         });
     }
 
-    /// The handlers of the route at `slot`.
-    #[inline(always)]
-    fn handlers_at(&self, slot: usize) -> Option<&[H]> {
-        self.slots[slot].as_ref().map(|r| &r.handlers[..])
-    }
-
     /// The slot of `projection`'s route.
     #[inline]
     fn find(&self, projection: &K) -> Option<usize> {
+        self.find_route(projection).map(|(slot, _)| slot)
+    }
+
+    /// The slot of `projection`'s route and its handlers, read in the one probe.
+    #[inline(always)]
+    fn find_route(&self, projection: &K) -> Option<(usize, &[H])> {
         let mask = self.slots.len() - 1;
         let mut i = home(projection, self.shift);
         loop {
             // The table is never full (at least twice the routes), so the probe ends.
             match &self.slots[i] {
-                Some(route) if route.projection == *projection => return Some(i),
+                Some(route) if route.projection == *projection => {
+                    return Some((i, &route.handlers));
+                }
                 Some(_) => i = (i + 1) & mask,
                 None => return None,
             }
@@ -472,8 +473,8 @@ impl<K: Eq + Hash, H> Routes<K, H> {
     /// The handlers for `projection`, if any (the fallback when it has no route).
     #[inline]
     pub(crate) fn get(&self, projection: &K) -> Option<&[H]> {
-        match self.find(projection) {
-            Some(i) => self.slots[i].as_ref().map(|r| &r.handlers[..]),
+        match self.find_route(projection) {
+            Some((_, handlers)) => Some(handlers),
             None if self.fallback.is_empty() => None,
             None => Some(&self.fallback),
         }

@@ -16,7 +16,7 @@ use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::metrics::{
-    LOCAL_ROUTES, Outcome, ProjectionCounters, RunCounts, Sampling, Tally, Unlisted, UnlistedCache,
+    LOCAL_ROUTES, Outcome, ProjectionCounters, RunCounts, Sampling, Tally, UnlistedCache,
 };
 use crate::panics::{self, Payload, dispose, panic_message};
 use crate::trace;
@@ -315,20 +315,13 @@ where
             // The projection's counters, and where the run counts it: its route's (at its
             // slot), or for a projection without a route the registry's, through the run's
             // small cache.
-            let uncached;
             let (index, counters) = match slot {
                 // Routes past the local array are counted straight into their atomics.
                 Some(slot) if slot < LOCAL_ROUTES => (slot, routes.counters_at(slot)),
                 Some(slot) => (usize::MAX, routes.counters_at(slot)),
-                None => match unlisted.find(hash_of(&projection), |hash| {
+                None => unlisted.counters(hash_of(&projection), |hash| {
                     projections.by_hash(hash, &projection)
-                }) {
-                    Unlisted::Cached(index) => (index, unlisted.at(index)),
-                    Unlisted::Uncached(counters) => {
-                        uncached = counters;
-                        (usize::MAX, &uncached)
-                    }
-                },
+                }),
             };
             // Without local handlers (every path but `publish_with`) `local` is an empty
             // slice known at compile time, and this is the plain lookup.
@@ -383,27 +376,11 @@ where
                 if let Some((started, waited)) = started {
                     self.record_latency(counters, waited, started);
                 }
-                tally.handler_errors += cursor.failures;
-                if let Some(held) = held.get().is_some().then(|| held.take()).flatten() {
-                    // A retry is pending: the hold decides the event's place when it ends.
-                    let standing = match (cursor.dead_lettered, cursor.failures) {
-                        (true, _) => Standing::DeadLettered,
-                        (false, 0) => Standing::Ok,
-                        (false, _) => Standing::Failed,
-                    };
-                    held.release(standing, &self.shared.counters);
-                } else if cursor.dead_lettered {
-                    tally.dead_lettered += 1;
-                    counters.add(Outcome::DeadLettered, 1);
-                } else if cursor.failures == 0 {
+                if cursor.failures == 0 && !cursor.dead_lettered && held.get().is_none() {
                     tally.processed += 1;
                     counts.processed(index, counters);
                 } else {
-                    tally.failed += 1;
-                    counters.add(Outcome::Failed, 1);
-                }
-                if cursor.failures != 0 {
-                    counters.add_handler_errors(cursor.failures);
+                    self.settle_unusual(cursor, held, counters, tally);
                 }
             } else {
                 tally.unrouted += 1;
@@ -416,6 +393,39 @@ where
                 drop(projection);
             }
             cursor.next_event();
+        }
+    }
+
+    /// Settles an event whose handlers did not all simply succeed: one failed, a subscriber
+    /// dead-lettered it, or a retry holds it. Out of the loop, which keeps the success path
+    /// to one test.
+    #[cold]
+    #[inline(never)]
+    fn settle_unusual(
+        &self,
+        cursor: &Cursor,
+        held: &mut OnceLock<Arc<Held>>,
+        counters: &ProjectionCounters,
+        tally: &mut Tally,
+    ) {
+        tally.handler_errors += cursor.failures;
+        if let Some(held) = held.take() {
+            // A retry is pending: the hold decides the event's place when it ends.
+            let standing = match (cursor.dead_lettered, cursor.failures) {
+                (true, _) => Standing::DeadLettered,
+                (false, 0) => Standing::Ok,
+                (false, _) => Standing::Failed,
+            };
+            held.release(standing, &self.shared.counters);
+        } else if cursor.dead_lettered {
+            tally.dead_lettered += 1;
+            counters.add(Outcome::DeadLettered, 1);
+        } else {
+            tally.failed += 1;
+            counters.add(Outcome::Failed, 1);
+        }
+        if cursor.failures != 0 {
+            counters.add_handler_errors(cursor.failures);
         }
     }
 
