@@ -443,6 +443,8 @@
 struct ReadmeDoctests;
 
 mod barrier;
+#[cfg(feature = "redis")]
+pub mod bridge;
 mod error;
 mod event;
 mod event_enum;

@@ -1,0 +1,34 @@
+//! The cross-process bridge (feature `redis`): events of a store carried between processes
+//! and machines through a broker.
+//!
+//! This module holds the seam and the parts every broker shares; the core never imports it.
+//!
+//! - [`Backend`]: what a broker does for the bridge: append a batch, receive, acknowledge,
+//!   close. [`RedisStreams`] implements it on Redis Streams with consumer groups.
+//! - [`EventId`]: an event's id, unique across processes (a random origin per process and a
+//!   sequence), carried with it so that a receiver can drop duplicates ([`DedupWindow`]).
+//! - [`Codec`]: how a payload becomes bytes; [`Json`] by default (readable in `redis-cli`).
+//! - [`BridgeMetrics`]: what crossed, counted.
+//!
+//! # Delivery
+//!
+//! At least once: an entry stays pending in its consumer group until it is acknowledged, and
+//! a pending entry whose consumer went quiet for longer than the claim timeout is delivered to
+//! another consumer of the group. So an entry can arrive twice (its consumer died after
+//! handling it, before acknowledging it); [`DedupWindow`] drops a repeat of any of the last
+//! `n` ids it saw. Order is the stream's order for one consumer, except for redelivered
+//! entries, which come again after newer ones.
+
+mod backend;
+mod codec;
+mod dedup;
+mod envelope;
+mod metrics;
+mod redis;
+
+pub use backend::{Backend, BridgeError};
+pub use codec::{Codec, Json};
+pub use dedup::DedupWindow;
+pub use envelope::{EventId, Incoming, Malformed, Outgoing, Received};
+pub use metrics::{BridgeMetrics, BridgeMetricsSnapshot};
+pub use redis::{RedisOptions, RedisStreams};

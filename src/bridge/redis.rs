@@ -1,0 +1,548 @@
+//! [`Backend`] on Redis Streams: `XADD` (pipelined, with an approximate length cap) to send,
+//! consumer groups (`XREADGROUP`, `XACK`, `XAUTOCLAIM`) to receive.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, Value};
+
+use super::backend::wait_millis;
+use super::envelope::{EventId, Incoming, Malformed, Outgoing, Received};
+use super::metrics::{BridgeMetrics, Count};
+use super::{Backend, BridgeError};
+
+/// The stream fields of an entry: the event's id, its projection, its payload.
+const ID: &str = "id";
+const PROJECTION: &str = "projection";
+const PAYLOAD: &str = "payload";
+
+/// Where a [`RedisStreams`] connects and how it sends and receives.
+#[derive(Clone)]
+pub struct RedisOptions {
+    url: String,
+    stream: String,
+    group: String,
+    consumer: String,
+    max_len: Option<u64>,
+    claim_idle: Duration,
+    max_payload: usize,
+    connect_timeout: Duration,
+}
+
+impl RedisOptions {
+    /// `url` is the redis crate's: `redis://[user][:password@]host[:port][/db]`, or
+    /// `rediss://` for TLS (when the redis crate is built with a TLS feature). `stream` is
+    /// the stream's key. Defaults: group `ringbus`, consumer `ringbus-<pid>`, no length cap,
+    /// claim after 30 s, payloads up to 1 MiB, connect within 5 s.
+    pub fn new(url: impl Into<String>, stream: impl Into<String>) -> Self {
+        RedisOptions {
+            url: url.into(),
+            stream: stream.into(),
+            group: "ringbus".into(),
+            consumer: format!("ringbus-{}", std::process::id()),
+            max_len: None,
+            claim_idle: Duration::from_secs(30),
+            max_payload: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The consumer group: every group gets every entry (one per service); the consumers of
+    /// one group share them (the instances of a service).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
+    }
+
+    /// This consumer's name within its group. Give an instance a stable name (its pod's or
+    /// host's) so that, restarted, it takes back the entries it left pending at once rather
+    /// than after the claim timeout.
+    pub fn consumer(mut self, consumer: impl Into<String>) -> Self {
+        self.consumer = consumer.into();
+        self
+    }
+
+    /// Caps the stream at about `entries` (`XADD MAXLEN ~`): older entries are trimmed, even
+    /// ones a group has not read yet. Size it above what the slowest group may lag.
+    pub fn max_len(mut self, entries: u64) -> Self {
+        self.max_len = Some(entries);
+        self
+    }
+
+    /// How long an entry stays pending with a quiet consumer before another consumer of the
+    /// group takes it (`XAUTOCLAIM`'s minimum idle time).
+    pub fn claim_idle(mut self, idle: Duration) -> Self {
+        self.claim_idle = idle;
+        self
+    }
+
+    /// The largest encoded payload sent or accepted, in bytes (go-events' `MaxPayloadSize`).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// How long connecting may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+impl fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redacted_url(&self.url))
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("max_len", &self.max_len)
+            .field("claim_idle", &self.claim_idle)
+            .field("max_payload", &self.max_payload)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// `url` with its user and password replaced by `***`.
+fn redacted_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return "***".into();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
+        None => url.into(),
+    }
+}
+
+/// A Redis Streams [`Backend`]: one stream, and when receiving, one consumer of one group.
+/// Blocking, on one connection, made again (counted in `reconnects`) when it breaks.
+pub struct RedisStreams {
+    options: RedisOptions,
+    client: Client,
+    connection: Option<Connection>,
+    /// While this consumer's own pending entries (an earlier run's) are being read: where
+    /// the next read starts. `None` once they are all read.
+    own_pending: Option<String>,
+    /// Where the next `XAUTOCLAIM` scan starts.
+    claim_cursor: String,
+    last_claim: Option<Instant>,
+    group_ready: bool,
+    metrics: Arc<BridgeMetrics>,
+}
+
+impl fmt::Debug for RedisStreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStreams")
+            .field("options", &self.options)
+            .field("connected", &self.connection.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStreams {
+    /// Connects, authenticates with the URL's credentials, and checks the server answers.
+    ///
+    /// # Errors
+    /// [`BridgeError::Config`] for an empty stream, group or consumer name, a zero payload
+    /// limit or a URL that does not parse; [`BridgeError::Auth`] when the server refuses the
+    /// credentials; [`BridgeError::Connection`] when it cannot be reached.
+    pub fn connect(options: RedisOptions) -> Result<Self, BridgeError> {
+        for (name, value) in [
+            ("stream", &options.stream),
+            ("group", &options.group),
+            ("consumer", &options.consumer),
+        ] {
+            if value.is_empty() {
+                return Err(BridgeError::Config(format!("the {name} name is empty")));
+            }
+        }
+        if options.max_payload == 0 {
+            return Err(BridgeError::Config("the payload limit is zero".into()));
+        }
+        let client = Client::open(options.url.as_str()).map_err(|e| {
+            BridgeError::Config(format!(
+                "the URL {} does not parse: {}",
+                redacted_url(&options.url),
+                e.category()
+            ))
+        })?;
+        let mut streams = RedisStreams {
+            options,
+            client,
+            connection: None,
+            own_pending: Some("0".into()),
+            claim_cursor: "0-0".into(),
+            last_claim: None,
+            group_ready: false,
+            metrics: Arc::default(),
+        };
+        streams.reconnect()?;
+        Ok(streams)
+    }
+
+    /// The backend's counters.
+    pub fn metrics(&self) -> &Arc<BridgeMetrics> {
+        &self.metrics
+    }
+
+    /// How many entries of the stream are pending in this consumer's group (delivered, not
+    /// acknowledged), across its consumers.
+    ///
+    /// # Errors
+    /// A connection or broker error.
+    pub fn pending(&mut self) -> Result<u64, BridgeError> {
+        self.ensure_group()?;
+        let (stream, group) = (self.options.stream.clone(), self.options.group.clone());
+        let reply: Value =
+            self.run(|c| redis::cmd("XPENDING").arg(&stream).arg(&group).query(c))?;
+        match reply {
+            Value::Array(fields) => match fields.first() {
+                Some(Value::Int(n)) => Ok(u64::try_from(*n).unwrap_or(0)),
+                _ => Ok(0),
+            },
+            _ => Ok(0),
+        }
+    }
+
+    /// Makes the connection (again) and checks it with `PING`.
+    fn reconnect(&mut self) -> Result<(), BridgeError> {
+        self.connection = None;
+        let mut connection = self
+            .client
+            .get_connection_with_timeout(self.options.connect_timeout)
+            .map_err(|e| classify(&e))?;
+        redis::cmd("PING")
+            .query::<String>(&mut connection)
+            .map_err(|e| classify(&e))?;
+        self.connection = Some(connection);
+        Ok(())
+    }
+
+    /// Runs `op` on the connection; if the connection broke, makes it again and runs `op`
+    /// once more (a second break is the caller's error). A command refused because the group
+    /// is gone (the stream was deleted, or the server restarted without persistence) makes
+    /// the group again and runs once more too.
+    fn run<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, BridgeError> {
+        let mut retried = false;
+        loop {
+            if self.connection.is_none() {
+                self.reconnect()?;
+                self.metrics.add(Count::Reconnects, 1);
+            }
+            let Some(connection) = self.connection.as_mut() else {
+                continue;
+            };
+            match op(connection) {
+                Ok(value) => return Ok(value),
+                Err(e) if !retried && broke(&e) => {
+                    self.connection = None;
+                }
+                Err(e) if !retried && e.code() == Some("NOGROUP") => {
+                    self.group_ready = false;
+                    self.ensure_group()?;
+                }
+                Err(e) => return Err(classify(&e)),
+            }
+            retried = true;
+        }
+    }
+
+    /// Makes the group (reading from the stream's oldest entry) and the stream if missing.
+    fn ensure_group(&mut self) -> Result<(), BridgeError> {
+        if self.group_ready {
+            return Ok(());
+        }
+        let (stream, group) = (self.options.stream.clone(), self.options.group.clone());
+        let made: RedisResult<()> = match self.connection.as_mut() {
+            Some(c) => redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(&group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query(c),
+            None => {
+                self.reconnect()?;
+                self.metrics.add(Count::Reconnects, 1);
+                return self.ensure_group();
+            }
+        };
+        match made {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) if broke(&e) => {
+                self.connection = None;
+                return self.ensure_group();
+            }
+            Err(e) => return Err(classify(&e)),
+        }
+        self.group_ready = true;
+        Ok(())
+    }
+
+    /// The entries of `ids` as [`Received`], counted.
+    fn received(&self, ids: Vec<StreamId>, redelivered: bool) -> Vec<Received> {
+        let received: Vec<Received> = ids
+            .into_iter()
+            .map(|entry| Received {
+                body: self.body(&entry),
+                entry: entry.id,
+                redelivered,
+            })
+            .collect();
+        let malformed = received.iter().filter(|r| r.body.is_err()).count();
+        self.metrics.add(Count::Received, received.len() as u64);
+        if redelivered {
+            self.metrics.add(Count::Redelivered, received.len() as u64);
+        }
+        self.metrics.add(Count::Malformed, malformed as u64);
+        received
+    }
+
+    /// The event of `entry`, or why it is not one.
+    fn body(&self, entry: &StreamId) -> Result<Incoming, Malformed> {
+        if entry.map.is_empty() {
+            return Err(Malformed::Trimmed);
+        }
+        let bytes = |field: &'static str| match entry.map.get(field) {
+            Some(Value::BulkString(bytes)) => Ok(bytes.as_slice()),
+            Some(_) => Err(Malformed::BadField(field)),
+            None => Err(Malformed::MissingField(field)),
+        };
+        let text = |field: &'static str| {
+            std::str::from_utf8(bytes(field)?).map_err(|_| Malformed::BadField(field))
+        };
+        let id: EventId = text(ID)?.parse()?;
+        let projection = text(PROJECTION)?.to_owned();
+        let payload = bytes(PAYLOAD)?;
+        if payload.len() > self.options.max_payload {
+            return Err(Malformed::TooLarge {
+                size: payload.len(),
+                limit: self.options.max_payload,
+            });
+        }
+        Ok(Incoming {
+            id,
+            projection,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// This consumer's own pending entries from where the last read of them ended.
+    fn read_own_pending(&mut self, max: usize, from: String) -> Result<Vec<Received>, BridgeError> {
+        let ids = self.read_group(max, None, &from)?;
+        self.own_pending = ids.last().map(|last| last.id.clone());
+        Ok(self.received(ids, true))
+    }
+
+    /// `XREADGROUP` of up to `max` entries after `from` (`>`: never delivered), blocking up
+    /// to `block` milliseconds if given.
+    fn read_group(
+        &mut self,
+        max: usize,
+        block: Option<u64>,
+        from: &str,
+    ) -> Result<Vec<StreamId>, BridgeError> {
+        let (stream, group, consumer) = self.names();
+        let reply: Option<StreamReadReply> = self.run(|c| {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(&group)
+                .arg(&consumer)
+                .arg("COUNT")
+                .arg(max);
+            if let Some(block) = block {
+                read.arg("BLOCK").arg(block);
+            }
+            read.arg("STREAMS").arg(&stream).arg(from).query(c)
+        })?;
+        Ok(reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default())
+    }
+
+    /// Entries pending with consumers quiet for longer than the claim timeout, taken over.
+    fn claim_stale(&mut self, max: usize) -> Result<Vec<Received>, BridgeError> {
+        let (stream, group, consumer) = self.names();
+        let idle = u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        let cursor = self.claim_cursor.clone();
+        let reply: StreamAutoClaimReply = self.run(|c| {
+            redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(&group)
+                .arg(&consumer)
+                .arg(idle)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(max)
+                .query(c)
+        })?;
+        self.claim_cursor = reply.next_stream_id;
+        // Entries trimmed while pending come back as ids without fields: they are acked
+        // away with the rest, as malformed.
+        let mut ids = reply.claimed;
+        ids.extend(reply.deleted_ids.into_iter().map(|id| StreamId {
+            id,
+            ..StreamId::default()
+        }));
+        Ok(self.received(ids, true))
+    }
+
+    fn names(&self) -> (String, String, String) {
+        (
+            self.options.stream.clone(),
+            self.options.group.clone(),
+            self.options.consumer.clone(),
+        )
+    }
+}
+
+impl Backend for RedisStreams {
+    fn send(&mut self, batch: &[Outgoing]) -> Result<(), BridgeError> {
+        let limit = self.options.max_payload;
+        if let Some(big) = batch.iter().find(|o| o.payload.len() > limit) {
+            return Err(BridgeError::PayloadTooLarge {
+                size: big.payload.len(),
+                limit,
+            });
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for outgoing in batch {
+            let xadd = pipe.cmd("XADD").arg(&self.options.stream);
+            if let Some(max_len) = self.options.max_len {
+                xadd.arg("MAXLEN").arg("~").arg(max_len);
+            }
+            xadd.arg("*")
+                .arg(ID)
+                .arg(outgoing.id.to_string())
+                .arg(PROJECTION)
+                .arg(&outgoing.projection)
+                .arg(PAYLOAD)
+                .arg(&outgoing.payload)
+                .ignore();
+        }
+        self.run(|c| pipe.query::<()>(c))?;
+        self.metrics.add(Count::Sent, batch.len() as u64);
+        Ok(())
+    }
+
+    fn receive(&mut self, max: usize, wait: Duration) -> Result<Vec<Received>, BridgeError> {
+        let max = max.max(1);
+        self.ensure_group()?;
+        if let Some(from) = self.own_pending.take() {
+            let own = self.read_own_pending(max, from)?;
+            if !own.is_empty() {
+                return Ok(own);
+            }
+        }
+        let claim_due = self
+            .last_claim
+            .is_none_or(|at| at.elapsed() >= self.options.claim_idle / 2);
+        if claim_due {
+            let claimed = self.claim_stale(max)?;
+            // A scan that wrapped round ("0-0") waits for the next period; one with more to
+            // scan goes on at the next receive.
+            if self.claim_cursor == "0-0" {
+                self.last_claim = Some(Instant::now());
+            }
+            if !claimed.is_empty() {
+                return Ok(claimed);
+            }
+        }
+        let ids = self.read_group(max, Some(wait_millis(wait)), ">")?;
+        Ok(self.received(ids, false))
+    }
+
+    fn acknowledge(&mut self, entries: &[String]) -> Result<(), BridgeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (stream, group, _) = self.names();
+        let acked: u64 = self.run(|c| {
+            redis::cmd("XACK")
+                .arg(&stream)
+                .arg(&group)
+                .arg(entries)
+                .query(c)
+        })?;
+        self.metrics.add(Count::Acked, acked);
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), BridgeError> {
+        self.connection = None;
+        Ok(())
+    }
+}
+
+/// True when `error` means the connection is gone (so the command may be run again on a new
+/// one).
+fn broke(error: &RedisError) -> bool {
+    error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal()
+}
+
+/// `error` as a [`BridgeError`], by kind. The redis crate's messages carry the server's reply
+/// and the command's name, never the URL or the credentials.
+fn classify(error: &RedisError) -> BridgeError {
+    let message = error.to_string();
+    let auth = matches!(error.kind(), ErrorKind::AuthenticationFailed)
+        || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+    if auth {
+        BridgeError::Auth(message)
+    } else if broke(error) || error.is_timeout() {
+        BridgeError::Connection(message)
+    } else {
+        BridgeError::Broker(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        for (url, shown) in [
+            (
+                "redis://alice:s3cret@127.0.0.1:6379/0",
+                "redis://***@127.0.0.1:6379/0",
+            ),
+            ("redis://:s3cret@host", "redis://***@host"),
+            ("rediss://u:p@w@host:1/?x=@", "rediss://***@host:1/?x=@"),
+            ("redis://host:6379", "redis://host:6379"),
+            ("s3cret", "***"),
+        ] {
+            assert_eq!(redacted_url(url), shown);
+        }
+        let options = RedisOptions::new("redis://alice:s3cret@127.0.0.1/", "s");
+        let debug = format!("{options:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("alice"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_typed_errors() {
+        let err = RedisStreams::connect(RedisOptions::new("redis://127.0.0.1:1/", "")).unwrap_err();
+        assert!(matches!(err, BridgeError::Config(_)), "{err:?}");
+        let err =
+            RedisStreams::connect(RedisOptions::new("redis://127.0.0.1:1/", "s").max_payload(0))
+                .unwrap_err();
+        assert!(matches!(err, BridgeError::Config(_)), "{err:?}");
+        let err = RedisStreams::connect(RedisOptions::new("http://u:s3cret@h/", "s")).unwrap_err();
+        assert!(matches!(err, BridgeError::Config(_)), "{err:?}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}

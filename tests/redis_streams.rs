@@ -1,0 +1,378 @@
+//! Feature `redis`: the Redis Streams backend against a real `redis-server` the test starts
+//! itself (from PATH, on 127.0.0.1, a free port, a temp dir, AOF with `appendfsync always`).
+#![cfg(feature = "redis")]
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use ringbus::bridge::{
+    Backend, BridgeError, EventId, Malformed, Outgoing, Received, RedisOptions, RedisStreams,
+};
+
+mod support {
+    pub mod deadline;
+    pub mod redis_server;
+}
+use support::deadline::deadline;
+use support::redis_server::RedisServer;
+
+const LIMIT: Duration = Duration::from_secs(120);
+const WAIT: Duration = Duration::from_millis(50);
+
+fn outgoing(n: u64) -> Outgoing {
+    Outgoing {
+        id: EventId::next(),
+        projection: format!("p{}", n % 3),
+        payload: format!("{{\"n\":{n}}}").into_bytes(),
+    }
+}
+
+fn connect(server: &RedisServer, stream: &str, group: &str, consumer: &str) -> RedisStreams {
+    RedisStreams::connect(
+        RedisOptions::new(server.url(""), stream)
+            .group(group)
+            .consumer(consumer),
+    )
+    .unwrap()
+}
+
+/// Receives until `n` entries arrived or `limit` passed; acknowledges each batch if `ack`.
+fn receive_n(backend: &mut RedisStreams, n: usize, ack: bool, limit: Duration) -> Vec<Received> {
+    let started = Instant::now();
+    let mut all = Vec::new();
+    while all.len() < n && started.elapsed() < limit {
+        let batch = backend.receive(256, WAIT).unwrap();
+        if ack {
+            let entries: Vec<String> = batch.iter().map(|r| r.entry.clone()).collect();
+            backend.acknowledge(&entries).unwrap();
+        }
+        all.extend(batch);
+    }
+    all
+}
+
+fn payload_of(received: &Received) -> &[u8] {
+    &received.body.as_ref().expect("a well-formed entry").payload
+}
+
+#[test]
+fn a_pipelined_batch_arrives_whole_in_order_and_acked_leaves_nothing_pending() {
+    let _deadline = deadline("round_trip", LIMIT);
+    let server = RedisServer::start();
+    let mut sender = connect(&server, "orders", "svc", "sender");
+    let mut receiver = connect(&server, "orders", "svc", "a");
+    let sent: Vec<Outgoing> = (0..1000).map(outgoing).collect();
+    sender.send(&sent).unwrap();
+    let got = receive_n(&mut receiver, 1000, true, Duration::from_secs(20));
+    assert_eq!(got.len(), 1000);
+    for (s, r) in sent.iter().zip(&got) {
+        let body = r.body.as_ref().unwrap();
+        assert_eq!(
+            (&body.id, &body.projection, &body.payload),
+            (&s.id, &s.projection, &s.payload)
+        );
+        assert!(!r.redelivered);
+    }
+    assert_eq!(receiver.pending().unwrap(), 0);
+    assert!(receiver.receive(10, WAIT).unwrap().is_empty());
+    let (s, r) = (sender.metrics().snapshot(), receiver.metrics().snapshot());
+    assert_eq!(
+        (s.sent, r.received, r.acked, r.redelivered, r.malformed),
+        (1000, 1000, 1000, 0, 0)
+    );
+}
+
+#[test]
+fn consumers_of_a_group_split_the_work_and_every_group_gets_everything() {
+    let _deadline = deadline("groups", LIMIT);
+    let server = RedisServer::start();
+    let mut sender = connect(&server, "s", "billing", "sender");
+    let (mut a, mut b) = (
+        connect(&server, "s", "billing", "a"),
+        connect(&server, "s", "billing", "b"),
+    );
+    let mut audit = connect(&server, "s", "audit", "x");
+    // Groups exist before the send (a group made later starts from the stream's oldest entry,
+    // so this also holds without it).
+    for backend in [&mut a, &mut b, &mut audit] {
+        assert!(backend.receive(1, WAIT).unwrap().is_empty());
+    }
+    let sent: Vec<Outgoing> = (0..600).map(outgoing).collect();
+    sender.send(&sent).unwrap();
+    let mut billing = Vec::new();
+    let started = Instant::now();
+    while billing.len() < 600 && started.elapsed() < Duration::from_secs(20) {
+        for backend in [&mut a, &mut b] {
+            // Small batches, so that both consumers get a share.
+            let batch = backend.receive(25, WAIT).unwrap();
+            let entries: Vec<String> = batch.iter().map(|r| r.entry.clone()).collect();
+            backend.acknowledge(&entries).unwrap();
+            billing.extend(batch.into_iter().map(|r| r.body.unwrap().id));
+        }
+    }
+    let (ra, rb) = (
+        a.metrics().snapshot().received,
+        b.metrics().snapshot().received,
+    );
+    assert!(ra > 0 && rb > 0, "both consumers worked: {ra} and {rb}");
+    assert_eq!(ra + rb, 600, "no entry went to both");
+    let billing: HashSet<EventId> = billing.into_iter().collect();
+    let all: HashSet<EventId> = sent.iter().map(|o| o.id).collect();
+    assert_eq!(billing, all);
+    let audited: HashSet<EventId> = receive_n(&mut audit, 600, true, Duration::from_secs(20))
+        .into_iter()
+        .map(|r| r.body.unwrap().id)
+        .collect();
+    assert_eq!(audited, all, "the other group got every entry too");
+}
+
+#[test]
+fn a_dead_consumers_entries_go_to_another_after_the_claim_timeout() {
+    let _deadline = deadline("claim", LIMIT);
+    let server = RedisServer::start();
+    let mut sender = connect(&server, "s", "g", "sender");
+    let claim = Duration::from_millis(300);
+    let open = |consumer: &str| {
+        RedisStreams::connect(
+            RedisOptions::new(server.url(""), "s")
+                .group("g")
+                .consumer(consumer)
+                .claim_idle(claim),
+        )
+        .unwrap()
+    };
+    let mut doomed = open("doomed");
+    let mut survivor = open("survivor");
+    assert!(survivor.receive(1, WAIT).unwrap().is_empty());
+    sender
+        .send(&(0..50).map(outgoing).collect::<Vec<_>>())
+        .unwrap();
+    // `doomed` takes all 50 and dies without acknowledging.
+    let taken = receive_n(&mut doomed, 50, false, Duration::from_secs(10));
+    assert_eq!(taken.len(), 50);
+    drop(doomed);
+    let started = Instant::now();
+    let got = receive_n(&mut survivor, 50, true, Duration::from_secs(20));
+    assert_eq!(got.len(), 50);
+    assert!(started.elapsed() >= claim, "not before the claim timeout");
+    assert!(got.iter().all(|r| r.redelivered));
+    let taken: Vec<&[u8]> = taken.iter().map(payload_of).collect();
+    let got: Vec<&[u8]> = got.iter().map(payload_of).collect();
+    assert_eq!(taken, got);
+    assert_eq!(survivor.pending().unwrap(), 0);
+    assert_eq!(survivor.metrics().snapshot().redelivered, 50);
+}
+
+#[test]
+fn a_restarted_consumer_takes_back_its_own_pending_entries_at_once() {
+    let _deadline = deadline("restart", LIMIT);
+    let server = RedisServer::start();
+    let mut sender = connect(&server, "s", "g", "sender");
+    let mut first = connect(&server, "s", "g", "worker-1");
+    sender
+        .send(&(0..30).map(outgoing).collect::<Vec<_>>())
+        .unwrap();
+    let taken = receive_n(&mut first, 30, false, Duration::from_secs(10));
+    assert_eq!(taken.len(), 30);
+    // Acknowledge a third, then "crash".
+    let acked: Vec<String> = taken[..10].iter().map(|r| r.entry.clone()).collect();
+    first.acknowledge(&acked).unwrap();
+    drop(first);
+    // The default claim timeout (30 s) is far away: the same name gets them back at once.
+    let mut again = connect(&server, "s", "g", "worker-1");
+    let started = Instant::now();
+    let got = receive_n(&mut again, 20, true, Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let expected: Vec<&String> = taken[10..].iter().map(|r| &r.entry).collect();
+    let got_entries: Vec<&String> = got.iter().map(|r| &r.entry).collect();
+    assert_eq!(got_entries, expected);
+    assert!(got.iter().all(|r| r.redelivered));
+    assert!(again.receive(10, WAIT).unwrap().is_empty());
+    assert_eq!(again.pending().unwrap(), 0);
+}
+
+#[test]
+fn an_acl_user_needs_the_right_password_and_the_password_is_never_shown() {
+    let _deadline = deadline("acl", LIMIT);
+    let server = RedisServer::with_config("user default off\nuser alice on >s3cret-pw ~* &* +@all");
+    let wrong =
+        RedisStreams::connect(RedisOptions::new(server.url("alice:wrong-pw@"), "s")).unwrap_err();
+    assert!(matches!(wrong, BridgeError::Auth(_)), "{wrong:?}");
+    for shown in [wrong.to_string(), format!("{wrong:?}")] {
+        assert!(!shown.contains("wrong-pw"), "{shown}");
+    }
+    let anonymous = RedisStreams::connect(RedisOptions::new(server.url(""), "s")).unwrap_err();
+    assert!(matches!(anonymous, BridgeError::Auth(_)), "{anonymous:?}");
+    let mut alice =
+        RedisStreams::connect(RedisOptions::new(server.url("alice:s3cret-pw@"), "s")).unwrap();
+    let debug = format!("{alice:?}");
+    assert!(
+        !debug.contains("s3cret-pw") && !debug.contains("alice:"),
+        "{debug}"
+    );
+    alice.send(&[outgoing(1)]).unwrap();
+    assert_eq!(
+        receive_n(&mut alice, 1, true, Duration::from_secs(10)).len(),
+        1
+    );
+}
+
+#[test]
+fn payloads_over_the_limit_are_refused_on_send_and_moved_aside_on_receive() {
+    let _deadline = deadline("payload_limit", LIMIT);
+    let server = RedisServer::start();
+    let small = |consumer: &str| {
+        RedisStreams::connect(
+            RedisOptions::new(server.url(""), "s")
+                .group("g")
+                .consumer(consumer)
+                .max_payload(100),
+        )
+        .unwrap()
+    };
+    let mut strict_sender = small("strict");
+    let big = Outgoing {
+        payload: vec![b'x'; 101],
+        ..outgoing(0)
+    };
+    let err = strict_sender.send(&[outgoing(1), big.clone()]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BridgeError::PayloadTooLarge {
+                size: 101,
+                limit: 100
+            }
+        ),
+        "{err:?}"
+    );
+    let mut receiver = small("r");
+    assert!(
+        receiver.receive(10, WAIT).unwrap().is_empty(),
+        "nothing of the refused batch was sent"
+    );
+    assert_eq!(strict_sender.metrics().snapshot().sent, 0);
+    // A sender with a larger limit gets it onto the stream; the strict receiver moves it aside.
+    let mut lax_sender = connect(&server, "s", "g", "lax");
+    lax_sender.send(&[big, outgoing(2)]).unwrap();
+    let got = receive_n(&mut receiver, 2, true, Duration::from_secs(10));
+    assert_eq!(
+        got[0].body,
+        Err(Malformed::TooLarge {
+            size: 101,
+            limit: 100
+        })
+    );
+    assert!(got[1].body.is_ok());
+    assert_eq!(receiver.metrics().snapshot().malformed, 1);
+    assert_eq!(
+        receiver.pending().unwrap(),
+        0,
+        "the malformed entry was acknowledged away"
+    );
+}
+
+#[test]
+fn entries_that_are_not_events_are_counted_and_can_be_acknowledged_away() {
+    let _deadline = deadline("malformed", LIMIT);
+    let server = RedisServer::start();
+    let mut receiver = connect(&server, "s", "g", "r");
+    assert!(receiver.receive(1, WAIT).unwrap().is_empty());
+    let client = redis::Client::open(server.url("")).unwrap();
+    let mut raw = client.get_connection().unwrap();
+    let good_id = EventId::next().to_string();
+    let entries: [&[(&str, &[u8])]; 4] = [
+        &[("projection", b"p"), ("payload", b"{}")],
+        &[
+            ("id", b"not-an-id"),
+            ("projection", b"p"),
+            ("payload", b"{}"),
+        ],
+        &[
+            ("id", good_id.as_bytes()),
+            ("projection", b"\xff\xfe"),
+            ("payload", b"{}"),
+        ],
+        &[("id", good_id.as_bytes()), ("projection", b"p")],
+    ];
+    for fields in entries {
+        let _: String = redis::cmd("XADD")
+            .arg("s")
+            .arg("*")
+            .arg(fields)
+            .query(&mut raw)
+            .unwrap();
+    }
+    let got = receive_n(&mut receiver, 4, true, Duration::from_secs(10));
+    let bodies: Vec<_> = got.iter().map(|r| r.body.clone().unwrap_err()).collect();
+    assert_eq!(
+        bodies,
+        [
+            Malformed::MissingField("id"),
+            Malformed::BadId,
+            Malformed::BadField("projection"),
+            Malformed::MissingField("payload"),
+        ]
+    );
+    assert_eq!(receiver.metrics().snapshot().malformed, 4);
+    assert_eq!(receiver.pending().unwrap(), 0);
+}
+
+#[test]
+fn a_redis_restart_loses_nothing_acknowledged_and_both_sides_reconnect() {
+    let _deadline = deadline("redis_restart", LIMIT);
+    let mut server = RedisServer::start();
+    let mut sender = connect(&server, "s", "g", "sender");
+    let mut receiver = connect(&server, "s", "g", "r");
+    let first: Vec<Outgoing> = (0..200).map(outgoing).collect();
+    sender.send(&first).unwrap();
+    // 100 handled and acknowledged, 100 delivered and not yet acknowledged.
+    let acked = receive_n(&mut receiver, 100, false, Duration::from_secs(10));
+    let acked = &acked[..100.min(acked.len())];
+    let entries: Vec<String> = acked.iter().map(|r| r.entry.clone()).collect();
+    receiver.acknowledge(&entries).unwrap();
+    server.restart();
+    let second: Vec<Outgoing> = (200..300).map(outgoing).collect();
+    sender.send(&second).unwrap();
+    // The receiver's connection broke too; what was not acknowledged comes again, then the
+    // rest, and nothing acknowledged comes back.
+    let mut again = connect(&server, "s", "g", "r");
+    let rest = receive_n(&mut again, 200, true, Duration::from_secs(20));
+    let rest_ids: HashSet<EventId> = rest.iter().map(|r| r.body.as_ref().unwrap().id).collect();
+    let acked_ids: HashSet<EventId> = acked.iter().map(|r| r.body.as_ref().unwrap().id).collect();
+    let all: HashSet<EventId> = first.iter().chain(&second).map(|o| o.id).collect();
+    assert!(rest_ids.is_disjoint(&acked_ids));
+    assert_eq!(
+        &rest_ids | &acked_ids,
+        all,
+        "nothing lost across the restart"
+    );
+    assert_eq!(sender.metrics().snapshot().reconnects, 1);
+    // The old receiver reconnects on its next call.
+    assert!(receiver.receive(1, WAIT).unwrap().is_empty());
+    assert_eq!(receiver.metrics().snapshot().reconnects, 1);
+}
+
+#[test]
+fn the_length_cap_trims_old_entries() {
+    let _deadline = deadline("max_len", LIMIT);
+    let server = RedisServer::start();
+    let mut sender =
+        RedisStreams::connect(RedisOptions::new(server.url(""), "s").max_len(100)).unwrap();
+    for chunk in 0..20 {
+        sender
+            .send(
+                &(chunk * 100..(chunk + 1) * 100)
+                    .map(outgoing)
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+    }
+    let client = redis::Client::open(server.url("")).unwrap();
+    let len: u64 = redis::cmd("XLEN")
+        .arg("s")
+        .query(&mut client.get_connection().unwrap())
+        .unwrap();
+    // `~`: about the cap, trimmed by whole nodes of the stream.
+    assert!((100..=300).contains(&len), "{len}");
+}

@@ -1,0 +1,121 @@
+//! A `redis-server` of the test's own, from PATH, on 127.0.0.1 at a free port, in a fresh
+//! directory, with AOF and `appendfsync always`; stopped (and its directory removed) on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    config: String,
+}
+
+impl RedisServer {
+    /// A server with the default user open (no password).
+    pub fn start() -> RedisServer {
+        RedisServer::with_config("")
+    }
+
+    /// A server with `extra` lines in its configuration (ACL users, say).
+    pub fn with_config(extra: &str) -> RedisServer {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ringbus-redis-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let config = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nappendonly yes\nappendfsync always\nsave \"\"\n{extra}\n",
+            dir.display()
+        );
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            config,
+        };
+        server.run();
+        server
+    }
+
+    /// The URL of the server, with `credentials` (`user:password@`) if any.
+    pub fn url(&self, credentials: &str) -> String {
+        format!("redis://{credentials}127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no final save).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (its AOF read back).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+
+    fn run(&mut self) {
+        let path = self.dir.join("redis.conf");
+        std::fs::write(&path, &self.config).unwrap();
+        let child = Command::new("redis-server")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be on PATH for the `redis` feature's tests (apt-get install redis-server)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while !self.answers() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl RedisServer {
+    /// True once the server answers a `PING` with anything but "still loading" (a server
+    /// whose default user is off answers `NOAUTH`: it is up).
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 64];
+        match stream
+            .write_all(b"PING\r\n")
+            .and_then(|()| stream.read(&mut reply))
+        {
+            Ok(n) => n > 0 && !reply[..n].starts_with(b"-LOADING"),
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
