@@ -376,3 +376,265 @@ fn the_length_cap_trims_old_entries() {
     // `~`: about the cap, trimmed by whole nodes of the stream.
     assert!((100..=300).contains(&len), "{len}");
 }
+
+mod forwarding {
+    use super::*;
+    use ringbus::bridge::{Codec, ForwardOptions, Forwarder, Json};
+    use ringbus::{Dispatcher, Event, EventStore, OverrunPolicy};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Ev {
+        kind: String,
+        n: u64,
+    }
+
+    impl Event for Ev {
+        type Projection = String;
+        fn projection(&self) -> String {
+            self.kind.clone()
+        }
+    }
+
+    fn ev(kind: &str, n: u64) -> Ev {
+        Ev {
+            kind: kind.into(),
+            n,
+        }
+    }
+
+    /// A store whose "order" and "audit" events are counted by local handlers.
+    fn store(policy: OverrunPolicy) -> (EventStore<Ev>, Arc<AtomicU64>) {
+        let local = Arc::new(AtomicU64::new(0));
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        for kind in ["order", "audit"] {
+            let local = local.clone();
+            dispatcher.on(kind.to_string(), move |_, _| {
+                local.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            });
+        }
+        (EventStore::new(dispatcher, 4096, policy).unwrap(), local)
+    }
+
+    /// A forwarder of `store`'s "order" events to `backend`, in JSON.
+    fn forward_orders(
+        store: &EventStore<Ev>,
+        backend: impl Backend + 'static,
+        options: ForwardOptions,
+    ) -> Forwarder {
+        Forwarder::start(store, ["order".to_string()], Json, backend, options).unwrap()
+    }
+
+    fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let started = Instant::now();
+        while !done() {
+            if started.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    #[test]
+    fn chosen_projections_are_appended_after_the_local_handlers_ran() {
+        let _deadline = deadline("forward", LIMIT);
+        let server = RedisServer::start();
+        let (store, local) = store(OverrunPolicy::Block);
+        let forwarder = forward_orders(
+            &store,
+            connect(&server, "events", "g", "sender"),
+            ForwardOptions::default(),
+        );
+        for n in 0..1000 {
+            store.enqueue(ev("order", n)).unwrap();
+            if n % 100 == 0 {
+                store.enqueue(ev("audit", n)).unwrap();
+            }
+        }
+        store.publish();
+        assert_eq!(
+            local.load(Ordering::Relaxed),
+            1010,
+            "local handlers still run"
+        );
+        assert!(wait_until(Duration::from_secs(20), || forwarder
+            .metrics()
+            .sent
+            == 1000));
+        let mut receiver = connect(&server, "events", "g", "r");
+        let got = receive_n(&mut receiver, 1000, true, Duration::from_secs(20));
+        let events: Vec<Ev> = got
+            .iter()
+            .map(|r| {
+                let body = r.body.as_ref().unwrap();
+                assert_eq!(body.projection, "\"order\"", "the projection's Debug form");
+                Json.decode(&body.payload).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            events,
+            (0..1000).map(|n| ev("order", n)).collect::<Vec<_>>()
+        );
+        assert!(
+            receiver.receive(10, WAIT).unwrap().is_empty(),
+            "no audit event was forwarded"
+        );
+        let left = forwarder.close(Duration::from_secs(5));
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn events_from_the_producer_lane_are_not_forwarded_again() {
+        let _deadline = deadline("echo", LIMIT);
+        let server = RedisServer::start();
+        let (store, producer) = EventStore::builder(Dispatcher::<Ev>::new())
+            .capacity(64)
+            .build_with_producer()
+            .unwrap();
+        let mut producer = producer;
+        let forwarder = forward_orders(
+            &store,
+            connect(&server, "events", "g", "sender"),
+            ForwardOptions::default(),
+        );
+        producer.enqueue(ev("order", 1)).unwrap(); // as a receiver would: from the broker
+        store.enqueue(ev("order", 2)).unwrap(); // a local event
+        store.publish();
+        assert!(wait_until(Duration::from_secs(20), || forwarder
+            .metrics()
+            .sent
+            == 1));
+        let m = forwarder.metrics();
+        assert_eq!((m.echoes, m.buffered, m.sent), (1, 1, 1));
+        let mut receiver = connect(&server, "events", "g", "r");
+        let got = receive_n(&mut receiver, 1, true, Duration::from_secs(10));
+        let sent: Ev = Json.decode(payload_of(&got[0])).unwrap();
+        assert_eq!(sent, ev("order", 2));
+    }
+
+    #[test]
+    fn while_redis_is_away_the_buffer_holds_and_nothing_is_lost_when_it_returns() {
+        let _deadline = deadline("forward_away", LIMIT);
+        let mut server = RedisServer::start();
+        let (store, _) = store(OverrunPolicy::Block);
+        let forwarder = forward_orders(
+            &store,
+            connect(&server, "events", "g", "sender"),
+            ForwardOptions::default().batch(50),
+        );
+        store.enqueue(ev("order", 0)).unwrap();
+        store.publish();
+        assert!(wait_until(Duration::from_secs(20), || forwarder
+            .metrics()
+            .sent
+            == 1));
+        server.kill();
+        for n in 1..300 {
+            store.enqueue(ev("order", n)).unwrap();
+        }
+        store.publish();
+        assert!(wait_until(Duration::from_secs(10), || forwarder
+            .metrics()
+            .send_retries
+            > 0));
+        assert_eq!(forwarder.metrics().sent, 1);
+        server.restart();
+        assert!(wait_until(Duration::from_secs(30), || forwarder
+            .metrics()
+            .sent
+            == 300));
+        let mut receiver = connect(&server, "events", "g", "r");
+        let got = receive_n(&mut receiver, 300, true, Duration::from_secs(20));
+        let ns: HashSet<u64> = got
+            .iter()
+            .map(|r| Json.decode(payload_of(r)).map(|e: Ev| e.n).unwrap())
+            .collect();
+        assert_eq!(ns, (0..300).collect::<HashSet<u64>>());
+        assert_eq!(forwarder.metrics().dropped, 0);
+    }
+
+    /// A broker that is never there.
+    struct Away;
+
+    impl Backend for Away {
+        fn send(&mut self, _: &[Outgoing]) -> Result<(), BridgeError> {
+            Err(BridgeError::Connection("away".into()))
+        }
+        fn receive(&mut self, _: usize, _: Duration) -> Result<Vec<Received>, BridgeError> {
+            Err(BridgeError::Connection("away".into()))
+        }
+        fn acknowledge(&mut self, _: &[String]) -> Result<(), BridgeError> {
+            Err(BridgeError::Connection("away".into()))
+        }
+        fn close(&mut self) -> Result<(), BridgeError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_send_buffer_follows_the_stores_overrun_policy_and_counts_every_event() {
+        let _deadline = deadline("forward_full", LIMIT);
+        for policy in [OverrunPolicy::DropOldest, OverrunPolicy::ReturnError] {
+            let (store, _) = store(policy);
+            let options = ForwardOptions::default().buffer(4).batch(1);
+            let forwarder = forward_orders(&store, Away, options);
+            for n in 0..20 {
+                store.enqueue(ev("order", n)).unwrap();
+            }
+            store.publish();
+            let m = forwarder.metrics();
+            // At most 4 in the buffer and 1 in the sender's hands; the rest dropped or refused.
+            assert_eq!(m.send_buffer_depth, 4, "{policy:?}");
+            assert_eq!(m.sent, 0);
+            if policy == OverrunPolicy::ReturnError {
+                assert!(m.refused >= 15, "{m:?}");
+                assert_eq!(m.buffered + m.refused, 20, "{m:?}");
+                assert_eq!(
+                    store.metrics().failed,
+                    m.refused,
+                    "each refusal fails its event"
+                );
+            } else {
+                assert_eq!(m.buffered, 20, "{m:?}");
+                assert!(m.dropped >= 15, "{m:?}");
+            }
+            // Closing with the broker away: what is left is dropped and counted.
+            let left = forwarder.close(Duration::from_millis(50));
+            assert!(left >= 4, "{policy:?}: {left}");
+        }
+    }
+
+    #[test]
+    fn under_block_a_full_buffer_holds_the_publisher_until_close_drops_its_event() {
+        let _deadline = deadline("forward_block", LIMIT);
+        let (store, local) = store(OverrunPolicy::Block);
+        let options = ForwardOptions::default().buffer(2).batch(1);
+        let forwarder = forward_orders(&store, Away, options);
+        for n in 0..10 {
+            store.enqueue(ev("order", n)).unwrap();
+        }
+        let publisher = {
+            let store = store.clone();
+            std::thread::spawn(move || store.publish())
+        };
+        // 2 buffered, 1 in the sender's hands, the 4th waits for room.
+        assert!(wait_until(Duration::from_secs(10), || forwarder
+            .metrics()
+            .buffered
+            == 3));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!publisher.is_finished(), "Block waits for room");
+        assert_eq!(forwarder.metrics().buffered, 3);
+        forwarder.close(Duration::from_millis(50));
+        let report = publisher.join().unwrap();
+        assert_eq!(report.dispatched, 10);
+        assert_eq!(
+            local.load(Ordering::Relaxed),
+            10,
+            "local handlers ran every event"
+        );
+    }
+}

@@ -9,6 +9,8 @@
 //!   sequence), carried with it so that a receiver can drop duplicates ([`DedupWindow`]).
 //! - [`Codec`]: how a payload becomes bytes; [`Json`] by default (readable in `redis-cli`).
 //! - [`BridgeMetrics`]: what crossed, counted.
+//! - [`Forwarder`]: the sending half of a bridged store: its events of chosen projections
+//!   appended to the stream after its local handlers, through a bounded send buffer.
 //!
 //! # Delivery
 //!
@@ -23,6 +25,7 @@ mod backend;
 mod codec;
 mod dedup;
 mod envelope;
+mod forward;
 mod metrics;
 mod redis;
 
@@ -30,5 +33,6 @@ pub use backend::{Backend, BridgeError};
 pub use codec::{Codec, Json};
 pub use dedup::DedupWindow;
 pub use envelope::{EventId, Incoming, Malformed, Outgoing, Received};
+pub use forward::{ForwardMetrics, ForwardOptions, Forwarder};
 pub use metrics::{BridgeMetrics, BridgeMetricsSnapshot};
 pub use redis::{RedisOptions, RedisStreams};
