@@ -36,6 +36,15 @@ fn connect(server: &RedisServer, stream: &str, group: &str, consumer: &str) -> R
     .unwrap()
 }
 
+/// A consumer of group "g" on stream "s" that claims entries idle for `claim`.
+fn connect_claiming(server: &RedisServer, consumer: &str, claim: Duration) -> RedisStreams {
+    let options = RedisOptions::new(server.url(""), "s")
+        .group("g")
+        .consumer(consumer)
+        .claim_idle(claim);
+    RedisStreams::connect(options).unwrap()
+}
+
 /// Receives until `n` entries arrived or `limit` passed; acknowledges each batch if `ack`.
 fn receive_n(backend: &mut RedisStreams, n: usize, ack: bool, limit: Duration) -> Vec<Received> {
     let started = Instant::now();
@@ -132,26 +141,19 @@ fn a_dead_consumers_entries_go_to_another_after_the_claim_timeout() {
     let server = RedisServer::start();
     let mut sender = connect(&server, "s", "g", "sender");
     let claim = Duration::from_millis(300);
-    let open = |consumer: &str| {
-        RedisStreams::connect(
-            RedisOptions::new(server.url(""), "s")
-                .group("g")
-                .consumer(consumer)
-                .claim_idle(claim),
-        )
-        .unwrap()
-    };
+    let open = |consumer: &str| connect_claiming(&server, consumer, claim);
     let mut doomed = open("doomed");
     let mut survivor = open("survivor");
     assert!(survivor.receive(1, WAIT).unwrap().is_empty());
     sender
         .send(&(0..50).map(outgoing).collect::<Vec<_>>())
         .unwrap();
-    // `doomed` takes all 50 and dies without acknowledging.
+    // `doomed` takes all 50 and dies without acknowledging. (Redis times idleness from the
+    // delivery, so the clock starts before it.)
+    let started = Instant::now();
     let taken = receive_n(&mut doomed, 50, false, Duration::from_secs(10));
     assert_eq!(taken.len(), 50);
     drop(doomed);
-    let started = Instant::now();
     let got = receive_n(&mut survivor, 50, true, Duration::from_secs(20));
     assert_eq!(got.len(), 50);
     assert!(started.elapsed() >= claim, "not before the claim timeout");
@@ -316,6 +318,68 @@ fn entries_that_are_not_events_are_counted_and_can_be_acknowledged_away() {
     );
     assert_eq!(receiver.metrics().snapshot().malformed, 4);
     assert_eq!(receiver.pending().unwrap(), 0);
+}
+
+#[test]
+fn an_entry_with_a_field_name_that_is_not_utf8_is_moved_aside_and_blocks_nothing() {
+    let _deadline = deadline("poison", LIMIT);
+    let server = RedisServer::start();
+    let claim = Duration::from_millis(200);
+    let open = |consumer: &str| connect_claiming(&server, consumer, claim);
+    let mut receiver = open("r");
+    assert!(receiver.receive(1, WAIT).unwrap().is_empty());
+    let client = redis::Client::open(server.url("")).unwrap();
+    let mut raw = client.get_connection().unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg(&b"\xff\xfe"[..])
+        .arg("x")
+        .query(&mut raw)
+        .unwrap();
+    let mut sender = open("sender");
+    sender.send(&[outgoing(1)]).unwrap();
+    // Delivered and not acknowledged, then claimed by another consumer: both reads parse.
+    let got = receive_n(&mut receiver, 2, false, Duration::from_secs(10));
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].body, Err(Malformed::MissingField("id")));
+    assert!(got[1].body.is_ok());
+    let mut other = open("other");
+    let claimed = receive_n(&mut other, 2, true, Duration::from_secs(10));
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|r| r.redelivered));
+    assert_eq!(other.pending().unwrap(), 0);
+}
+
+#[test]
+fn pending_entries_trimmed_away_come_back_as_trimmed_and_are_acknowledged_away() {
+    let _deadline = deadline("trimmed", LIMIT);
+    let server = RedisServer::start();
+    let mut sender = connect(&server, "s", "g", "sender");
+    let mut first = connect(&server, "s", "g", "w");
+    sender
+        .send(&(0..5).map(outgoing).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(
+        receive_n(&mut first, 5, false, Duration::from_secs(10)).len(),
+        5
+    );
+    drop(first);
+    let client = redis::Client::open(server.url("")).unwrap();
+    let _: u64 = redis::cmd("XTRIM")
+        .arg("s")
+        .arg("MAXLEN")
+        .arg(2)
+        .query(&mut client.get_connection().unwrap())
+        .unwrap();
+    let mut again = connect(&server, "s", "g", "w");
+    let got = receive_n(&mut again, 5, true, Duration::from_secs(10));
+    let trimmed = got
+        .iter()
+        .filter(|r| r.body == Err(Malformed::Trimmed))
+        .count();
+    assert_eq!((got.len(), trimmed), (5, 3));
+    assert_eq!(again.pending().unwrap(), 0);
 }
 
 #[test]

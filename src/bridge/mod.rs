@@ -28,6 +28,7 @@ mod envelope;
 mod forward;
 mod metrics;
 mod redis;
+mod reply;
 
 pub use backend::{Backend, BridgeError};
 pub use codec::{Codec, Json};

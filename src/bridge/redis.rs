@@ -5,18 +5,25 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, Value};
 
 use super::backend::wait_millis;
 use super::envelope::{EventId, Incoming, Malformed, Outgoing, Received};
 use super::metrics::{BridgeMetrics, Count};
+use super::reply::{self, Entry};
 use super::{Backend, BridgeError};
 
 /// The stream fields of an entry: the event's id, its projection, its payload.
 const ID: &str = "id";
 const PROJECTION: &str = "projection";
 const PAYLOAD: &str = "payload";
+
+/// How long a command may wait for its reply (a blocking read: this beyond its block time)
+/// before the connection is taken for dead: a half-open TCP connection must not hang a call.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest broker message an error carries (a type error's carries the whole reply).
+const MESSAGE_LIMIT: usize = 200;
 
 /// Where a [`RedisStreams`] connects and how it sends and receives.
 #[derive(Clone)]
@@ -106,17 +113,28 @@ impl fmt::Debug for RedisOptions {
     }
 }
 
-/// `url` with its user and password replaced by `***`.
+/// `url` with its credentials replaced by `***`: everything between the scheme and the last
+/// `@` (a password may hold `/`, `?` or `#` unencoded), and the whole query (`redis+unix`
+/// URLs carry `user` and `pass` there).
 fn redacted_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return "***".into();
     };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
-        None => url.into(),
+    let (scheme, rest) = url.split_at(scheme_end);
+    let shown = match rest.rfind('@') {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_owned(),
+    };
+    match shown.find('?') {
+        Some(q) => format!("{scheme}{}?***", &shown[..q]),
+        None => format!("{scheme}{shown}"),
     }
+}
+
+/// The scheme of `url`, for messages about a URL that does not parse (nothing else of it is
+/// shown: where its credentials are cannot be known).
+fn scheme_of(url: &str) -> &str {
+    url.find("://").map_or("", |i| &url[..i + 3])
 }
 
 /// A Redis Streams [`Backend`]: one stream, and when receiving, one consumer of one group.
@@ -166,8 +184,8 @@ impl RedisStreams {
         }
         let client = Client::open(options.url.as_str()).map_err(|e| {
             BridgeError::Config(format!(
-                "the URL {} does not parse: {}",
-                redacted_url(&options.url),
+                "the URL (scheme `{}`) does not parse: {}",
+                scheme_of(&options.url),
                 e.category()
             ))
         })?;
@@ -216,10 +234,17 @@ impl RedisStreams {
             .client
             .get_connection_with_timeout(self.options.connect_timeout)
             .map_err(|e| classify(&e))?;
+        connection
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .and_then(|()| connection.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .map_err(|e| classify(&e))?;
         redis::cmd("PING")
             .query::<String>(&mut connection)
             .map_err(|e| classify(&e))?;
         self.connection = Some(connection);
+        // A read whose reply the broken connection lost left its entries pending with this
+        // consumer: read this consumer's pending entries again from the start.
+        self.own_pending = Some("0".into());
         Ok(())
     }
 
@@ -261,36 +286,43 @@ impl RedisStreams {
             return Ok(());
         }
         let (stream, group) = (self.options.stream.clone(), self.options.group.clone());
-        let made: RedisResult<()> = match self.connection.as_mut() {
-            Some(c) => redis::cmd("XGROUP")
+        for attempt in 0..2 {
+            if self.connection.is_none() {
+                self.reconnect()?;
+                self.metrics.add(Count::Reconnects, 1);
+            }
+            let Some(connection) = self.connection.as_mut() else {
+                continue;
+            };
+            let made: RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&stream)
                 .arg(&group)
                 .arg("0")
                 .arg("MKSTREAM")
-                .query(c),
-            None => {
-                self.reconnect()?;
-                self.metrics.add(Count::Reconnects, 1);
-                return self.ensure_group();
+                .query(connection);
+            match made {
+                Err(e) if e.code() != Some("BUSYGROUP") => {
+                    if attempt == 0 && broke(&e) {
+                        self.connection = None;
+                        continue;
+                    }
+                    return Err(classify(&e));
+                }
+                _ => {
+                    self.group_ready = true;
+                    return Ok(());
+                }
             }
-        };
-        match made {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) if broke(&e) => {
-                self.connection = None;
-                return self.ensure_group();
-            }
-            Err(e) => return Err(classify(&e)),
         }
-        self.group_ready = true;
-        Ok(())
+        Err(BridgeError::Connection(
+            "the connection broke twice while making the group".into(),
+        ))
     }
 
-    /// The entries of `ids` as [`Received`], counted.
-    fn received(&self, ids: Vec<StreamId>, redelivered: bool) -> Vec<Received> {
-        let received: Vec<Received> = ids
+    /// `entries` as [`Received`], counted.
+    fn received(&self, entries: Vec<Entry>, redelivered: bool) -> Vec<Received> {
+        let received: Vec<Received> = entries
             .into_iter()
             .map(|entry| Received {
                 body: self.body(&entry),
@@ -308,11 +340,11 @@ impl RedisStreams {
     }
 
     /// The event of `entry`, or why it is not one.
-    fn body(&self, entry: &StreamId) -> Result<Incoming, Malformed> {
-        if entry.map.is_empty() {
+    fn body(&self, entry: &Entry) -> Result<Incoming, Malformed> {
+        if entry.fields.is_none() {
             return Err(Malformed::Trimmed);
         }
-        let bytes = |field: &'static str| match entry.map.get(field) {
+        let bytes = |field: &'static str| match entry.field(field) {
             Some(Value::BulkString(bytes)) => Ok(bytes.as_slice()),
             Some(_) => Err(Malformed::BadField(field)),
             None => Err(Malformed::MissingField(field)),
@@ -338,9 +370,12 @@ impl RedisStreams {
 
     /// This consumer's own pending entries from where the last read of them ended.
     fn read_own_pending(&mut self, max: usize, from: String) -> Result<Vec<Received>, BridgeError> {
-        let ids = self.read_group(max, None, &from)?;
-        self.own_pending = ids.last().map(|last| last.id.clone());
-        Ok(self.received(ids, true))
+        let entries = self.read_group(max, None, &from).inspect_err(|_| {
+            // Read from the same place next time (unless a reconnect restarted it).
+            self.own_pending.get_or_insert(from.clone());
+        })?;
+        self.own_pending = entries.last().map(|last| last.id.clone());
+        Ok(self.received(entries, true))
     }
 
     /// `XREADGROUP` of up to `max` entries after `from` (`>`: never delivered), blocking up
@@ -350,9 +385,9 @@ impl RedisStreams {
         max: usize,
         block: Option<u64>,
         from: &str,
-    ) -> Result<Vec<StreamId>, BridgeError> {
+    ) -> Result<Vec<Entry>, BridgeError> {
         let (stream, group, consumer) = self.names();
-        let reply: Option<StreamReadReply> = self.run(|c| {
+        let reply: Value = self.run(|c| {
             let mut read = redis::cmd("XREADGROUP");
             read.arg("GROUP")
                 .arg(&group)
@@ -361,12 +396,15 @@ impl RedisStreams {
                 .arg(max);
             if let Some(block) = block {
                 read.arg("BLOCK").arg(block);
+                c.set_read_timeout(Some(Duration::from_millis(block) + REPLY_TIMEOUT))?;
             }
-            read.arg("STREAMS").arg(&stream).arg(from).query(c)
+            let reply = read.arg("STREAMS").arg(&stream).arg(from).query(c);
+            if block.is_some() {
+                c.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            }
+            reply
         })?;
-        Ok(reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default())
+        reply::read_group(reply)
     }
 
     /// Entries pending with consumers quiet for longer than the claim timeout, taken over.
@@ -374,7 +412,7 @@ impl RedisStreams {
         let (stream, group, consumer) = self.names();
         let idle = u64::try_from(self.options.claim_idle.as_millis()).unwrap_or(u64::MAX);
         let cursor = self.claim_cursor.clone();
-        let reply: StreamAutoClaimReply = self.run(|c| {
+        let reply: Value = self.run(|c| {
             redis::cmd("XAUTOCLAIM")
                 .arg(&stream)
                 .arg(&group)
@@ -385,15 +423,11 @@ impl RedisStreams {
                 .arg(max)
                 .query(c)
         })?;
-        self.claim_cursor = reply.next_stream_id;
-        // Entries trimmed while pending come back as ids without fields: they are acked
+        // Entries deleted or trimmed while pending come back as ids alone: acknowledged
         // away with the rest, as malformed.
-        let mut ids = reply.claimed;
-        ids.extend(reply.deleted_ids.into_iter().map(|id| StreamId {
-            id,
-            ..StreamId::default()
-        }));
-        Ok(self.received(ids, true))
+        let (next, entries) = reply::auto_claim(reply)?;
+        self.claim_cursor = next;
+        Ok(self.received(entries, true))
     }
 
     fn names(&self) -> (String, String, String) {
@@ -486,21 +520,38 @@ impl Backend for RedisStreams {
     }
 }
 
-/// True when `error` means the connection is gone (so the command may be run again on a new
-/// one).
+/// True when `error` means the connection is gone, or is in a state unknown (a reply that
+/// timed out may still come): the command may be run again on a new one.
 fn broke(error: &RedisError) -> bool {
-    error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal()
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
 }
 
-/// `error` as a [`BridgeError`], by kind. The redis crate's messages carry the server's reply
-/// and the command's name, never the URL or the credentials.
+/// `error` as a [`BridgeError`], by kind. An authentication error carries its code alone (a
+/// `NOPERM` message names the user); others the redis crate's message, cut short.
 fn classify(error: &RedisError) -> BridgeError {
-    let message = error.to_string();
     let auth = matches!(error.kind(), ErrorKind::AuthenticationFailed)
         || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
     if auth {
-        BridgeError::Auth(message)
-    } else if broke(error) || error.is_timeout() {
+        return BridgeError::Auth(error.code().unwrap_or("authentication failed").to_owned());
+    }
+    let mut message = error.to_string();
+    if message.len() > MESSAGE_LIMIT {
+        let mut end = MESSAGE_LIMIT;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    // Refusals that pass: a server loading its data, a replica, a failover.
+    let transient = matches!(
+        error.code(),
+        Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "BUSY")
+    );
+    if broke(error) || transient {
         BridgeError::Connection(message)
     } else {
         BridgeError::Broker(message)
@@ -519,9 +570,16 @@ mod tests {
                 "redis://***@127.0.0.1:6379/0",
             ),
             ("redis://:s3cret@host", "redis://***@host"),
-            ("rediss://u:p@w@host:1/?x=@", "rediss://***@host:1/?x=@"),
+            ("rediss://u:p@w@host:1/?x=@", "rediss://***@"),
+            ("redis://u:p?ss@h:1/", "redis://***@h:1/"),
             ("redis://host:6379", "redis://host:6379"),
             ("s3cret", "***"),
+            ("redis://u:p#ss@h/", "redis://***@h/"),
+            ("redis://u:p@ss/word@h", "redis://***@h"),
+            (
+                "redis+unix:///sock?user=u&pass=s3cret",
+                "redis+unix:///sock?***",
+            ),
         ] {
             assert_eq!(redacted_url(url), shown);
         }

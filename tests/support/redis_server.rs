@@ -76,6 +76,19 @@ impl RedisServer {
         self.child = Some(child);
         let started = Instant::now();
         while !self.answers() {
+            // Our own server must be the one answering: one that exited (its port taken
+            // between `free_port` and its bind) fails here, rather than a test talking to
+            // another test's server.
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "redis-server exited at start ({status}): port {} taken?",
+                    self.port
+                );
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"
