@@ -60,6 +60,18 @@ fn receive_n(backend: &mut RedisStreams, n: usize, ack: bool, limit: Duration) -
     all
 }
 
+/// Polls `done` until it holds (true) or `limit` passes (false).
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 fn payload_of(received: &Received) -> &[u8] {
     &received.body.as_ref().expect("a well-formed entry").payload
 }
@@ -491,17 +503,6 @@ mod forwarding {
         Forwarder::start(store, ["order".to_string()], Json, backend, options).unwrap()
     }
 
-    fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-        let started = Instant::now();
-        while !done() {
-            if started.elapsed() > limit {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        true
-    }
-
     #[test]
     fn chosen_projections_are_appended_after_the_local_handlers_ran() {
         let _deadline = deadline("forward", LIMIT);
@@ -700,5 +701,238 @@ mod forwarding {
             10,
             "local handlers ran every event"
         );
+    }
+}
+
+mod receiving {
+    use super::*;
+    use ringbus::bridge::{Codec, ForwardOptions, Forwarder, Json, ReceiveOptions, Receiver};
+    use ringbus::{Dispatcher, Event, EventStore, Producer, WaitStrategy};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Ev {
+        n: u64,
+    }
+
+    impl Event for Ev {
+        type Projection = &'static str;
+        fn projection(&self) -> &'static str {
+            "ev"
+        }
+    }
+
+    /// A store with a producer lane whose handler records each `n`, failing the first try of
+    /// those in `fail_once`; and its consumer thread.
+    fn bridged(fail_once: &[u64]) -> (EventStore<Ev>, Producer<Ev>, Arc<Mutex<Vec<u64>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let failing = Arc::new(Mutex::new(fail_once.to_vec()));
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        let record = seen.clone();
+        dispatcher.on("ev", move |_, ev: &Ev| {
+            let mut failing = failing.lock().unwrap();
+            if let Some(i) = failing.iter().position(|&n| n == ev.n) {
+                failing.remove(i);
+                return Err("fails once".into());
+            }
+            record.lock().unwrap().push(ev.n);
+            Ok(())
+        });
+        let (store, producer) = EventStore::builder(dispatcher)
+            .capacity(1024)
+            .build_with_producer()
+            .unwrap();
+        (store, producer, seen)
+    }
+
+    /// A bridged store receiving from `backend`, run by its consumer thread.
+    struct Receiving {
+        store: EventStore<Ev>,
+        receiver: Receiver,
+        consumer: ringbus::ConsumerThread,
+        seen: Arc<Mutex<Vec<u64>>>,
+    }
+
+    impl Receiving {
+        fn start(backend: RedisStreams, fail_once: &[u64], options: ReceiveOptions) -> Self {
+            let (store, producer, seen) = bridged(fail_once);
+            let consumer = store.spawn_consumer(WaitStrategy::default());
+            let receiver = Receiver::start(producer, Json, backend, options).unwrap();
+            Receiving {
+                store,
+                receiver,
+                consumer,
+                seen,
+            }
+        }
+
+        fn seen_sorted(&self) -> Vec<u64> {
+            let mut seen = self.seen.lock().unwrap().clone();
+            seen.sort_unstable();
+            seen
+        }
+
+        fn finish(self) {
+            self.receiver.stop();
+            self.store.close(Duration::from_secs(5)).unwrap();
+            self.consumer.join();
+        }
+    }
+
+    fn payload(n: u64) -> Outgoing {
+        Outgoing {
+            id: EventId::next(),
+            projection: "\"ev\"".into(),
+            payload: Codec::<Ev>::encode(&Json, &Ev { n }).unwrap(),
+        }
+    }
+
+    #[test]
+    fn events_are_handled_once_and_acknowledged_only_after_their_handlers() {
+        let _deadline = deadline("receive", LIMIT);
+        let server = RedisServer::start();
+        let r = Receiving::start(
+            connect(&server, "s", "g", "r"),
+            &[],
+            ReceiveOptions::default(),
+        );
+        let mut sender = connect(&server, "s", "g", "sender");
+        let sent: Vec<Outgoing> = (0..2000).map(payload).collect();
+        sender.send(&sent).unwrap();
+        // The same event again (a sender that resent after a lost reply): handled once.
+        sender.send(&sent[..10]).unwrap();
+        assert!(wait_until(Duration::from_secs(30), || r
+            .receiver
+            .metrics()
+            .acked
+            == 2010));
+        assert_eq!(
+            r.seen_sorted(),
+            (0..2000).collect::<Vec<_>>(),
+            "each exactly once"
+        );
+        let m = r.receiver.metrics();
+        assert_eq!(
+            (m.enqueued, m.duplicates, m.malformed, m.in_flight),
+            (2000, 10, 0, 0)
+        );
+        let mut probe = connect(&server, "s", "g", "probe");
+        assert_eq!(probe.pending().unwrap(), 0);
+        r.finish();
+    }
+
+    #[test]
+    fn a_failed_event_stays_pending_and_its_redelivery_is_handled() {
+        let _deadline = deadline("receive_failed", LIMIT);
+        let server = RedisServer::start();
+        let claim = Duration::from_millis(300);
+        let r = Receiving::start(
+            connect_claiming(&server, "r", claim),
+            &[3],
+            ReceiveOptions::default().forget_after(Duration::from_millis(100)),
+        );
+        connect(&server, "s", "g", "sender")
+            .send(&(0..5).map(payload).collect::<Vec<_>>())
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || r
+            .receiver
+            .metrics()
+            .acked
+            == 4));
+        assert!(!r.seen_sorted().contains(&3));
+        // Claimed again after the claim timeout (by this same consumer), handled, acked.
+        assert!(wait_until(Duration::from_secs(20), || r
+            .receiver
+            .metrics()
+            .acked
+            == 5));
+        assert_eq!(r.seen_sorted(), [0, 1, 2, 3, 4]);
+        assert!(r.receiver.metrics().forgotten >= 1);
+        r.finish();
+    }
+
+    #[test]
+    fn undecodable_payloads_are_moved_aside_and_counted() {
+        let _deadline = deadline("receive_bad", LIMIT);
+        let server = RedisServer::start();
+        let r = Receiving::start(
+            connect(&server, "s", "g", "r"),
+            &[],
+            ReceiveOptions::default(),
+        );
+        let bad = Outgoing {
+            payload: b"{not json".to_vec(),
+            ..payload(0)
+        };
+        connect(&server, "s", "g", "sender")
+            .send(&[bad, payload(1)])
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || r
+            .receiver
+            .metrics()
+            .acked
+            == 2));
+        assert_eq!(r.receiver.metrics().malformed, 1);
+        assert_eq!(r.seen_sorted(), [1]);
+        r.finish();
+    }
+
+    #[test]
+    fn a_store_forwarding_and_receiving_on_one_stream_sends_nothing_back() {
+        let _deadline = deadline("no_echo", LIMIT);
+        let server = RedisServer::start();
+        // Process A's store forwards; process B's store receives and forwards too.
+        let (a, _, _) = bridged(&[]);
+        let forward_a = Forwarder::start(
+            &a,
+            ["ev"],
+            Json,
+            connect(&server, "s", "a", "a-send"),
+            ForwardOptions::default(),
+        )
+        .unwrap();
+        let (b, b_producer, b_seen) = bridged(&[]);
+        let consumer_b = b.spawn_consumer(WaitStrategy::default());
+        let forward_b = Forwarder::start(
+            &b,
+            ["ev"],
+            Json,
+            connect(&server, "s", "b", "b-send"),
+            ForwardOptions::default(),
+        )
+        .unwrap();
+        let receive_b = Receiver::start(
+            b_producer,
+            Json,
+            connect(&server, "s", "b", "b"),
+            ReceiveOptions::default(),
+        )
+        .unwrap();
+        for n in 0..100 {
+            a.enqueue(Ev { n }).unwrap();
+        }
+        a.publish();
+        assert!(wait_until(Duration::from_secs(20), || receive_b
+            .metrics()
+            .acked
+            == 100));
+        assert_eq!(b_seen.lock().unwrap().len(), 100);
+        std::thread::sleep(Duration::from_millis(200));
+        let fb = forward_b.metrics();
+        assert_eq!(
+            (fb.echoes, fb.buffered),
+            (100, 0),
+            "B sent none of A's events back"
+        );
+        let client = redis::Client::open(server.url("")).unwrap();
+        let len: u64 = redis::cmd("XLEN")
+            .arg("s")
+            .query(&mut client.get_connection().unwrap())
+            .unwrap();
+        assert_eq!(len, 100);
+        receive_b.stop();
+        drop((forward_a, forward_b));
+        b.close(Duration::from_secs(5)).unwrap();
+        consumer_b.join();
     }
 }

@@ -42,6 +42,11 @@ impl DedupWindow {
         true
     }
 
+    /// True if `id` is in the window (without offering it).
+    pub fn contains(&self, id: &EventId) -> bool {
+        self.seen.contains(id)
+    }
+
     /// How many repeats it dropped (said false to).
     pub fn duplicates(&self) -> u64 {
         self.duplicates

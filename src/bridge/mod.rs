@@ -11,6 +11,8 @@
 //! - [`BridgeMetrics`]: what crossed, counted.
 //! - [`Forwarder`]: the sending half of a bridged store: its events of chosen projections
 //!   appended to the stream after its local handlers, through a bounded send buffer.
+//! - [`Receiver`]: the receiving half: entries enqueued into the store through its producer
+//!   lane, acknowledged once their handlers are done.
 //!
 //! # Delivery
 //!
@@ -27,6 +29,7 @@ mod dedup;
 mod envelope;
 mod forward;
 mod metrics;
+mod receive;
 mod redis;
 mod reply;
 
@@ -36,4 +39,5 @@ pub use dedup::DedupWindow;
 pub use envelope::{EventId, Incoming, Malformed, Outgoing, Received};
 pub use forward::{ForwardMetrics, ForwardOptions, Forwarder};
 pub use metrics::{BridgeMetrics, BridgeMetricsSnapshot};
+pub use receive::{ReceiveMetrics, ReceiveOptions, Receiver};
 pub use redis::{RedisOptions, RedisStreams};

@@ -34,6 +34,7 @@ mod reports;
 mod routes;
 mod run;
 mod settle;
+mod settled;
 mod shutdown;
 
 use layers::Layers;
@@ -92,6 +93,8 @@ struct Shared<E: Event, Err> {
     layers: Layers<E>,
     /// Work a layer holds for publishing threads to run later (retries), once registered.
     deferred: std::sync::OnceLock<std::sync::Arc<dyn Deferred<E, Err>>>,
+    /// The layer told of producer-lane events that settled as handled, once registered.
+    settled: std::sync::OnceLock<settled::Settled>,
 }
 
 /// A ring-buffer event store: any thread enqueues, `publish` runs the handlers.

@@ -257,6 +257,7 @@ where
                 idle_consumers: Sleepers::new(),
                 layers: Layers::default(),
                 deferred: std::sync::OnceLock::new(),
+                settled: std::sync::OnceLock::new(),
             }),
         })
     }

@@ -12,6 +12,7 @@ use super::fork::Plan;
 use super::held::{Held, Standing};
 use super::local::{LocalHandlers, NoLocal};
 use super::routes::{Delivery, Entry, Table, hash_of};
+use super::settled;
 use super::{ErrorKind, EventStore};
 use crate::error::HandlerFailure;
 use crate::event::Event;
@@ -289,6 +290,7 @@ where
         let filter = self.shared.filter.as_deref();
         let sampling = self.shared.sampling.as_ref();
         let projections = self.shared.routes.projections();
+        let settled = self.shared.settled.get();
         while let Some(event) = events.get(cursor.event) {
             // Handlers are numbered across both lists: the store's, then the local ones. After
             // a handler's panic the run resumes here with the next one; the cursor goes back to
@@ -305,6 +307,7 @@ where
             if let Some(filter) = filter {
                 if resume == 0 && !filter(event) {
                     tally.filtered += 1;
+                    settled::tell(settled, first + cursor.event as u64);
                     cursor.next_event();
                     continue;
                 }
@@ -379,12 +382,14 @@ where
                 if cursor.failures == 0 && !cursor.dead_lettered && held.get().is_none() {
                     tally.processed += 1;
                     counts.processed(index, counters);
-                } else {
-                    self.settle_unusual(cursor, held, counters, tally);
+                    settled::tell(settled, sequence);
+                } else if self.settle_unusual(cursor, held, counters, tally) {
+                    settled::tell(settled, sequence);
                 }
             } else {
                 tally.unrouted += 1;
                 counters.add(Outcome::Unrouted, 1);
+                settled::tell(settled, sequence);
             }
             // A projection's `Drop` is user code too; for keys without one (the usual enums,
             // integers and `&str`) this compiles to nothing.
@@ -398,7 +403,7 @@ where
 
     /// Settles an event whose handlers did not all simply succeed: one failed, a subscriber
     /// dead-lettered it, or a retry holds it. Out of the loop, which keeps the success path
-    /// to one test.
+    /// to one test. True if the event settled as handled (dead-lettered, not held).
     #[cold]
     #[inline(never)]
     fn settle_unusual(
@@ -407,8 +412,9 @@ where
         held: &mut OnceLock<Arc<Held>>,
         counters: &ProjectionCounters,
         tally: &mut Tally,
-    ) {
+    ) -> bool {
         tally.handler_errors += cursor.failures;
+        let held_now = held.get().is_some();
         if let Some(held) = held.take() {
             // A retry is pending: the hold decides the event's place when it ends.
             let standing = match (cursor.dead_lettered, cursor.failures) {
@@ -427,6 +433,7 @@ where
         if cursor.failures != 0 {
             counters.add_handler_errors(cursor.failures);
         }
+        cursor.dead_lettered && !held_now
     }
 
     /// Records a sampled event's wait in the ring (read when its handlers started) and its
