@@ -33,7 +33,7 @@ fn example() -> PathBuf {
 struct Proc(Child);
 
 impl Proc {
-    fn run(server: &RedisServer, args: &[&str]) -> Proc {
+    fn run(server: &RedisServer, args: &[impl AsRef<std::ffi::OsStr>]) -> Proc {
         let url = server.url("");
         let child = Command::new(example())
             .args(args)
@@ -84,6 +84,24 @@ fn wait_for_lines(out: &Path, at_least: usize, limit: Duration) {
     }
 }
 
+/// The arguments of a receiver `b` that exits after `expect` events, writing them to `out`.
+fn receive_args(expect: &str, out: &Path) -> Vec<String> {
+    let out = out.to_str().unwrap();
+    [
+        "receive",
+        "--consumer",
+        "b",
+        "--expect",
+        expect,
+        "--out",
+        out,
+        "--claim-ms",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn temp_out(name: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("ringbus-{name}-{}.txt", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -95,19 +113,7 @@ fn a_publisher_process_and_a_receiver_process_handle_every_event_exactly_once() 
     let _deadline = deadline("exactly_once", LIMIT);
     let server = RedisServer::start();
     let out = temp_out("once");
-    let out_arg = out.to_str().unwrap();
-    let receiver = Proc::run(
-        &server,
-        &[
-            "receive",
-            "--consumer",
-            "b",
-            "--expect",
-            "100000",
-            "--out",
-            out_arg,
-        ],
-    );
+    let receiver = Proc::run(&server, &receive_args("100000", &out));
     let publisher = Proc::run(&server, &["publish", "--events", "100000"]);
     println!("{}", publisher.finish());
     println!("{}", receiver.finish());
@@ -122,18 +128,7 @@ fn a_receiver_killed_mid_run_and_restarted_still_handles_every_event() {
     let _deadline = deadline("sigkill", LIMIT);
     let server = RedisServer::start();
     let out = temp_out("killed");
-    let out_arg = out.to_str().unwrap();
-    let args = [
-        "receive",
-        "--consumer",
-        "b",
-        "--expect",
-        "50000",
-        "--out",
-        out_arg,
-        "--claim-ms",
-        "1000",
-    ];
+    let args = receive_args("50000", &out);
     let receiver = Proc::run(&server, &args);
     let publisher = Proc::run(&server, &["publish", "--events", "50000"]);
     wait_for_lines(&out, 5_000, Duration::from_secs(60));
@@ -194,21 +189,7 @@ fn a_redis_restart_mid_run_loses_nothing_acknowledged() {
     let _deadline = deadline("redis_restart", LIMIT);
     let mut server = RedisServer::start();
     let out = temp_out("restart");
-    let out_arg = out.to_str().unwrap();
-    let receiver = Proc::run(
-        &server,
-        &[
-            "receive",
-            "--consumer",
-            "b",
-            "--expect",
-            "50000",
-            "--out",
-            out_arg,
-            "--claim-ms",
-            "1000",
-        ],
-    );
+    let receiver = Proc::run(&server, &receive_args("50000", &out));
     let publisher = Proc::run(&server, &["publish", "--events", "50000"]);
     wait_for_lines(&out, 5_000, Duration::from_secs(60));
     server.restart(); // SIGKILL, then the same port and AOF (appendfsync always)
