@@ -387,7 +387,8 @@
 //! error.rs          the errors, and HandlerFailure
 //! store/            EventStore: options, dispatcher (Dispatcher, Variant), routes (the
 //!                   swapped table, its Subscriber seam), held (events held for a retry),
-//!                   deferred (the seam for work run later by publishers), context, lanes
+//!                   deferred (the seam for work run later by publishers), settled (the seam
+//!                   telling a layer of handled producer-lane events), context, lanes
 //!                   (the shared ring and the single
 //!                   producer's), producer (Producer), enqueue, publish, run (handlers), local
 //!                   (LocalDispatcher, publish_with), settle, shutdown, disposal (drops, the
@@ -399,6 +400,8 @@
 //! health.rs         layer: health() and its thresholds (reads metrics, asks the route
 //!                   table's subscribers whether a breaker is open)
 //! trace.rs          the `tracing` feature's spans and events (nothing without it)
+//! bridge/           layer (feature `redis`): Backend and RedisStreams (redis.rs, reply.rs),
+//!                   Forwarder (forward.rs), Receiver (receive.rs), EventId, Codec, DedupWindow
 //! ```
 //!
 //! **How an event flows.** [`EventStore::enqueue`] claims a sequence with one CAS on the
@@ -426,10 +429,25 @@
 //! - *Layers and their shutdown hook* (`store/layers.rs`, `Layer`): per-store state the store
 //!   holds without naming it, told when the store closes or is dropped, and filling in its own
 //!   metrics. Today: the timer.
-//! - *The bridge point*: outgoing events reach a process bridge as a subscriber on the route
-//!   table (a catch-all handler today), incoming ones go in through `enqueue_batch`. Its
-//!   acknowledgements need each event's success, which the outcome hook does not report yet:
-//!   the bridge will add that to `Outcomes`, not a hook of its own.
+//! - *Settled events* (`store/settled.rs`): one layer, registered once, told by sequence of
+//!   each event of the producer lane that settled as handled (processed, dead-lettered,
+//!   unrouted, filtered); looked up once per run, a branch per event when none is
+//!   registered. Today: the bridge's `Receiver`, which acknowledges those events to the
+//!   broker. (Not the `Outcomes` hook, which hears of failures, not of successes.)
+//! - *The bridge* (`bridge/`, feature `redis`): outgoing events leave through a subscription
+//!   per chosen projection (`Forwarder`), incoming ones enter through the producer lane
+//!   (`Receiver`), whose tag on their sequences is what keeps them from being forwarded again.
+//!   A `Backend` trait is the seam to the broker; `RedisStreams` implements it.
+//!
+//! **Accounting across the bridge.** The store's own invariant (every accepted event in
+//! exactly one place) is untouched: a forwarded event is a copy, and a received one is an
+//! ordinary enqueue. The bridge keeps its own: for a `Forwarder`, every event its
+//! subscriptions saw is `echoes` (not sent back), `refused` (its handler failed), `dropped`, or
+//! `buffered`, and every buffered one is `sent`, `dropped`, or still in the buffer
+//! (`send_buffer_depth`) or in the sender's hands (one batch); for a `Receiver`, every entry
+//! read is enqueued, a duplicate, malformed, refused, or a redelivery of one still in the
+//! store (skipped), and every enqueued one is acknowledged once settled, forgotten after
+//! `forget_after`, or still `in_flight`.
 //!
 //! # Limits
 //! Sequence numbers are 61-bit (the tail word's top bits are the closed, gate and sealed
