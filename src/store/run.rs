@@ -12,8 +12,7 @@ use super::fork::Plan;
 use super::held::{Held, Standing};
 use super::local::{LocalHandlers, NoLocal};
 use super::routes::{Delivery, Entry, Table, hash_of};
-use super::settled;
-use super::{ErrorKind, EventStore};
+use super::{ErrorKind, EventStore, PRODUCER_LANE};
 use crate::error::HandlerFailure;
 use crate::event::Event;
 use crate::metrics::{
@@ -290,7 +289,13 @@ where
         let filter = self.shared.filter.as_deref();
         let sampling = self.shared.sampling.as_ref();
         let projections = self.shared.routes.projections();
-        let settled = self.shared.settled.get();
+        // Sequences to tell the settled-events layer of: the producer lane's, if one is
+        // registered; none otherwise (a mask of 0 makes each check one AND and a branch).
+        let tell = if self.shared.settled.get().is_some() {
+            PRODUCER_LANE
+        } else {
+            0
+        };
         while let Some(event) = events.get(cursor.event) {
             // Handlers are numbered across both lists: the store's, then the local ones. After
             // a handler's panic the run resumes here with the next one; the cursor goes back to
@@ -307,7 +312,9 @@ where
             if let Some(filter) = filter {
                 if resume == 0 && !filter(event) {
                     tally.filtered += 1;
-                    settled::tell(settled, first + cursor.event as u64);
+                    if (first + cursor.event as u64) & tell != 0 {
+                        self.tell_settled(first + cursor.event as u64);
+                    }
                     cursor.next_event();
                     continue;
                 }
@@ -382,14 +389,19 @@ where
                 if cursor.failures == 0 && !cursor.dead_lettered && held.get().is_none() {
                     tally.processed += 1;
                     counts.processed(index, counters);
-                    settled::tell(settled, sequence);
-                } else if self.settle_unusual(cursor, held, counters, tally) {
-                    settled::tell(settled, sequence);
+                    if sequence & tell != 0 {
+                        self.tell_settled(sequence);
+                    }
+                } else if self.settle_unusual(cursor, held, counters, tally) && sequence & tell != 0
+                {
+                    self.tell_settled(sequence);
                 }
             } else {
                 tally.unrouted += 1;
                 counters.add(Outcome::Unrouted, 1);
-                settled::tell(settled, sequence);
+                if sequence & tell != 0 {
+                    self.tell_settled(sequence);
+                }
             }
             // A projection's `Drop` is user code too; for keys without one (the usual enums,
             // integers and `&str`) this compiles to nothing.

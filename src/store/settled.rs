@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use super::{EventStore, PRODUCER_LANE};
+use super::EventStore;
 use crate::event::Event;
 
 /// What a layer is told: the sequence (with the lane's tag) of a settled event.
@@ -27,12 +27,13 @@ impl<E: Event, Err> EventStore<E, Err> {
     }
 }
 
-/// Tells `settled` of `sequence` if it is on the producer lane. Inlined into the run loop:
-/// without a layer registered, a branch on a value in hand.
-#[inline(always)]
-pub(super) fn tell(settled: Option<&Settled>, sequence: u64) {
-    if let Some(settled) = settled {
-        if sequence & PRODUCER_LANE != 0 {
+impl<E: Event, Err> EventStore<E, Err> {
+    /// Tells the registered layer that the event `sequence` settled as handled. Out of line:
+    /// the run loop calls it only for producer-lane events of a store with a layer.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn tell_settled(&self, sequence: u64) {
+        if let Some(settled) = self.shared.settled.get() {
             settled(sequence);
         }
     }
