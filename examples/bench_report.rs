@@ -24,6 +24,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "redis")]
+#[path = "bench_report/bridge.rs"]
+mod bridge;
 #[path = "../benches/common/mod.rs"]
 mod common;
 #[path = "bench_report/plot.rs"]
@@ -142,6 +145,11 @@ fn main() {
 
     print!("{}", table(&results));
     print!("{}", goals(&results));
+    // W-bridge (feature `redis`): its own server and two stores, reported on its own.
+    #[cfg(feature = "redis")]
+    if only.as_deref().is_none_or(|o| o.starts_with("W-bridge")) {
+        print!("{}", bridge::report(quick));
+    }
     if json {
         println!("{}", to_json(&results));
     }
