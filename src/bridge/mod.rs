@@ -7,7 +7,8 @@
 //!   close. [`RedisStreams`] implements it on Redis Streams with consumer groups.
 //! - [`EventId`]: an event's id, unique across processes (a random origin per process and a
 //!   sequence), carried with it so that a receiver can drop duplicates ([`DedupWindow`]).
-//! - [`Codec`]: how a payload becomes bytes; [`Json`] by default (readable in `redis-cli`).
+//! - [`Codec`]: how a payload becomes bytes; [`Json`] by default (readable in `redis-cli`),
+//!   [`Postcard`] for a compact binary form.
 //! - [`BridgeMetrics`]: what crossed, counted.
 //! - [`Forwarder`]: the sending half of a bridged store: its events of chosen projections
 //!   appended to the stream after its local handlers, through a bounded send buffer.
@@ -34,7 +35,7 @@ mod redis;
 mod reply;
 
 pub use backend::{Backend, BridgeError};
-pub use codec::{Codec, Json};
+pub use codec::{Codec, Json, Postcard};
 pub use dedup::DedupWindow;
 pub use envelope::{EventId, Incoming, Malformed, Outgoing, Received};
 pub use forward::{ForwardMetrics, ForwardOptions, Forwarder};
