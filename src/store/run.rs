@@ -63,6 +63,8 @@ struct Cursor {
     failures: u64,
     /// Whether a failure of that event went to the dead-letter queue.
     dead_lettered: bool,
+    /// Of `failures`, those a subscription took to its dead letters (the rest stand).
+    dead_letter_failures: u64,
     /// That event's hold, kept here once a subscriber deferred a retry, so that a later
     /// handler's panic (which ends the event's context) does not lose it.
     held: Option<Arc<Held>>,
@@ -80,6 +82,7 @@ impl Cursor {
             handler: Self::ROUTING,
             failures: 0,
             dead_lettered: false,
+            dead_letter_failures: 0,
             held: None,
         }
     }
@@ -90,6 +93,7 @@ impl Cursor {
         self.handler = Self::ROUTING;
         self.failures = 0;
         self.dead_lettered = false;
+        self.dead_letter_failures = 0;
         self.held = None;
     }
 }
@@ -415,7 +419,8 @@ where
 
     /// Settles an event whose handlers did not all simply succeed: one failed, a subscriber
     /// dead-lettered it, or a retry holds it. Out of the loop, which keeps the success path
-    /// to one test. True if the event settled as handled (dead-lettered, not held).
+    /// to one test. True if the event settled as handled: dead-lettered, not held, and no
+    /// failure but the dead-lettered ones (a plain handler's failure stands).
     #[cold]
     #[inline(never)]
     fn settle_unusual(
@@ -445,7 +450,7 @@ where
         if cursor.failures != 0 {
             counters.add_handler_errors(cursor.failures);
         }
-        cursor.dead_lettered && !held_now
+        cursor.dead_lettered && !held_now && cursor.failures == cursor.dead_letter_failures
     }
 
     /// Records a sampled event's wait in the ring (read when its handlers started) and its
@@ -483,6 +488,7 @@ where
                 panicked,
             } => {
                 cursor.failures += u64::from(handler_failed);
+                cursor.dead_letter_failures += u64::from(handler_failed);
                 cursor.dead_lettered = true;
                 tally.panics += u64::from(panicked);
                 if handler_failed {

@@ -45,6 +45,7 @@ mod tests {
 
     use crate::{Dispatcher, Event, EventStore, PRODUCER_LANE};
 
+    #[derive(Clone)]
     struct Ev(&'static str);
 
     impl Event for Ev {
@@ -77,5 +78,37 @@ mod tests {
         assert!(sequences.iter().all(|s| s & PRODUCER_LANE != 0));
         let (ok, unrouted, filtered) = (sequences[0], sequences[2], sequences[3]);
         assert_eq!(*told.lock().unwrap(), [ok, unrouted, filtered]);
+    }
+
+    /// A subscription's dead letters settle the event, unless another handler's failure stands.
+    #[test]
+    fn a_dead_lettered_event_is_told_only_when_no_other_failure_stands() {
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        dispatcher.on("both", |_, _| Err("a plain handler fails".into()));
+        let (store, mut producer) = EventStore::builder(dispatcher)
+            .capacity(16)
+            .build_with_producer()
+            .unwrap();
+        store
+            .enable_dead_letters(8, crate::DeadLetterOverrun::DropNewest, None)
+            .unwrap();
+        let mut subscriptions = Vec::new();
+        for kind in ["poison", "both"] {
+            let subscription = store
+                .subscribe(kind)
+                .dead_letters()
+                .handle(|_, _| Err("poison".into()))
+                .unwrap();
+            subscriptions.push(subscription);
+        }
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let sink = told.clone();
+        store.on_producer_lane_settled(Arc::new(move |s| sink.lock().unwrap().push(s)));
+        let poison = producer.enqueue(Ev("poison")).unwrap().sequence;
+        producer.enqueue(Ev("both")).unwrap();
+        store.publish();
+        // The store counts both as dead-lettered; only the first is handled.
+        assert_eq!(store.metrics().dead_lettered, 2);
+        assert_eq!(*told.lock().unwrap(), [poison]);
     }
 }
