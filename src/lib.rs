@@ -442,11 +442,13 @@
 //! **Accounting across the bridge.** The store's own invariant (every accepted event in
 //! exactly one place) is untouched: a forwarded event is a copy, and a received one is an
 //! ordinary enqueue. The bridge keeps its own: for a `Forwarder`, every event its
-//! subscriptions saw is `echoes` (not sent back), `refused` (its handler failed), `dropped`, or
-//! `buffered`, and every buffered one is `sent`, `dropped`, or still in the buffer
-//! (`send_buffer_depth`) or in the sender's hands (one batch); for a `Receiver`, every entry
-//! read is enqueued, a duplicate, malformed, refused, or a redelivery of one still in the
-//! store (skipped), and every enqueued one is acknowledged once settled, forgotten after
+//! subscriptions saw is in `echoes` (not sent back), `refused` (its handler failed),
+//! `abandoned` (waiting for room at close) or `buffered`, and every buffered one is `sent`,
+//! `evicted`, `unsent` (at close), or still in the buffer (`send_buffer_depth`) or the
+//! sender's hands (`in_sender`); for a `Receiver`, every entry read is `enqueued`, a
+//! `duplicate`, `malformed`, `refused`, or `skipped` (a redelivery of one still in the store),
+//! and every enqueued event is, once settled, acknowledged (`acked`, which also counts the
+//! duplicates and malformed entries acknowledged) or `ack_failed`, else `forgotten` after
 //! `forget_after`, or still `in_flight`.
 //!
 //! # Limits

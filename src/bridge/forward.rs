@@ -37,8 +37,8 @@ impl ForwardOptions {
     /// Events held while the broker is slow or away (at least one). When it is full the
     /// store's [`OverrunPolicy`] decides: `Block` waits for room (the handler's thread sleeps
     /// until the sender frees some, or until the forwarder closes, which drops the event,
-    /// counted), `DropOldest` drops the oldest buffered event (counted in
-    /// [`ForwardMetrics::dropped`]), `ReturnError` fails the forwarding handler (counted by
+    /// counted as abandoned), `DropOldest` drops the oldest buffered event (counted in
+    /// [`ForwardMetrics::evicted`]), `ReturnError` fails the forwarding handler (counted by
     /// the store as a handler failure, reported to its `on_error` hook).
     pub fn buffer(mut self, events: usize) -> Self {
         self.buffer = events.max(1);
@@ -59,26 +59,35 @@ impl ForwardOptions {
     }
 }
 
-/// What a [`Forwarder`] did, counted.
+/// What a [`Forwarder`] did, counted. Every event its subscriptions saw is in `echoes`,
+/// `refused`, `abandoned` or `buffered`; every buffered one is in `sent`, `evicted`, `unsent`,
+/// `send_buffer_depth` or `in_sender` (exact once the forwarder is closed; a reading while it
+/// runs takes each counter at a slightly different moment).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ForwardMetrics {
     /// Events put in the send buffer.
     pub buffered: u64,
-    /// Events the backend appended to the stream.
+    /// Buffered events the backend appended to the stream.
     pub sent: u64,
-    /// Events dropped: the oldest buffered under `DropOldest` when the buffer was full, one
-    /// waiting for room under `Block` when the forwarder closed, or unsent at close.
-    pub dropped: u64,
+    /// Buffered events evicted by a newer one (`DropOldest`, the buffer full).
+    pub evicted: u64,
+    /// Buffered events not sent when the forwarder closed (the broker away past the timeout).
+    pub unsent: u64,
+    /// Events never buffered: their handler waited for room (`Block`) until the forwarder
+    /// closed.
+    pub abandoned: u64,
     /// Events skipped because they came from the broker (no echo).
     pub echoes: u64,
     /// Events refused: over the payload limit, unencodable, or the buffer full under
-    /// `ReturnError`.
+    /// `ReturnError` (their handler failed).
     pub refused: u64,
     /// Sends that failed and were tried again.
     pub send_retries: u64,
-    /// Events in the send buffer now.
+    /// Buffered events in the send buffer now.
     pub send_buffer_depth: u64,
+    /// Buffered events taken by the sender thread, not yet sent (one batch at most).
+    pub in_sender: u64,
 }
 
 /// The state the subscriptions and the sender thread share.
@@ -87,12 +96,17 @@ struct Shared {
     closed: AtomicBool,
     policy: OverrunPolicy,
     max_payload: usize,
+    /// While closing: when a handler waiting for room (`Block`) gives up.
+    closing: std::sync::Mutex<Option<Instant>>,
     buffered: AtomicU64,
     sent: AtomicU64,
-    dropped: AtomicU64,
+    evicted: AtomicU64,
+    unsent: AtomicU64,
+    abandoned: AtomicU64,
     echoes: AtomicU64,
     refused: AtomicU64,
     send_retries: AtomicU64,
+    in_sender: AtomicU64,
 }
 
 /// A counter bump: relaxed, each counter being a tally read on its own.
@@ -153,12 +167,16 @@ impl Forwarder {
             closed: AtomicBool::new(false),
             policy: store.policy(),
             max_payload: options.max_payload,
+            closing: std::sync::Mutex::new(None),
             buffered: AtomicU64::new(0),
             sent: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            unsent: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
             echoes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             send_retries: AtomicU64::new(0),
+            in_sender: AtomicU64::new(0),
         });
         let codec = Arc::new(codec);
         let mut subscriptions = Vec::new();
@@ -200,43 +218,51 @@ impl Forwarder {
         ForwardMetrics {
             buffered: read(&s.buffered),
             sent: read(&s.sent),
-            dropped: read(&s.dropped),
+            evicted: read(&s.evicted),
+            unsent: read(&s.unsent),
+            abandoned: read(&s.abandoned),
             echoes: read(&s.echoes),
             refused: read(&s.refused),
             send_retries: read(&s.send_retries),
             send_buffer_depth: s.buffer.len() as u64,
+            in_sender: read(&s.in_sender),
         }
     }
 
-    /// Sends what is buffered, stops forwarding (unsubscribes) and stops the sender. If the
-    /// broker stays away past `timeout`, what is left is dropped and counted; returns how many
-    /// events this close dropped.
+    /// Stops forwarding (unsubscribes), sends what is buffered, and stops the sender, within
+    /// `timeout` (plus, if a send is under way then, that send's own time: a connect or reply
+    /// timeout at most). Returns how many events this close lost: buffered ones the broker
+    /// did not take in time (`unsent`), and ones whose handler was still waiting for room
+    /// under `Block` (`abandoned`). Called from a handler of the same store, the unsubscribing
+    /// does not wait for that store's handler calls under way: one finishing after the sender
+    /// stopped leaves its event in the buffer, uncounted.
     pub fn close(mut self, timeout: Duration) -> u64 {
         self.stop(timeout)
     }
 
     fn stop(&mut self, timeout: Duration) -> u64 {
-        let dropped_before = self.shared.dropped.load(Ordering::Relaxed);
-        // Flush first: a handler waiting for room (`Block`) gets it as the buffer drains.
+        let s = &self.shared;
+        let lost_before = s.unsent.load(Ordering::Relaxed) + s.abandoned.load(Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
-        while !self.shared.buffer.is_empty() && Instant::now() < deadline {
+        // Handlers waiting for room give up at the deadline; unsubscribing waits for the
+        // calls under way, so that none pushes after the flush below.
+        *s.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.subscriptions.clear();
+        while (!s.buffer.is_empty() || s.in_sender.load(Ordering::Acquire) != 0)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // Then close, which lets a handler still waiting give up (its event dropped and
-        // counted), and only then unsubscribe: unsubscribing waits for calls in progress,
-        // which must not be waiting on this thread.
-        self.shared.closed.store(true, Ordering::Release);
-        self.subscriptions.clear();
+        s.closed.store(true, Ordering::Release);
         if let Some(sender) = self.sender.take() {
             let _ = sender.join();
         }
         let mut left = 0;
-        while self.shared.buffer.pop().is_some() {
+        while s.buffer.pop().is_some() {
             left += 1;
         }
-        bump(&self.shared.dropped, left);
-        // What the sender gave up on once closed, and handlers waiting for room, too.
-        self.shared.dropped.load(Ordering::Relaxed) - dropped_before
+        bump(&s.unsent, left);
+        s.unsent.load(Ordering::Relaxed) + s.abandoned.load(Ordering::Relaxed) - lost_before
     }
 }
 
@@ -282,15 +308,15 @@ impl Shared {
                 Err(back) => outgoing = back,
             }
             match self.policy {
-                OverrunPolicy::Block if !self.closed.load(Ordering::Acquire) => {
+                OverrunPolicy::Block if !self.gives_up() => {
                     // Waits on the sender thread, which frees room as the broker takes
-                    // batches: as long as the broker is away, at most until close.
+                    // batches: as long as the broker is away, at most until close's deadline.
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(1));
                 }
                 OverrunPolicy::DropOldest => {
                     if self.buffer.force_push(outgoing).is_some() {
-                        bump(&self.dropped, 1);
+                        bump(&self.evicted, 1);
                     }
                     bump(&self.buffered, 1);
                     return Ok(());
@@ -301,20 +327,32 @@ impl Shared {
                         "the send buffer is full (the broker is slow or away)".into(),
                     ));
                 }
-                // Block, once closing.
+                // Block, past close's deadline.
                 OverrunPolicy::Block => {
-                    bump(&self.dropped, 1);
+                    bump(&self.abandoned, 1);
                     return Ok(());
                 }
             }
         }
     }
 
-    /// The sender thread: batches from the buffer to `backend` until closed and empty.
+    /// True once a handler waiting for room should give up: closed, or past the deadline of
+    /// a close under way.
+    fn gives_up(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+            || self
+                .closing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// The sender thread: batches from the buffer to `backend` until closed. Once closed, it
+    /// sends nothing more: what it holds is counted unsent.
     fn send_until_closed(&self, mut backend: impl Backend, batch: usize) {
         let mut pending: Vec<Outgoing> = Vec::with_capacity(batch);
         let mut idle = Duration::from_micros(50);
-        loop {
+        while !self.closed.load(Ordering::Acquire) {
             while pending.len() < batch {
                 match self.buffer.pop() {
                     Some(outgoing) => pending.push(outgoing),
@@ -322,35 +360,36 @@ impl Shared {
                 }
             }
             if pending.is_empty() {
-                if self.closed.load(Ordering::Acquire) {
-                    break;
-                }
                 std::thread::sleep(idle);
                 idle = (idle * 2).min(Duration::from_millis(1));
                 continue;
             }
+            self.in_sender
+                .store(pending.len() as u64, Ordering::Release);
             idle = Duration::from_micros(50);
             let mut backoff = Duration::from_millis(10);
             loop {
-                match backend.send(&pending) {
-                    Ok(()) => {
-                        bump(&self.sent, pending.len() as u64);
-                        pending.clear();
-                        break;
-                    }
-                    Err(_) if self.closed.load(Ordering::Acquire) => {
-                        bump(&self.dropped, pending.len() as u64);
-                        pending.clear();
-                        break;
-                    }
-                    Err(_) => {
-                        bump(&self.send_retries, 1);
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                    }
+                // A backend is user code too: a panic in it is a failed send.
+                let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    backend.send(&pending)
+                }));
+                if let Ok(Ok(())) = sent {
+                    bump(&self.sent, pending.len() as u64);
+                    pending.clear();
+                    break;
                 }
+                if self.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                bump(&self.send_retries, 1);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
+            self.in_sender
+                .store(pending.len() as u64, Ordering::Release);
         }
-        let _ = backend.close();
+        bump(&self.unsent, pending.len() as u64);
+        self.in_sender.store(0, Ordering::Release);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.close()));
     }
 }

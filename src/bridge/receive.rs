@@ -92,6 +92,12 @@ pub struct ReceiveMetrics {
     pub refused: u64,
     /// Events forgotten unsettled after `forget_after`: left unacknowledged, delivered again.
     pub forgotten: u64,
+    /// Entries delivered again while their event was still in the store: not enqueued twice
+    /// (the first delivery's acknowledgement covers them).
+    pub skipped: u64,
+    /// Settled events whose acknowledgement failed: delivered again, then acknowledged as
+    /// duplicates.
+    pub ack_failed: u64,
     /// Reads or acknowledgements that failed (the backend reconnects on the next call).
     pub backend_errors: u64,
     /// Received events in the store, not yet settled.
@@ -106,6 +112,8 @@ struct Counters {
     malformed: AtomicU64,
     refused: AtomicU64,
     forgotten: AtomicU64,
+    skipped: AtomicU64,
+    ack_failed: AtomicU64,
     backend_errors: AtomicU64,
     in_flight: AtomicU64,
 }
@@ -147,8 +155,11 @@ impl Receiver {
     /// [`build_with_producer`](crate::Builder::build_with_producer)).
     ///
     /// # Errors
-    /// [`BridgeError::Config`] if the store already has a receiver, or the thread cannot
-    /// start.
+    /// [`BridgeError::Config`] if the store has no producer lane of its own (the `Producer`
+    /// fell back to the shared ring: see
+    /// [`is_single_producer_lane`](Producer::is_single_producer_lane)), so that received
+    /// events could be neither acknowledged nor told from local ones; if the store already
+    /// has a receiver; or if the thread cannot start.
     pub fn start<E, Err, C, B>(
         producer: Producer<E, Err>,
         codec: C,
@@ -161,6 +172,13 @@ impl Receiver {
         C: Codec<E> + 'static,
         B: Backend + 'static,
     {
+        if !producer.is_single_producer_lane() {
+            return Err(BridgeError::Config(
+                "the store has no producer lane of its own (build_with_producer fell back to \
+                 the shared ring): received events could not be acknowledged"
+                    .into(),
+            ));
+        }
         let settled = Arc::new(SegQueue::new());
         let told = Arc::clone(&settled);
         if !producer
@@ -209,13 +227,17 @@ impl Receiver {
             malformed: read(&c.malformed),
             refused: read(&c.refused),
             forgotten: read(&c.forgotten),
+            skipped: read(&c.skipped),
+            ack_failed: read(&c.ack_failed),
             backend_errors: read(&c.backend_errors),
             in_flight: read(&c.in_flight),
         }
     }
 
     /// Stops reading, acknowledges what settled meanwhile, and stops the thread (within the
-    /// read's wait). Events still unsettled stay unacknowledged: delivered again.
+    /// read's wait, or 50 ms if it waits for room in a full lane). Events still unsettled stay
+    /// unacknowledged: delivered again. (When the store closes instead, the receiver keeps
+    /// acknowledging what the close's drain settles, for up to 5 s.)
     pub fn stop(mut self) {
         self.halt();
     }
@@ -285,7 +307,7 @@ where
             {
                 Ok(batch) => {
                     backoff = Duration::from_millis(10);
-                    self.take(batch);
+                    self.take(batch, stop);
                 }
                 Err(_) => {
                     bump(&self.counters.backend_errors, 1);
@@ -294,16 +316,29 @@ where
                 }
             }
         }
-        self.acknowledge_settled();
+        // A closing store drains its lanes after refusing new events: keep acknowledging what
+        // settles, until nothing is in flight or a few seconds passed (what is left is
+        // delivered again). Stopped, acknowledge what settled and leave.
+        let drained = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.acknowledge_settled();
+            let closing = self.producer.store().is_closed() && !stop.load(Ordering::Acquire);
+            if !closing || self.in_flight.is_empty() || Instant::now() >= drained {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let _ = self.backend.close();
     }
 
     /// Enqueues the events of `batch`; acknowledges at once what is not to be run.
-    fn take(&mut self, batch: Vec<Received>) {
+    fn take(&mut self, batch: Vec<Received>, stop: &AtomicBool) {
         let mut ack_now = Vec::new();
         for received in batch {
             if self.in_flight_entries.contains(&received.entry) {
-                continue; // delivered again while still in the store: its ack comes
+                // Delivered again while still in the store: its acknowledgement comes.
+                bump(&self.counters.skipped, 1);
+                continue;
             }
             let incoming = match received.body {
                 Ok(incoming) => incoming,
@@ -318,12 +353,16 @@ where
                 ack_now.push(received.entry);
                 continue;
             }
-            let Ok(event) = self.codec.decode(&incoming.payload) else {
+            // A codec is user code: a panic in it is a payload it cannot read.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.codec.decode(&incoming.payload)
+            }));
+            let Ok(Ok(event)) = decoded else {
                 bump(&self.counters.malformed, 1);
                 ack_now.push(received.entry);
                 continue;
             };
-            match self.producer.enqueue(event) {
+            match self.enqueue(event, stop) {
                 Ok(enqueued) => {
                     bump(&self.counters.enqueued, 1);
                     self.in_flight_entries.insert(received.entry.clone());
@@ -347,6 +386,28 @@ where
             .in_flight
             .store(self.in_flight.len() as u64, Ordering::Relaxed);
         self.acknowledge(ack_now);
+    }
+
+    /// Enqueues `event`; under `Block` with a full lane, waits for room in steps, so that
+    /// [`Receiver::stop`] is heard (a stopped receiver leaves the event unacknowledged).
+    fn enqueue(
+        &mut self,
+        mut event: E,
+        stop: &AtomicBool,
+    ) -> Result<crate::Enqueued, EnqueueError<E>> {
+        loop {
+            match self
+                .producer
+                .enqueue_timeout(event, Duration::from_millis(50))
+            {
+                Err(EnqueueError::Timeout(back)) if !stop.load(Ordering::Acquire) => {
+                    // Settled events free room in `in_flight` meanwhile.
+                    self.acknowledge_settled();
+                    event = back;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Acknowledges the events the store settled since the last call, and remembers their
@@ -374,7 +435,10 @@ where
         // repeats of handled events (their ids are in the window) and acknowledged then.
         match self.backend.acknowledge(&entries) {
             Ok(()) => bump(&self.counters.acked, entries.len() as u64),
-            Err(_) => bump(&self.counters.backend_errors, 1),
+            Err(_) => {
+                bump(&self.counters.backend_errors, 1);
+                bump(&self.counters.ack_failed, entries.len() as u64);
+            }
         }
     }
 
