@@ -408,6 +408,51 @@ fn pending_entries_trimmed_away_come_back_as_trimmed_and_are_acknowledged_away()
 }
 
 #[test]
+fn entries_that_are_not_events_are_moved_aside_to_the_dead_letter_stream() {
+    let _deadline = deadline("dead_letter_stream", LIMIT);
+    let server = RedisServer::start();
+    let options = RedisOptions::new(server.url(""), "s")
+        .group("g")
+        .consumer("r")
+        .max_payload(100)
+        .dead_letters("s:dead");
+    let mut receiver = RedisStreams::connect(options).unwrap();
+    assert!(receiver.receive(1, WAIT).unwrap().is_empty());
+    let client = redis::Client::open(server.url("")).unwrap();
+    let mut raw = client.get_connection().unwrap();
+    let bad: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("id")
+        .arg("not-an-id")
+        .arg("payload")
+        .arg("{}")
+        .query(&mut raw)
+        .unwrap();
+    let mut sender = connect(&server, "s", "g", "sender");
+    let big = Outgoing {
+        payload: vec![b'x'; 101],
+        ..outgoing(0)
+    };
+    sender.send(&[outgoing(1), big]).unwrap();
+    let got = receive_n(&mut receiver, 3, true, Duration::from_secs(10));
+    assert_eq!(got.iter().filter(|r| r.body.is_err()).count(), 2);
+    let dead: redis::Value = redis::cmd("XRANGE")
+        .arg("s:dead")
+        .arg("-")
+        .arg("+")
+        .query(&mut raw)
+        .unwrap();
+    let text = format!("{dead:?}");
+    assert!(text.contains(&bad), "the original entry id: {text}");
+    assert!(text.contains("not-an-id"), "the original fields: {text}");
+    assert!(text.contains("not an event id"), "the reason: {text}");
+    assert!(text.contains("over the limit of 100 bytes"), "{text}");
+    let len: u64 = redis::cmd("XLEN").arg("s:dead").query(&mut raw).unwrap();
+    assert_eq!(len, 2, "the good event was not moved aside");
+}
+
+#[test]
 fn a_redis_restart_loses_nothing_acknowledged_and_both_sides_reconnect() {
     let _deadline = deadline("redis_restart", LIMIT);
     let mut server = RedisServer::start();

@@ -36,6 +36,7 @@ pub struct RedisOptions {
     claim_idle: Duration,
     max_payload: usize,
     connect_timeout: Duration,
+    dead_letters: Option<String>,
 }
 
 impl RedisOptions {
@@ -53,6 +54,7 @@ impl RedisOptions {
             claim_idle: Duration::from_secs(30),
             max_payload: 1 << 20,
             connect_timeout: Duration::from_secs(5),
+            dead_letters: None,
         }
     }
 
@@ -91,6 +93,15 @@ impl RedisOptions {
         self
     }
 
+    /// Moves entries that are not events (malformed, over the payload limit, trimmed) aside
+    /// to the stream `stream` before handing them on: each is appended there with its
+    /// original fields, its entry id (`entry`), the stream it came from (`stream`) and why
+    /// (`reason`). Without it they are only counted.
+    pub fn dead_letters(mut self, stream: impl Into<String>) -> Self {
+        self.dead_letters = Some(stream.into());
+        self
+    }
+
     /// How long connecting may take.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -109,6 +120,7 @@ impl fmt::Debug for RedisOptions {
             .field("claim_idle", &self.claim_idle)
             .field("max_payload", &self.max_payload)
             .field("connect_timeout", &self.connect_timeout)
+            .field("dead_letters", &self.dead_letters)
             .finish()
     }
 }
@@ -320,12 +332,39 @@ impl RedisStreams {
         ))
     }
 
-    /// `entries` as [`Received`], counted.
-    fn received(&self, entries: Vec<Entry>, redelivered: bool) -> Vec<Received> {
+    /// `entries` as [`Received`], counted; those that are not events first moved aside to
+    /// the dead-letter stream, if there is one (if that fails, none of `entries` is handed
+    /// on: they stay pending and come again).
+    fn received(
+        &mut self,
+        entries: Vec<Entry>,
+        redelivered: bool,
+    ) -> Result<Vec<Received>, BridgeError> {
+        let bodies: Vec<_> = entries.iter().map(|entry| self.body(entry)).collect();
+        if let Some(dead) = self.options.dead_letters.clone() {
+            let mut pipe = redis::pipe();
+            for (entry, body) in entries.iter().zip(&bodies) {
+                let Err(why) = body else { continue };
+                let xadd = pipe.cmd("XADD").arg(&dead).arg("*");
+                xadd.arg("entry").arg(&entry.id);
+                xadd.arg("stream").arg(&self.options.stream);
+                xadd.arg("reason").arg(why.to_string());
+                for (name, value) in entry.fields.iter().flatten() {
+                    if let Value::BulkString(bytes) = value {
+                        xadd.arg(name.as_slice()).arg(bytes.as_slice());
+                    }
+                }
+                xadd.ignore();
+            }
+            if bodies.iter().any(Result::is_err) {
+                self.run(|c| pipe.query::<()>(c))?;
+            }
+        }
         let received: Vec<Received> = entries
             .into_iter()
-            .map(|entry| Received {
-                body: self.body(&entry),
+            .zip(bodies)
+            .map(|(entry, body)| Received {
+                body,
                 entry: entry.id,
                 redelivered,
             })
@@ -336,7 +375,7 @@ impl RedisStreams {
             self.metrics.add(Count::Redelivered, received.len() as u64);
         }
         self.metrics.add(Count::Malformed, malformed as u64);
-        received
+        Ok(received)
     }
 
     /// The event of `entry`, or why it is not one.
@@ -375,7 +414,7 @@ impl RedisStreams {
             self.own_pending.get_or_insert(from.clone());
         })?;
         self.own_pending = entries.last().map(|last| last.id.clone());
-        Ok(self.received(entries, true))
+        self.received(entries, true)
     }
 
     /// `XREADGROUP` of up to `max` entries after `from` (`>`: never delivered), blocking up
@@ -427,7 +466,7 @@ impl RedisStreams {
         // away with the rest, as malformed.
         let (next, entries) = reply::auto_claim(reply)?;
         self.claim_cursor = next;
-        Ok(self.received(entries, true))
+        self.received(entries, true)
     }
 
     fn names(&self) -> (String, String, String) {
@@ -495,7 +534,7 @@ impl Backend for RedisStreams {
             }
         }
         let ids = self.read_group(max, Some(wait_millis(wait)), ">")?;
-        Ok(self.received(ids, false))
+        self.received(ids, false)
     }
 
     fn acknowledge(&mut self, entries: &[String]) -> Result<(), BridgeError> {
