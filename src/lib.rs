@@ -400,7 +400,7 @@
 //! health.rs         layer: health() and its thresholds (reads metrics, asks the route
 //!                   table's subscribers whether a breaker is open)
 //! trace.rs          the `tracing` feature's spans and events (nothing without it)
-//! bridge/           layer (feature `redis`): Backend and RedisStreams (redis.rs, reply.rs),
+//! bridge/           layer (feature `redis`; TLS: `redis-tls`): Backend and RedisStreams (redis.rs, reply.rs),
 //!                   Forwarder (forward.rs), Receiver (receive.rs), EventId, Codec, DedupWindow
 //! ```
 //!

@@ -37,6 +37,18 @@ pub struct RedisOptions {
     max_payload: usize,
     connect_timeout: Duration,
     dead_letters: Option<String>,
+    #[cfg(feature = "redis-tls")]
+    tls: Tls,
+}
+
+/// The certificates of a `rediss://` connection, when not the system's defaults.
+#[cfg(feature = "redis-tls")]
+#[derive(Clone, Default)]
+struct Tls {
+    /// PEM roots trusted instead of the system's.
+    roots: Option<Vec<u8>>,
+    /// PEM certificate chain and private key shown to the server (mutual TLS).
+    client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl RedisOptions {
@@ -55,6 +67,8 @@ impl RedisOptions {
             max_payload: 1 << 20,
             connect_timeout: Duration::from_secs(5),
             dead_letters: None,
+            #[cfg(feature = "redis-tls")]
+            tls: Tls::default(),
         }
     }
 
@@ -107,6 +121,123 @@ impl RedisOptions {
         self.connect_timeout = timeout;
         self
     }
+
+    /// Trusts the PEM certificates `pem` (a private CA's, say) as the roots of a `rediss://`
+    /// server's certificate, instead of the system's. The server's name in the URL must be
+    /// one its certificate names.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_roots(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.roots = Some(pem.into());
+        self
+    }
+
+    /// Shows the server a client certificate (mutual TLS, `tls-auth-clients yes`): the PEM
+    /// certificate chain `certificate` and its PEM private key `key`. The key is never shown
+    /// in `Debug` output or errors.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_client(mut self, certificate: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls.client = Some((certificate.into(), key.into()));
+        self
+    }
+
+    /// True when certificates other than the system's defaults were given.
+    fn has_tls_certificates(&self) -> bool {
+        #[cfg(feature = "redis-tls")]
+        {
+            self.tls.roots.is_some() || self.tls.client.is_some()
+        }
+        #[cfg(not(feature = "redis-tls"))]
+        false
+    }
+
+    /// The redis crate's client for these options (nothing is connected yet).
+    fn client(&self) -> Result<Client, BridgeError> {
+        let tls_url = self.url.starts_with("rediss://");
+        if tls_url && !cfg!(feature = "redis-tls") {
+            return Err(BridgeError::Config(
+                "a `rediss://` URL needs ringbus's `redis-tls` feature".into(),
+            ));
+        }
+        if self.has_tls_certificates() && !tls_url {
+            return Err(BridgeError::Config(
+                "TLS certificates were given for a URL that is not `rediss://`".into(),
+            ));
+        }
+        let built = {
+            #[cfg(feature = "redis-tls")]
+            {
+                install_crypto_provider();
+                self.tls.check()?;
+                if self.has_tls_certificates() {
+                    let certificates = redis::TlsCertificates {
+                        client_tls: self.tls.client.clone().map(|(certificate, key)| {
+                            redis::ClientTlsConfig {
+                                client_cert: certificate,
+                                client_key: key,
+                            }
+                        }),
+                        root_cert: self.tls.roots.clone(),
+                    };
+                    Client::build_with_tls(self.url.as_str(), certificates)
+                } else {
+                    Client::open(self.url.as_str())
+                }
+            }
+            #[cfg(not(feature = "redis-tls"))]
+            Client::open(self.url.as_str())
+        };
+        built.map_err(|e| {
+            BridgeError::Config(format!(
+                "the URL (scheme `{}`) or its TLS certificates do not parse: {}",
+                scheme_of(&self.url),
+                e.category()
+            ))
+        })
+    }
+}
+
+#[cfg(feature = "redis-tls")]
+impl Tls {
+    /// Checks the PEM given holds what it should (the redis crate takes a text without a
+    /// certificate as an empty list of roots, which would trust nothing and fail only at
+    /// connect, as if the server were wrong).
+    fn check(&self) -> Result<(), BridgeError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certificates = |what: &str, pem: &[u8]| {
+            let parsed: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+            match parsed {
+                Ok(list) if !list.is_empty() => Ok(()),
+                Ok(_) => Err(BridgeError::Config(format!(
+                    "the TLS {what} hold no PEM certificate"
+                ))),
+                Err(e) => Err(BridgeError::Config(format!(
+                    "the TLS {what} do not parse: {e}"
+                ))),
+            }
+        };
+        if let Some(roots) = &self.roots {
+            certificates("roots", roots)?;
+        }
+        if let Some((chain, key)) = &self.client {
+            certificates("client certificates", chain)?;
+            // The key's own error could quote it: only say that it does not parse.
+            PrivateKeyDer::from_pem_slice(key).map_err(|_| {
+                BridgeError::Config("the TLS client key is not a PEM private key".into())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes rustls's `ring` provider the process default, unless the application installed one
+/// (or its crate features make rustls pick one itself).
+#[cfg(feature = "redis-tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
 }
 
 impl fmt::Debug for RedisOptions {
@@ -121,6 +252,7 @@ impl fmt::Debug for RedisOptions {
             .field("max_payload", &self.max_payload)
             .field("connect_timeout", &self.connect_timeout)
             .field("dead_letters", &self.dead_letters)
+            .field("tls_certificates", &self.has_tls_certificates())
             .finish()
     }
 }
@@ -179,8 +311,11 @@ impl RedisStreams {
     ///
     /// # Errors
     /// [`BridgeError::Config`] for an empty stream, group or consumer name, a zero payload
-    /// limit or a URL that does not parse; [`BridgeError::Auth`] when the server refuses the
-    /// credentials; [`BridgeError::Connection`] when it cannot be reached.
+    /// limit, a URL that does not parse, a `rediss://` URL without the `redis-tls` feature,
+    /// TLS certificates for a plain URL, or certificates or a key that do not parse;
+    /// [`BridgeError::Auth`] when the server refuses the credentials;
+    /// [`BridgeError::Connection`] when it cannot be reached, or its TLS certificate is not
+    /// trusted (or it wants a client certificate and none was given).
     pub fn connect(options: RedisOptions) -> Result<Self, BridgeError> {
         for (name, value) in [
             ("stream", &options.stream),
@@ -194,13 +329,7 @@ impl RedisStreams {
         if options.max_payload == 0 {
             return Err(BridgeError::Config("the payload limit is zero".into()));
         }
-        let client = Client::open(options.url.as_str()).map_err(|e| {
-            BridgeError::Config(format!(
-                "the URL (scheme `{}`) does not parse: {}",
-                scheme_of(&options.url),
-                e.category()
-            ))
-        })?;
+        let client = options.client()?;
         let mut streams = RedisStreams {
             options,
             client,
@@ -641,5 +770,15 @@ mod tests {
         let err = RedisStreams::connect(RedisOptions::new("http://u:s3cret@h/", "s")).unwrap_err();
         assert!(matches!(err, BridgeError::Config(_)), "{err:?}");
         assert!(!err.to_string().contains("s3cret"), "{err}");
+        // TLS without the feature is a configuration error that names it; with it, this
+        // closed port is unreachable.
+        let err =
+            RedisStreams::connect(RedisOptions::new("rediss://127.0.0.1:1/", "s")).unwrap_err();
+        if cfg!(feature = "redis-tls") {
+            assert!(matches!(err, BridgeError::Connection(_)), "{err:?}");
+        } else {
+            assert!(matches!(err, BridgeError::Config(_)), "{err:?}");
+            assert!(err.to_string().contains("redis-tls"), "{err}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! A `redis-server` of the test's own, from PATH, on 127.0.0.1 at a free port, in a fresh
 //! directory, with AOF and `appendfsync always`; stopped (and its directory removed) on drop.
+// Each test file uses a part of it.
+#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// The TLS port, for a server started with [`RedisServer::with_tls`].
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     config: String,
 }
@@ -38,11 +42,36 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port,
+            tls_port: None,
             dir,
             config,
         };
         server.run();
         server
+    }
+
+    /// A server also listening with TLS (on `tls_port`) with the certificate `server.crt` of
+    /// `certs_dir`, trusting `ca.crt` for client certificates, which it demands if
+    /// `auth_clients`; with `extra` configuration lines.
+    pub fn with_tls(certs_dir: &std::path::Path, auth_clients: bool, extra: &str) -> RedisServer {
+        let tls_port = free_port();
+        let file = |name: &str| certs_dir.join(name).display().to_string();
+        let lines = format!(
+            "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients {}\n{extra}",
+            file("server.crt"),
+            file("server.key"),
+            file("ca.crt"),
+            if auth_clients { "yes" } else { "no" }
+        );
+        let mut server = RedisServer::with_config(&lines);
+        server.tls_port = Some(tls_port);
+        server
+    }
+
+    /// The `rediss://` URL of a TLS server, with `credentials` (`user:password@`) if any.
+    pub fn tls_url(&self, credentials: &str) -> String {
+        let port = self.tls_port.expect("a server started with_tls");
+        format!("rediss://{credentials}127.0.0.1:{port}/")
     }
 
     /// The URL of the server, with `credentials` (`user:password@`) if any.
