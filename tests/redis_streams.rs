@@ -117,6 +117,72 @@ fn a_pipelined_batch_arrives_whole_in_order_and_acked_leaves_nothing_pending() {
 }
 
 #[test]
+fn packed_entries_carry_several_events_in_order_and_are_acknowledged_whole() {
+    let _deadline = deadline("packed", LIMIT);
+    let server = RedisServer::start();
+    let mut sender =
+        RedisStreams::connect(RedisOptions::new(server.url(""), "packed").events_per_entry(16))
+            .unwrap();
+    let mut receiver = connect(&server, "packed", "svc", "a");
+    let sent: Vec<Outgoing> = (0..1000).map(outgoing).collect();
+    sender.send(&sent).unwrap();
+    let mut cli = redis::Client::open(server.url(""))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: u64 = redis::cmd("XLEN").arg("packed").query(&mut cli).unwrap();
+    assert_eq!(entries, 63, "1000 events, 16 an entry");
+    let got = receive_n(&mut receiver, 1000, false, Duration::from_secs(20));
+    let ids: Vec<EventId> = got.iter().map(|r| r.body.as_ref().unwrap().id).collect();
+    assert_eq!(ids, sent.iter().map(|o| o.id).collect::<Vec<_>>());
+    for (n, r) in got.iter().enumerate() {
+        assert_eq!(
+            r.entry,
+            got[n / 16 * 16].entry,
+            "an entry's events together"
+        );
+        assert_eq!(payload_of(r), sent[n].payload.as_slice());
+    }
+    let mut distinct: Vec<String> = got.iter().map(|r| r.entry.clone()).collect();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 63);
+    assert_eq!(receiver.pending().unwrap(), 63);
+    receiver.acknowledge(&distinct).unwrap();
+    assert_eq!(receiver.pending().unwrap(), 0);
+    let r = receiver.metrics().snapshot();
+    assert_eq!((r.received, r.acked, r.malformed), (1000, 63, 0));
+}
+
+/// An entry another writer packed by hand: events start at each `id` field; one without a
+/// field it needs is malformed alone.
+#[test]
+fn a_packed_entry_with_a_broken_event_yields_the_others() {
+    let _deadline = deadline("packed_broken", LIMIT);
+    let server = RedisServer::start();
+    let mut receiver = connect(&server, "s", "g", "a");
+    receiver.pending().unwrap(); // makes the group before the entry
+    let (a, b, c) = (EventId::next(), EventId::next(), EventId::next());
+    let mut cli = redis::Client::open(server.url(""))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg(&["id", &a.to_string(), "projection", "p", "payload", "1"])
+        .arg(&["id", &b.to_string(), "payload", "2"])
+        .arg(&["id", &c.to_string(), "projection", "p", "payload", "3"])
+        .query(&mut cli)
+        .unwrap();
+    let got = receive_n(&mut receiver, 3, true, Duration::from_secs(10));
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].body.as_ref().unwrap().id, a);
+    assert_eq!(got[1].body, Err(Malformed::MissingField("projection")));
+    assert_eq!(got[2].body.as_ref().unwrap().id, c);
+    assert_eq!(receiver.pending().unwrap(), 0);
+}
+
+#[test]
 fn consumers_of_a_group_split_the_work_and_every_group_gets_everything() {
     let _deadline = deadline("groups", LIMIT);
     let server = RedisServer::start();
@@ -909,6 +975,50 @@ mod receiving {
             == 5));
         assert_eq!(r.seen_sorted(), [0, 1, 2, 3, 4]);
         assert!(r.receiver.metrics().forgotten >= 1);
+        r.finish();
+    }
+
+    /// A packed entry is acknowledged once all its events are handled: one failing leaves it
+    /// pending, and its redelivery runs that one alone (the others are duplicates).
+    #[test]
+    fn a_packed_entry_waits_for_all_its_events_and_its_redelivery_runs_only_the_failed() {
+        let _deadline = deadline("receive_packed", LIMIT);
+        let server = RedisServer::start();
+        let claim = Duration::from_millis(300);
+        let r = Receiving::start(
+            connect_claiming(&server, "r", claim),
+            &[3, 17],
+            ReceiveOptions::default().forget_after(Duration::from_millis(100)),
+        );
+        let mut sender = RedisStreams::connect(
+            RedisOptions::new(server.url(""), "s")
+                .group("g")
+                .events_per_entry(8),
+        )
+        .unwrap();
+        // Entries: 0..8 (3 fails once), 8..16, 16..24 (17 fails once), 24..25.
+        sender
+            .send(&(0..25).map(payload).collect::<Vec<_>>())
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || r
+            .receiver
+            .metrics()
+            .acked
+            == 2));
+        let first = r.seen_sorted();
+        assert!(!first.contains(&3) && !first.contains(&17), "{first:?}");
+        assert_eq!(first.len(), 23);
+        assert!(wait_until(Duration::from_secs(20), || r
+            .receiver
+            .metrics()
+            .acked
+            == 4));
+        assert_eq!(r.seen_sorted(), (0..25).collect::<Vec<_>>(), "each once");
+        let m = r.receiver.metrics();
+        assert_eq!((m.enqueued, m.duplicates, m.in_flight), (27, 14, 0));
+        assert_eq!(m.forgotten, 2);
+        let mut probe = connect(&server, "s", "g", "probe");
+        assert_eq!(probe.pending().unwrap(), 0);
         r.finish();
     }
 

@@ -16,7 +16,9 @@ pub trait Backend: Send {
     /// backend's limit; a connection or broker error otherwise.
     fn send(&mut self, batch: &[Outgoing]) -> Result<(), BridgeError>;
 
-    /// Up to `max` entries for this consumer, waiting at most `wait` when there are none:
+    /// The events of up to `max` entries for this consumer (an entry holds one event, or
+    /// several; an entry's events come together, in order, in one call), waiting at most
+    /// `wait` when there are none:
     /// first any this consumer left pending (an earlier run of it, killed), then any left
     /// pending by a consumer of the group quiet for longer than the claim timeout, then new
     /// ones. An empty vector when `wait` passed.

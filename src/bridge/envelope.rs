@@ -93,15 +93,16 @@ pub struct Incoming {
     pub payload: Vec<u8>,
 }
 
-/// One entry a backend delivered: well-formed or not, it must be acknowledged once dealt
-/// with (a malformed one after it was moved aside), or it comes again.
+/// One event of an entry a backend delivered (an entry holds one, or several the sender
+/// packed, which share `entry`): well-formed or not, its entry must be acknowledged once all
+/// its events were dealt with (a malformed one after it was moved aside), or it comes again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// The broker's id of the entry (a Redis stream id), for [`Backend::acknowledge`].
     ///
     /// [`Backend::acknowledge`]: super::Backend::acknowledge
     pub entry: String,
-    /// The entry's event, or why it is not one.
+    /// The event, or why it is not one.
     pub body: Result<Incoming, Malformed>,
     /// The entry was delivered before (to this consumer in an earlier run, or to another
     /// consumer that went quiet).

@@ -22,13 +22,14 @@ pub struct BridgeMetrics {
 pub struct BridgeMetricsSnapshot {
     /// Events appended to the stream.
     pub sent: u64,
-    /// Entries delivered to this consumer (redeliveries included).
+    /// Events delivered to this consumer (redeliveries included; an entry's each).
     pub received: u64,
-    /// Entries acknowledged.
+    /// Entries acknowledged (an entry holds one event, or several the sender packed).
     pub acked: u64,
-    /// Entries delivered again (after a consumer's death or restart).
+    /// Events delivered again (after a consumer's death or restart).
     pub redelivered: u64,
-    /// Entries that were not events (missing fields, bad id, over the size limit, trimmed).
+    /// Received events that were not events (missing fields, bad id, over the size limit, a
+    /// trimmed entry).
     pub malformed: u64,
     /// Connections made again after one broke.
     pub reconnects: u64,

@@ -1,7 +1,7 @@
 //! The receiving half of a bridged store: entries of a backend's stream decoded and enqueued
 //! into the store through its producer lane, and acknowledged once their handlers are done.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,7 +80,9 @@ impl ReceiveOptions {
 pub struct ReceiveMetrics {
     /// Events enqueued into the store.
     pub enqueued: u64,
-    /// Entries acknowledged: events settled as handled, duplicates, and malformed entries.
+    /// Entries acknowledged: each once all its events (one, or several when the sender
+    /// packs them: [`RedisOptions::events_per_entry`](super::RedisOptions::events_per_entry))
+    /// settled as handled, were duplicates, or were not events.
     pub acked: u64,
     /// Repeats of an event already handled, acknowledged without running it again.
     pub duplicates: u64,
@@ -92,11 +94,11 @@ pub struct ReceiveMetrics {
     pub refused: u64,
     /// Events forgotten unsettled after `forget_after`: left unacknowledged, delivered again.
     pub forgotten: u64,
-    /// Entries delivered again while their event was still in the store: not enqueued twice
+    /// Events delivered again while their entry was still in the store: not enqueued twice
     /// (the first delivery's acknowledgement covers them).
     pub skipped: u64,
-    /// Settled events whose acknowledgement failed: delivered again, then acknowledged as
-    /// duplicates.
+    /// Entries whose acknowledgement failed: delivered again, their events then dropped as
+    /// duplicates and the entries acknowledged.
     pub ack_failed: u64,
     /// Reads or acknowledgements that failed (the backend reconnects on the next call).
     pub backend_errors: u64,
@@ -197,7 +199,8 @@ impl Receiver {
             backend,
             dedup: DedupWindow::new(options.dedup),
             in_flight: HashMap::new(),
-            in_flight_entries: HashSet::new(),
+            entries: HashMap::new(),
+            ack: Vec::new(),
             settled,
             counters: Arc::clone(&counters),
             options,
@@ -264,6 +267,29 @@ struct InFlight {
     since: Instant,
 }
 
+/// An entry some of whose events are in the store: acknowledged once the last of them
+/// settled as handled, unless one of them will not be (refused, forgotten).
+struct OpenEntry {
+    /// Its events in the store.
+    in_store: usize,
+    /// Its events are still being taken: it cannot be finished yet.
+    taking: bool,
+    /// One of its events will not settle as handled: the entry is left pending.
+    failed: bool,
+}
+
+/// What became of one received event.
+enum Taken {
+    /// Nothing is left to do for it (a duplicate, or not an event).
+    Done,
+    /// Enqueued: in the store as this sequence.
+    InStore(u64, EventId),
+    /// Not enqueued: left for a redelivery.
+    Refused,
+    /// The store closed.
+    Closed,
+}
+
 /// The receiver thread's state.
 struct Run<E: Event + Send + 'static, Err: 'static, C, B> {
     producer: Producer<E, Err>,
@@ -273,7 +299,9 @@ struct Run<E: Event + Send + 'static, Err: 'static, C, B> {
     /// By sequence (with the lane's tag).
     in_flight: HashMap<u64, InFlight>,
     /// The entries of `in_flight`: a redelivery of one of them is not enqueued again.
-    in_flight_entries: HashSet<String>,
+    entries: HashMap<String, OpenEntry>,
+    /// Entries to acknowledge, gathered for one round trip.
+    ack: Vec<String>,
     /// Sequences of settled events, told by the store's run loops.
     settled: Arc<SegQueue<u64>>,
     counters: Arc<Counters>,
@@ -331,61 +359,133 @@ where
         let _ = self.backend.close();
     }
 
-    /// Enqueues the events of `batch`; acknowledges at once what is not to be run.
+    /// Enqueues the events of `batch` (an entry's events come together); acknowledges at
+    /// once the entries with nothing left to run.
     fn take(&mut self, batch: Vec<Received>, stop: &AtomicBool) {
-        let mut ack_now = Vec::new();
-        for received in batch {
-            if self.in_flight_entries.contains(&received.entry) {
+        let mut batch = batch.into_iter().peekable();
+        while let Some(first) = batch.next() {
+            let entry = first.entry.clone();
+            let mut events = vec![first];
+            while let Some(next) = batch.next_if(|r| r.entry == entry) {
+                events.push(next);
+            }
+            if self.entries.contains_key(&entry) {
                 // Delivered again while still in the store: its acknowledgement comes.
-                bump(&self.counters.skipped, 1);
+                bump(&self.counters.skipped, events.len() as u64);
                 continue;
             }
-            let incoming = match received.body {
-                Ok(incoming) => incoming,
-                Err(_) => {
-                    bump(&self.counters.malformed, 1);
-                    ack_now.push(received.entry);
-                    continue;
+            self.entries.insert(
+                entry.clone(),
+                OpenEntry {
+                    in_store: 0,
+                    taking: true,
+                    failed: false,
+                },
+            );
+            let mut closed = false;
+            for received in events {
+                let taken = if closed {
+                    Taken::Closed
+                } else {
+                    self.take_one(received.body, stop)
+                };
+                let open = self.entries.get_mut(&entry).expect("taking");
+                match taken {
+                    Taken::Done => {}
+                    Taken::InStore(sequence, id) => {
+                        open.in_store += 1;
+                        self.in_flight.insert(
+                            sequence,
+                            InFlight {
+                                entry: entry.clone(),
+                                id,
+                                since: Instant::now(),
+                            },
+                        );
+                    }
+                    Taken::Refused => open.failed = true,
+                    Taken::Closed => {
+                        open.failed = true;
+                        closed = true;
+                    }
                 }
-            };
-            if self.dedup.contains(&incoming.id) {
-                bump(&self.counters.duplicates, 1);
-                ack_now.push(received.entry);
-                continue;
             }
-            // A codec is user code: a panic in it is a payload it cannot read.
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.codec.decode(&incoming.payload)
-            }));
-            let Ok(Ok(event)) = decoded else {
-                bump(&self.counters.malformed, 1);
-                ack_now.push(received.entry);
-                continue;
-            };
-            match self.enqueue(event, stop) {
-                Ok(enqueued) => {
-                    bump(&self.counters.enqueued, 1);
-                    self.in_flight_entries.insert(received.entry.clone());
-                    self.in_flight.insert(
-                        enqueued.sequence,
-                        InFlight {
-                            entry: received.entry,
-                            id: incoming.id,
-                            since: Instant::now(),
-                        },
-                    );
-                }
-                // Left pending: delivered again after the claim timeout.
-                Err(EnqueueError::Full(_) | EnqueueError::Timeout(_)) => {
-                    bump(&self.counters.refused, 1);
-                }
-                Err(EnqueueError::Closed(_)) => break,
+            if let Some(open) = self.entries.get_mut(&entry) {
+                open.taking = false;
+            }
+            self.finish_if_done(&entry);
+            if closed {
+                break;
             }
         }
         self.counters
             .in_flight
             .store(self.in_flight.len() as u64, Ordering::Relaxed);
-        self.acknowledge(ack_now);
+        self.acknowledge();
+    }
+
+    /// Deals with one received event: drops a duplicate or a malformed one, or decodes and
+    /// enqueues it.
+    fn take_one(
+        &mut self,
+        body: Result<super::Incoming, super::Malformed>,
+        stop: &AtomicBool,
+    ) -> Taken {
+        let Ok(incoming) = body else {
+            bump(&self.counters.malformed, 1);
+            return Taken::Done;
+        };
+        if self.dedup.contains(&incoming.id) {
+            bump(&self.counters.duplicates, 1);
+            return Taken::Done;
+        }
+        // A codec is user code: a panic in it is a payload it cannot read.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.codec.decode(&incoming.payload)
+        }));
+        let Ok(Ok(event)) = decoded else {
+            bump(&self.counters.malformed, 1);
+            return Taken::Done;
+        };
+        match self.enqueue(event, stop) {
+            Ok(enqueued) => {
+                bump(&self.counters.enqueued, 1);
+                Taken::InStore(enqueued.sequence, incoming.id)
+            }
+            // Left pending: delivered again after the claim timeout.
+            Err(EnqueueError::Full(_) | EnqueueError::Timeout(_)) => {
+                bump(&self.counters.refused, 1);
+                Taken::Refused
+            }
+            Err(EnqueueError::Closed(_)) => Taken::Closed,
+        }
+    }
+
+    /// One of `entry`'s events left the store: settled as handled if `handled`, else
+    /// forgotten.
+    fn left_store(&mut self, entry: &str, handled: bool) {
+        if let Some(open) = self.entries.get_mut(entry) {
+            open.in_store -= 1;
+            open.failed |= !handled;
+        }
+        self.finish_if_done(entry);
+    }
+
+    /// Closes `entry` if nothing of it is in the store or still being taken: to be
+    /// acknowledged, unless one of its events failed (then it is left pending).
+    fn finish_if_done(&mut self, entry: &str) {
+        let Some(open) = self.entries.get(entry) else {
+            return;
+        };
+        if open.taking || open.in_store > 0 {
+            return;
+        }
+        let failed = open.failed;
+        if let Some((entry, _)) = self.entries.remove_entry(entry)
+            && !failed
+        {
+            self.ack.push(entry);
+        }
     }
 
     /// Enqueues `event`; under `Block` with a full lane, waits for room in steps, so that
@@ -410,29 +510,29 @@ where
         }
     }
 
-    /// Acknowledges the events the store settled since the last call, and remembers their
-    /// ids as handled.
+    /// Acknowledges the entries whose events the store settled since the last call, and
+    /// remembers the events' ids as handled.
     fn acknowledge_settled(&mut self) {
-        let mut entries = Vec::new();
         while let Some(sequence) = self.settled.pop() {
             if let Some(done) = self.in_flight.remove(&sequence) {
-                self.in_flight_entries.remove(&done.entry);
                 self.dedup.first_time(done.id);
-                entries.push(done.entry);
+                self.left_store(&done.entry, true);
             }
         }
         self.counters
             .in_flight
             .store(self.in_flight.len() as u64, Ordering::Relaxed);
-        self.acknowledge(entries);
+        self.acknowledge();
     }
 
-    fn acknowledge(&mut self, entries: Vec<String>) {
-        if entries.is_empty() {
+    /// Acknowledges the entries gathered in `ack`.
+    fn acknowledge(&mut self) {
+        if self.ack.is_empty() {
             return;
         }
-        // A failed acknowledgement leaves the entries pending: delivered again, they are
-        // repeats of handled events (their ids are in the window) and acknowledged then.
+        let entries = std::mem::take(&mut self.ack);
+        // A failed acknowledgement leaves the entries pending: delivered again, their events
+        // are repeats of handled ones (their ids are in the window) and acknowledged then.
         match self.backend.acknowledge(&entries) {
             Ok(()) => bump(&self.counters.acked, entries.len() as u64),
             Err(_) => {
@@ -440,23 +540,24 @@ where
                 bump(&self.counters.ack_failed, entries.len() as u64);
             }
         }
+        self.ack = entries;
+        self.ack.clear();
     }
 
     /// Forgets events unsettled for longer than `forget_after` (failed, dropped, held).
     fn forget_stale(&mut self) {
         let limit = self.options.forget_after;
-        let before = self.in_flight.len();
-        let entries = &mut self.in_flight_entries;
-        self.in_flight.retain(|_, f| {
-            let keep = f.since.elapsed() < limit;
-            if !keep {
-                entries.remove(&f.entry);
+        let stale: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.since.elapsed() >= limit)
+            .map(|(&sequence, _)| sequence)
+            .collect();
+        bump(&self.counters.forgotten, stale.len() as u64);
+        for sequence in stale {
+            if let Some(gone) = self.in_flight.remove(&sequence) {
+                self.left_store(&gone.entry, false);
             }
-            keep
-        });
-        bump(
-            &self.counters.forgotten,
-            (before - self.in_flight.len()) as u64,
-        );
+        }
     }
 }

@@ -15,17 +15,6 @@ pub(crate) struct Entry {
     pub(crate) fields: Option<Vec<(Vec<u8>, Value)>>,
 }
 
-impl Entry {
-    /// The value of the field `name`, if the entry has it.
-    pub(crate) fn field(&self, name: &str) -> Option<&Value> {
-        self.fields
-            .as_ref()?
-            .iter()
-            .find(|(field, _)| field == name.as_bytes())
-            .map(|(_, value)| value)
-    }
-}
-
 /// The entries of an `XREADGROUP` reply on one stream (nil: none before the block ended).
 pub(crate) fn read_group(reply: Value) -> Result<Vec<Entry>, BridgeError> {
     let streams = match reply {
@@ -173,7 +162,7 @@ mod tests {
         ]);
         let (cursor, entries) = auto_claim(reply).unwrap();
         assert_eq!(cursor, "0-0");
-        assert_eq!(entries[0].field("id"), Some(&bulk(b"v")));
+        assert_eq!(entries[0].fields, Some(vec![(b"id".to_vec(), bulk(b"v"))]));
         assert_eq!(
             entries[1],
             Entry {
