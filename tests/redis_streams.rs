@@ -1022,6 +1022,71 @@ mod receiving {
         r.finish();
     }
 
+    /// An event that waits in a slow store longer than the claim timeout keeps its entry:
+    /// another consumer of the group does not take it and run it again.
+    #[test]
+    fn a_slow_but_alive_consumer_keeps_its_entries_from_other_consumers() {
+        let _deadline = deadline("keep_alive", LIMIT);
+        let server = RedisServer::start();
+        let claim = Duration::from_secs(1);
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let start = |name: &'static str, slow: bool| {
+            let mut dispatcher = Dispatcher::<Ev>::new();
+            let record = ran.clone();
+            dispatcher.on("ev", move |_, ev: &Ev| {
+                if slow {
+                    std::thread::sleep(Duration::from_secs(3));
+                }
+                record.lock().unwrap().push((name, ev.n));
+                Ok(())
+            });
+            let (store, producer) = EventStore::builder(dispatcher)
+                .capacity(16)
+                .build_with_producer()
+                .unwrap();
+            let consumer = store.spawn_consumer(WaitStrategy::default());
+            let receiver = Receiver::start(
+                producer,
+                Json,
+                connect_claiming(&server, name, claim),
+                ReceiveOptions::default(),
+            )
+            .unwrap();
+            (store, consumer, receiver)
+        };
+        let slow = start("slow", true);
+        connect(&server, "s", "g", "sender")
+            .send(&[payload(1), payload(2)])
+            .unwrap();
+        // The slow consumer has both (one running, one queued behind it) before the other
+        // starts claiming.
+        assert!(wait_until(Duration::from_secs(10), || slow
+            .2
+            .metrics()
+            .enqueued
+            == 2));
+        let other = start("other", false);
+        assert!(wait_until(Duration::from_secs(30), || slow
+            .2
+            .metrics()
+            .acked
+            == 2));
+        std::thread::sleep(claim * 2);
+        let mut ran = ran.lock().unwrap().clone();
+        ran.sort_unstable();
+        assert_eq!(
+            ran,
+            [("slow", 1), ("slow", 2)],
+            "each once, by its consumer"
+        );
+        assert_eq!(other.2.metrics().enqueued, 0);
+        for (store, consumer, receiver) in [slow, other] {
+            receiver.stop();
+            store.close(Duration::from_secs(10)).unwrap();
+            consumer.join();
+        }
+    }
+
     #[test]
     fn undecodable_payloads_are_moved_aside_and_counted() {
         let _deadline = deadline("receive_bad", LIMIT);

@@ -33,6 +33,24 @@ pub trait Backend: Send {
     /// A connection or broker error; the entries stay pending and come again.
     fn acknowledge(&mut self, entries: &[String]) -> Result<(), BridgeError>;
 
+    /// Tells the broker that `entries`, delivered to this consumer, are still being worked
+    /// on, so that they are not handed to another consumer as abandoned. Called every
+    /// [`keep_alive_every`](Backend::keep_alive_every) for entries unsettled that long. The
+    /// default does nothing.
+    ///
+    /// # Errors
+    /// A connection or broker error.
+    fn keep_alive(&mut self, entries: &[String]) -> Result<(), BridgeError> {
+        let _ = entries;
+        Ok(())
+    }
+
+    /// How often [`keep_alive`](Backend::keep_alive) is wanted: well within the time after
+    /// which the broker takes an entry for abandoned. `None` (the default): never.
+    fn keep_alive_every(&self) -> Option<Duration> {
+        None
+    }
+
     /// Ends the session with the broker. Pending entries stay pending.
     ///
     /// # Errors

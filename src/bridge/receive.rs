@@ -201,6 +201,7 @@ impl Receiver {
             in_flight: HashMap::new(),
             entries: HashMap::new(),
             ack: Vec::new(),
+            last_keep_alive: Instant::now(),
             settled,
             counters: Arc::clone(&counters),
             options,
@@ -270,6 +271,8 @@ struct InFlight {
 /// An entry some of whose events are in the store: acknowledged once the last of them
 /// settled as handled, unless one of them will not be (refused, forgotten).
 struct OpenEntry {
+    /// When it was taken, or last kept alive at the broker.
+    since: Instant,
     /// Its events in the store.
     in_store: usize,
     /// Its events are still being taken: it cannot be finished yet.
@@ -302,6 +305,8 @@ struct Run<E: Event + Send + 'static, Err: 'static, C, B> {
     entries: HashMap<String, OpenEntry>,
     /// Entries to acknowledge, gathered for one round trip.
     ack: Vec<String>,
+    /// When the open entries were last scanned for a keep-alive.
+    last_keep_alive: Instant,
     /// Sequences of settled events, told by the store's run loops.
     settled: Arc<SegQueue<u64>>,
     counters: Arc<Counters>,
@@ -324,6 +329,7 @@ where
                 self.forget_stale();
                 last_forget = Instant::now();
             }
+            self.keep_alive();
             if self.in_flight.len() >= self.options.max_in_flight {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
@@ -377,6 +383,7 @@ where
             self.entries.insert(
                 entry.clone(),
                 OpenEntry {
+                    since: Instant::now(),
                     in_store: 0,
                     taking: true,
                     failed: false,
@@ -501,8 +508,10 @@ where
                 .enqueue_timeout(event, Duration::from_millis(50))
             {
                 Err(EnqueueError::Timeout(back)) if !stop.load(Ordering::Acquire) => {
-                    // Settled events free room in `in_flight` meanwhile.
+                    // Settled events free room in `in_flight` meanwhile, and the entries
+                    // waiting in the store are kept from other consumers.
                     self.acknowledge_settled();
+                    self.keep_alive();
                     event = back;
                 }
                 other => return other,
@@ -523,6 +532,30 @@ where
             .in_flight
             .store(self.in_flight.len() as u64, Ordering::Relaxed);
         self.acknowledge();
+    }
+
+    /// Tells the backend that the entries open longer than its keep-alive period are still
+    /// being worked on (a slow store's events are not handed to another consumer).
+    fn keep_alive(&mut self) {
+        let Some(every) = self.backend.keep_alive_every() else {
+            return;
+        };
+        // Scanned every half period: an entry is refreshed at most 1.5 periods after the last.
+        let now = Instant::now();
+        if now.duration_since(self.last_keep_alive) < every / 2 {
+            return;
+        }
+        self.last_keep_alive = now;
+        let mut due = Vec::new();
+        for (entry, open) in &mut self.entries {
+            if now.duration_since(open.since) >= every {
+                open.since = now;
+                due.push(entry.clone());
+            }
+        }
+        if !due.is_empty() && self.backend.keep_alive(&due).is_err() {
+            bump(&self.counters.backend_errors, 1);
+        }
     }
 
     /// Acknowledges the entries gathered in `ack`.

@@ -97,7 +97,9 @@ impl RedisOptions {
     }
 
     /// How long an entry stays pending with a quiet consumer before another consumer of the
-    /// group takes it (`XAUTOCLAIM`'s minimum idle time).
+    /// group takes it (`XAUTOCLAIM`'s minimum idle time). A [`Receiver`](super::Receiver)
+    /// keeps its entries whose events are still in its store from being taken, refreshing
+    /// them every third of this time (`XCLAIM ... JUSTID`), until it forgets them.
     pub fn claim_idle(mut self, idle: Duration) -> Self {
         self.claim_idle = idle;
         self
@@ -672,6 +674,33 @@ impl Backend for RedisStreams {
         })?;
         self.metrics.add(Count::Acked, acked);
         Ok(())
+    }
+
+    /// `XCLAIM` of the entries to this consumer with no minimum idle time, `JUSTID`: their
+    /// idle time starts again (and their delivery count stays), so no `XAUTOCLAIM` of another
+    /// consumer takes them. Entries acknowledged meanwhile are not pending and are left alone.
+    fn keep_alive(&mut self, entries: &[String]) -> Result<(), BridgeError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (stream, group, consumer) = self.names();
+        self.run(|c| {
+            redis::cmd("XCLAIM")
+                .arg(&stream)
+                .arg(&group)
+                .arg(&consumer)
+                .arg(0)
+                .arg(entries)
+                .arg("JUSTID")
+                .query::<Value>(c)
+        })?;
+        Ok(())
+    }
+
+    /// A third of the claim timeout: two chances to refresh an entry before it could be
+    /// claimed.
+    fn keep_alive_every(&self) -> Option<Duration> {
+        Some(self.options.claim_idle / 3)
     }
 
     fn close(&mut self) -> Result<(), BridgeError> {
