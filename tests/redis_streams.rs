@@ -1087,6 +1087,47 @@ mod receiving {
         }
     }
 
+    /// An event forgotten while its handler still ran, and handled then: its redelivery is a
+    /// duplicate, not a second run.
+    #[test]
+    fn an_event_handled_after_it_was_forgotten_is_not_run_again() {
+        let _deadline = deadline("late_settle", LIMIT);
+        let server = RedisServer::start();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        let record = seen.clone();
+        dispatcher.on("ev", move |_, ev: &Ev| {
+            std::thread::sleep(Duration::from_millis(700));
+            record.lock().unwrap().push(ev.n);
+            Ok(())
+        });
+        let (store, producer) = EventStore::builder(dispatcher)
+            .capacity(16)
+            .build_with_producer()
+            .unwrap();
+        let consumer = store.spawn_consumer(WaitStrategy::default());
+        let receiver = Receiver::start(
+            producer,
+            Json,
+            connect_claiming(&server, "r", Duration::from_secs(1)),
+            ReceiveOptions::default().forget_after(Duration::from_millis(200)),
+        )
+        .unwrap();
+        connect(&server, "s", "g", "sender")
+            .send(&[payload(7)])
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(20), || receiver
+            .metrics()
+            .acked
+            == 1));
+        let m = receiver.metrics();
+        assert_eq!((m.enqueued, m.forgotten, m.duplicates), (1, 1, 1));
+        assert_eq!(*seen.lock().unwrap(), [7], "run once");
+        receiver.stop();
+        store.close(Duration::from_secs(5)).unwrap();
+        consumer.join();
+    }
+
     #[test]
     fn undecodable_payloads_are_moved_aside_and_counted() {
         let _deadline = deadline("receive_bad", LIMIT);

@@ -93,6 +93,8 @@ pub struct ReceiveMetrics {
     /// again.
     pub refused: u64,
     /// Events forgotten unsettled after `forget_after`: left unacknowledged, delivered again.
+    /// One that settles as handled later (a slow handler) is remembered, and its redelivery
+    /// dropped as a duplicate.
     pub forgotten: u64,
     /// Events delivered again while their entry was still in the store: not enqueued twice
     /// (the first delivery's acknowledgement covers them).
@@ -202,6 +204,8 @@ impl Receiver {
             entries: HashMap::new(),
             ack: Vec::new(),
             last_keep_alive: Instant::now(),
+            forgotten: HashMap::new(),
+            forgotten_order: std::collections::VecDeque::new(),
             settled,
             counters: Arc::clone(&counters),
             options,
@@ -307,6 +311,11 @@ struct Run<E: Event + Send + 'static, Err: 'static, C, B> {
     ack: Vec<String>,
     /// When the open entries were last scanned for a keep-alive.
     last_keep_alive: Instant,
+    /// Events forgotten while still in the store, by sequence, the oldest first (at most
+    /// `max_in_flight`): one that settles later is remembered as handled, so its redelivery
+    /// is dropped as a duplicate instead of run again.
+    forgotten: HashMap<u64, EventId>,
+    forgotten_order: std::collections::VecDeque<u64>,
     /// Sequences of settled events, told by the store's run loops.
     settled: Arc<SegQueue<u64>>,
     counters: Arc<Counters>,
@@ -526,6 +535,9 @@ where
             if let Some(done) = self.in_flight.remove(&sequence) {
                 self.dedup.first_time(done.id);
                 self.left_store(&done.entry, true);
+            } else if let Some(id) = self.forgotten.remove(&sequence) {
+                // Settled after it was forgotten: its entry stays pending, and comes back.
+                self.dedup.first_time(id);
             }
         }
         self.counters
@@ -590,6 +602,13 @@ where
         for sequence in stale {
             if let Some(gone) = self.in_flight.remove(&sequence) {
                 self.left_store(&gone.entry, false);
+                self.forgotten.insert(sequence, gone.id);
+                self.forgotten_order.push_back(sequence);
+            }
+        }
+        while self.forgotten_order.len() > self.options.max_in_flight {
+            if let Some(oldest) = self.forgotten_order.pop_front() {
+                self.forgotten.remove(&oldest);
             }
         }
     }
