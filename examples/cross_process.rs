@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Options (all roles): `--url URL` (default `redis://127.0.0.1:6379/`), `--stream KEY`
-//! (default `ringbus-demo`). `publish`: `--events N`, `--from N` (the first event's number).
+//! (default `ringbus-demo`). `publish`: `--events N`, `--from N` (the first event's number),
+//! `--pack N` (events a stream entry, default 1: `RedisOptions::events_per_entry`).
 //! `receive`: `--group NAME` (default `orders`), `--consumer NAME` (stable across restarts:
 //! it takes back its pending entries), `--expect N` (exit once N distinct events were handled,
 //! counting those already in `--out`), `--out FILE` (append each handled event's number, one
@@ -90,7 +91,8 @@ fn publish(args: &Args, url: &str, stream: &str) -> Result<(), Box<dyn std::erro
         Ok(())
     });
     let store = EventStore::new(dispatcher, 4096, OverrunPolicy::Block)?;
-    let backend = RedisStreams::connect(RedisOptions::new(url, stream))?;
+    let pack = usize::try_from(args.number("--pack", 1))?;
+    let backend = RedisStreams::connect(RedisOptions::new(url, stream).events_per_entry(pack))?;
     let forwarder = Forwarder::start(&store, ["order"], Json, backend, ForwardOptions::default())?;
     let started = Instant::now();
     for number in from..from + events {

@@ -126,11 +126,23 @@ fn a_publisher_process_and_a_receiver_process_handle_every_event_exactly_once() 
 #[test]
 fn a_receiver_killed_mid_run_and_restarted_still_handles_every_event() {
     let _deadline = deadline("sigkill", LIMIT);
+    killed_and_restarted("killed", "1");
+}
+
+/// The same with 16 events an entry: an entry half handled when its receiver died comes back
+/// whole, and its events are handled (again, for those handled before the kill).
+#[test]
+fn a_receiver_of_packed_entries_killed_mid_run_and_restarted_still_handles_every_event() {
+    let _deadline = deadline("sigkill_packed", LIMIT);
+    killed_and_restarted("killed-packed", "16");
+}
+
+fn killed_and_restarted(name: &str, pack: &str) {
     let server = RedisServer::start();
-    let out = temp_out("killed");
+    let out = temp_out(name);
     let args = receive_args("50000", &out);
     let receiver = Proc::run(&server, &args);
-    let publisher = Proc::run(&server, &["publish", "--events", "50000"]);
+    let publisher = Proc::run(&server, &["publish", "--events", "50000", "--pack", pack]);
     wait_for_lines(&out, 5_000, Duration::from_secs(60));
     receiver.kill();
     let before = handled(&out).len();
