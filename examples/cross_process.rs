@@ -145,8 +145,9 @@ fn receive(args: &Args, url: &str, stream: &str) -> Result<(), Box<dyn std::erro
     let (record, file) = (seen.clone(), out.clone());
     dispatcher.on("order", move |_, order: &Order| {
         // Written (not buffered) before the handler returns, so before the acknowledgement.
+        // One write a line: a receiver killed mid-line must not leave half a number.
         if let Some(file) = file.lock().unwrap().as_mut() {
-            writeln!(file, "{}", order.number)?;
+            file.write_all(format!("{}\n", order.number).as_bytes())?;
         }
         record.lock().unwrap().insert(order.number);
         Ok(())
@@ -181,15 +182,18 @@ fn receive(args: &Args, url: &str, stream: &str) -> Result<(), Box<dyn std::erro
     }
     let metrics = receiver.metrics();
     receiver.stop();
+    let dropped = store.metrics().dropped;
     store.close(Duration::from_secs(10))?;
     consumer_thread.join();
     println!(
-        "handled {} distinct orders; enqueued {}, acked {}, duplicates {}, malformed {}",
+        "handled {} distinct orders; enqueued {}, acked {}, duplicates {}, malformed {}, \
+         dropped by the store {}",
         seen.lock().unwrap().len(),
         metrics.enqueued,
         metrics.acked,
         metrics.duplicates,
-        metrics.malformed
+        metrics.malformed,
+        dropped
     );
     Ok(())
 }

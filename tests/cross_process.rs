@@ -152,6 +152,14 @@ fn killed_and_restarted(name: &str, pack: &str) {
     println!("{}", restarted.finish());
     let got = handled(&out);
     let distinct: HashSet<u64> = got.iter().copied().collect();
+    let missing: Vec<u64> = (0..50_000).filter(|n| !distinct.contains(n)).collect();
+    let strays: Vec<u64> = distinct.iter().filter(|&&n| n >= 50_000).copied().collect();
+    assert!(
+        missing.is_empty() && strays.is_empty(),
+        "every event handled: {} missing (first {:?}), strays {strays:?}",
+        missing.len(),
+        missing.first()
+    );
     assert_eq!(distinct, (0..50_000).collect(), "every event handled");
     println!(
         "killed after {before} lines; {} handled twice (delivered again: handled, not acknowledged)",

@@ -55,6 +55,27 @@ fn on_linux_the_producer_has_its_own_lane() {
     assert!(producer.is_single_producer_lane());
 }
 
+/// `room` is what the lane takes without evicting: filled to it under `DropOldest`, nothing is
+/// dropped; one more is.
+#[test]
+#[cfg(target_os = "linux")]
+fn room_is_what_the_lane_takes_without_an_overrun() {
+    let (store, mut producer, seen) = logging(4, OverrunPolicy::DropOldest, DispatchMode::Sync);
+    assert_eq!(producer.room(), 4);
+    store.enqueue(Ev::new(0, 0)).unwrap(); // the shared ring's: not the lane's room
+    for i in 0..3 {
+        producer.enqueue(Ev::new(1, i)).unwrap();
+    }
+    assert_eq!(producer.room(), 1);
+    producer.enqueue(Ev::new(1, 3)).unwrap();
+    assert_eq!((producer.room(), store.metrics().dropped), (0, 0));
+    producer.enqueue(Ev::new(1, 4)).unwrap();
+    assert_eq!((producer.room(), store.metrics().dropped), (0, 1));
+    store.publish();
+    assert_eq!(producer.room(), 4);
+    assert_eq!(events(&seen, 1), [1, 2, 3, 4]);
+}
+
 #[test]
 fn both_lanes_are_published_each_in_order_with_tagged_sequences() {
     let (store, mut producer, seen) = logging(64, OverrunPolicy::ReturnError, DispatchMode::Sync);

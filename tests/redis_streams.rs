@@ -1087,45 +1087,105 @@ mod receiving {
         }
     }
 
+    /// A store of `capacity` under `policy` whose handler takes `slow` an event, run by its
+    /// consumer thread, receiving from `backend`; and the numbers it handled.
+    fn slow_receiving(
+        backend: RedisStreams,
+        slow: Duration,
+        capacity: usize,
+        policy: ringbus::OverrunPolicy,
+        options: ReceiveOptions,
+    ) -> Receiving {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut dispatcher = Dispatcher::<Ev>::new();
+        let record = seen.clone();
+        dispatcher.on("ev", move |_, ev: &Ev| {
+            std::thread::sleep(slow);
+            record.lock().unwrap().push(ev.n);
+            Ok(())
+        });
+        let (store, producer) = EventStore::builder(dispatcher)
+            .capacity(capacity)
+            .policy(policy)
+            .build_with_producer()
+            .unwrap();
+        let consumer = store.spawn_consumer(WaitStrategy::default());
+        let receiver = Receiver::start(producer, Json, backend, options).unwrap();
+        Receiving {
+            store,
+            receiver,
+            consumer,
+            seen,
+        }
+    }
+
     /// An event forgotten while its handler still ran, and handled then: its redelivery is a
     /// duplicate, not a second run.
     #[test]
     fn an_event_handled_after_it_was_forgotten_is_not_run_again() {
         let _deadline = deadline("late_settle", LIMIT);
         let server = RedisServer::start();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let mut dispatcher = Dispatcher::<Ev>::new();
-        let record = seen.clone();
-        dispatcher.on("ev", move |_, ev: &Ev| {
-            std::thread::sleep(Duration::from_millis(700));
-            record.lock().unwrap().push(ev.n);
-            Ok(())
-        });
-        let (store, producer) = EventStore::builder(dispatcher)
-            .capacity(16)
-            .build_with_producer()
-            .unwrap();
-        let consumer = store.spawn_consumer(WaitStrategy::default());
-        let receiver = Receiver::start(
-            producer,
-            Json,
+        let r = slow_receiving(
             connect_claiming(&server, "r", Duration::from_secs(1)),
+            Duration::from_millis(700),
+            16,
+            ringbus::OverrunPolicy::DropOldest,
             ReceiveOptions::default().forget_after(Duration::from_millis(200)),
-        )
-        .unwrap();
+        );
         connect(&server, "s", "g", "sender")
             .send(&[payload(7)])
             .unwrap();
-        assert!(wait_until(Duration::from_secs(20), || receiver
+        assert!(wait_until(Duration::from_secs(20), || r
+            .receiver
             .metrics()
             .acked
             == 1));
-        let m = receiver.metrics();
+        let m = r.receiver.metrics();
         assert_eq!((m.enqueued, m.forgotten, m.duplicates), (1, 1, 1));
-        assert_eq!(*seen.lock().unwrap(), [7], "run once");
-        receiver.stop();
-        store.close(Duration::from_secs(5)).unwrap();
-        consumer.join();
+        assert_eq!(r.seen_sorted(), [7], "run once");
+        r.finish();
+    }
+
+    /// A tiny, slow store under every policy: the receiver enqueues only into room, so the
+    /// store never evicts (`DropOldest`), refuses (`ReturnError`) or blocks on what it
+    /// received, and every event is handled at once, not after `forget_after`.
+    #[test]
+    fn the_receiver_never_makes_its_store_drop_or_refuse() {
+        let _deadline = deadline("receive_room", LIMIT);
+        let server = RedisServer::start();
+        for policy in [
+            ringbus::OverrunPolicy::DropOldest,
+            ringbus::OverrunPolicy::ReturnError,
+            ringbus::OverrunPolicy::Block,
+        ] {
+            let stream = format!("room-{policy:?}");
+            let r = slow_receiving(
+                connect(&server, &stream, "g", "r"),
+                Duration::from_micros(200),
+                2,
+                policy,
+                ReceiveOptions::default(),
+            );
+            connect(&server, &stream, "g", "sender")
+                .send(&(0..500).map(payload).collect::<Vec<_>>())
+                .unwrap();
+            let all = wait_until(Duration::from_secs(20), || {
+                r.receiver.metrics().acked == 500
+            });
+            let (handled, m, dropped) = (
+                r.seen_sorted(),
+                r.receiver.metrics(),
+                r.store.metrics().dropped,
+            );
+            assert!(
+                all,
+                "{policy:?}: {} handled, store dropped {dropped}, {m:?}",
+                handled.len()
+            );
+            assert_eq!(handled, (0..500).collect::<Vec<_>>(), "{policy:?}");
+            assert_eq!((dropped, m.refused), (0, 0), "{policy:?}");
+            r.finish();
+        }
     }
 
     #[test]

@@ -89,8 +89,9 @@ pub struct ReceiveMetrics {
     /// Entries moved aside (acknowledged, not run): malformed, or a payload the codec could
     /// not decode.
     pub malformed: u64,
-    /// Events the store refused (full under `ReturnError`): left unacknowledged, delivered
-    /// again.
+    /// Events the store refused or timed out on: left unacknowledged, delivered again. The
+    /// receiver enqueues only into room in its lane, so this counts only events it was
+    /// waiting to enqueue when stopped.
     pub refused: u64,
     /// Events forgotten unsettled after `forget_after`: left unacknowledged, delivered again.
     /// One that settles as handled later (a slow handler) is remembered, and its redelivery
@@ -132,9 +133,11 @@ fn bump(counter: &AtomicU64, n: u64) {
 /// events through the store's [`Producer`] lane. An entry is acknowledged only once its event
 /// settled as handled in the store (every handler succeeded, or a subscription dead-lettered
 /// it, or no handler takes its projection, or the store filter turned it away): at least
-/// once. An event that failed, was dropped by the overrun policy, or was refused is left
-/// unacknowledged and the broker delivers it again (to this consumer or another) after its
-/// claim timeout; so is an event held for a subscription's retry.
+/// once. An event that failed is left unacknowledged and the broker delivers it again (to
+/// this consumer or another) after its claim timeout; so is an event held for a
+/// subscription's retry. The receiver enqueues only into room in its lane (reading from the
+/// broker no faster than the store runs): whatever the store's overrun policy, it never makes
+/// the store evict or refuse what it received.
 ///
 /// The receiver only enqueues: the store's events are run by whoever publishes it (the
 /// application's loop, or [`spawn_consumer`](crate::EventStore::spawn_consumer)). Events that
@@ -504,13 +507,27 @@ where
         }
     }
 
-    /// Enqueues `event`; under `Block` with a full lane, waits for room in steps, so that
-    /// [`Receiver::stop`] is heard (a stopped receiver leaves the event unacknowledged).
+    /// Enqueues `event` once the lane has room, waiting in steps so that [`Receiver::stop`]
+    /// is heard (a stopped receiver leaves the event unacknowledged).
     fn enqueue(
         &mut self,
         mut event: E,
         stop: &AtomicBool,
     ) -> Result<crate::Enqueued, EnqueueError<E>> {
+        // The lane has room, or gets it: the receiver never makes its store evict (under
+        // `DropOldest`) or refuse (under `ReturnError`) what it received, since the broker
+        // holds the backlog. Meanwhile settled events are acknowledged and the entries
+        // waiting in the store kept from other consumers.
+        let mut pause = Duration::from_micros(20);
+        while self.producer.room() == 0 && !self.producer.store().is_closed() {
+            if stop.load(Ordering::Acquire) {
+                return Err(EnqueueError::Timeout(event));
+            }
+            self.acknowledge_settled();
+            self.keep_alive();
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
         loop {
             match self
                 .producer

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::lanes::ExclusiveLane;
+use super::lanes::{ExclusiveLane, Source};
 use super::{Enqueued, EventStore, Shared};
 use crate::error::{BatchError, EnqueueError};
 use crate::event::Event;
@@ -148,6 +148,19 @@ where
     /// sandbox that filters `membarrier`) and it claims on the shared ring with a CAS.
     pub fn is_single_producer_lane(&self) -> bool {
         self.store.shared.producer_lane.is_some()
+    }
+
+    /// How many events the lane has room for now. With a lane of its own, at least this
+    /// many enqueues in a row go in without evicting, waiting or being refused: only this
+    /// producer fills the lane, and publishers only empty it. Without one, the shared ring's
+    /// room, which other producers may take first.
+    pub fn room(&self) -> usize {
+        let shared = &*self.store.shared;
+        let (ring, depth) = match &shared.producer_lane {
+            Some(lane) => (lane.ring(), Source::producer(lane).depth()),
+            None => (&shared.ring, Source::shared(&shared.ring).depth()),
+        };
+        usize::try_from(ring.capacity() - depth).unwrap_or(usize::MAX)
     }
 }
 
