@@ -96,3 +96,15 @@ pub enum BridgeError {
 pub(crate) fn wait_millis(wait: Duration) -> u64 {
     u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+
+/// Runs `call` on `backend`, user code: a panic in it is a failed call (its payload disposed
+/// of, as the store does a handler's, since its own `Drop` may panic).
+pub(crate) fn contained<B: ?Sized, T>(
+    backend: &mut B,
+    call: impl FnOnce(&mut B) -> Result<T, BridgeError>,
+) -> Result<T, BridgeError> {
+    crate::panics::catch(|| call(backend)).unwrap_or_else(|payload| {
+        crate::panics::dispose(payload);
+        Err(BridgeError::Connection("the backend panicked".into()))
+    })
+}

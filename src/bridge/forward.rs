@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 
+use super::backend::contained;
 use super::envelope::{EventId, Outgoing};
 use super::{Backend, BridgeError, Codec};
 use crate::{Event, EventStore, OverrunPolicy, PRODUCER_LANE, Subscription};
@@ -370,10 +371,7 @@ impl Shared {
             let mut backoff = Duration::from_millis(10);
             loop {
                 // A backend is user code too: a panic in it is a failed send.
-                let sent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    backend.send(&pending)
-                }));
-                if let Ok(Ok(())) = sent {
+                if contained(&mut backend, |b| b.send(&pending)).is_ok() {
                     bump(&self.sent, pending.len() as u64);
                     pending.clear();
                     break;
@@ -390,6 +388,6 @@ impl Shared {
         }
         bump(&self.unsent, pending.len() as u64);
         self.in_sender.store(0, Ordering::Release);
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.close()));
+        let _ = contained(&mut backend, |b| b.close());
     }
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 
+use super::backend::contained;
 use super::envelope::{EventId, Received};
 use super::{Backend, BridgeError, Codec, DedupWindow};
-use crate::{EnqueueError, Event, Producer};
+use crate::{EnqueueError, Event, Producer, panics};
 
 /// How a [`Receiver`] reads and remembers.
 #[derive(Debug, Clone)]
@@ -198,6 +199,10 @@ impl Receiver {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
+        let keep_alive_every = panics::catch(|| backend.keep_alive_every()).unwrap_or_else(|p| {
+            panics::dispose(p);
+            None
+        });
         let mut run = Run {
             producer,
             codec,
@@ -206,6 +211,7 @@ impl Receiver {
             in_flight: HashMap::new(),
             entries: HashMap::new(),
             ack: Vec::new(),
+            keep_alive_every,
             last_keep_alive: Instant::now(),
             forgotten: HashMap::new(),
             forgotten_order: std::collections::VecDeque::new(),
@@ -312,6 +318,8 @@ struct Run<E: Event + Send + 'static, Err: 'static, C, B> {
     entries: HashMap<String, OpenEntry>,
     /// Entries to acknowledge, gathered for one round trip.
     ack: Vec<String>,
+    /// The backend's keep-alive period, asked once.
+    keep_alive_every: Option<Duration>,
     /// When the open entries were last scanned for a keep-alive.
     last_keep_alive: Instant,
     /// Events forgotten while still in the store, by sequence, the oldest first (at most
@@ -347,10 +355,8 @@ where
                 continue;
             }
             let room = self.options.max_in_flight - self.in_flight.len();
-            match self
-                .backend
-                .receive(self.options.batch.min(room), self.options.wait)
-            {
+            let (max, wait) = (self.options.batch.min(room), self.options.wait);
+            match contained(&mut self.backend, |b| b.receive(max, wait)) {
                 Ok(batch) => {
                     backoff = Duration::from_millis(10);
                     self.take(batch, stop);
@@ -374,7 +380,7 @@ where
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let _ = self.backend.close();
+        let _ = contained(&mut self.backend, |b| b.close());
     }
 
     /// Enqueues the events of `batch` (an entry's events come together); acknowledges at
@@ -458,25 +464,36 @@ where
             bump(&self.counters.duplicates, 1);
             return Taken::Done;
         }
-        // A codec is user code: a panic in it is a payload it cannot read.
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.codec.decode(&incoming.payload)
-        }));
-        let Ok(Ok(event)) = decoded else {
-            bump(&self.counters.malformed, 1);
-            return Taken::Done;
+        // A codec is user code: a panic in it is a payload it cannot read (and the panic's
+        // payload is disposed of as the store does a handler's: its own `Drop` may panic).
+        let event = match panics::catch(|| self.codec.decode(&incoming.payload)) {
+            Ok(Ok(event)) => event,
+            Ok(Err(_)) => {
+                bump(&self.counters.malformed, 1);
+                return Taken::Done;
+            }
+            Err(payload) => {
+                panics::dispose(payload);
+                bump(&self.counters.malformed, 1);
+                return Taken::Done;
+            }
         };
+        // An event handed back is the user's to drop: its `Drop` may panic.
         match self.enqueue(event, stop) {
             Ok(enqueued) => {
                 bump(&self.counters.enqueued, 1);
                 Taken::InStore(enqueued.sequence, incoming.id)
             }
             // Left pending: delivered again after the claim timeout.
-            Err(EnqueueError::Full(_) | EnqueueError::Timeout(_)) => {
+            Err(EnqueueError::Full(back) | EnqueueError::Timeout(back)) => {
+                panics::drop_contained(back);
                 bump(&self.counters.refused, 1);
                 Taken::Refused
             }
-            Err(EnqueueError::Closed(_)) => Taken::Closed,
+            Err(EnqueueError::Closed(back)) => {
+                panics::drop_contained(back);
+                Taken::Closed
+            }
         }
     }
 
@@ -566,7 +583,7 @@ where
     /// Tells the backend that the entries open longer than its keep-alive period are still
     /// being worked on (a slow store's events are not handed to another consumer).
     fn keep_alive(&mut self) {
-        let Some(every) = self.backend.keep_alive_every() else {
+        let Some(every) = self.keep_alive_every else {
             return;
         };
         // Scanned every half period: an entry is refreshed at most 1.5 periods after the last.
@@ -582,7 +599,7 @@ where
                 due.push(entry.clone());
             }
         }
-        if !due.is_empty() && self.backend.keep_alive(&due).is_err() {
+        if !due.is_empty() && contained(&mut self.backend, |b| b.keep_alive(&due)).is_err() {
             bump(&self.counters.backend_errors, 1);
         }
     }
@@ -595,7 +612,7 @@ where
         let entries = std::mem::take(&mut self.ack);
         // A failed acknowledgement leaves the entries pending: delivered again, their events
         // are repeats of handled ones (their ids are in the window) and acknowledged then.
-        match self.backend.acknowledge(&entries) {
+        match contained(&mut self.backend, |b| b.acknowledge(&entries)) {
             Ok(()) => bump(&self.counters.acked, entries.len() as u64),
             Err(_) => {
                 bump(&self.counters.backend_errors, 1);
