@@ -1,6 +1,8 @@
 //! The receiver's window of recent event ids, which drops redelivered duplicates.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use ahash::AHashSet as HashSet;
 
 use super::EventId;
 

@@ -1,7 +1,7 @@
 //! The receiving half of a bridged store: entries of a backend's stream decoded and enqueued
 //! into the store through its producer lane, and acknowledged once their handlers are done.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
