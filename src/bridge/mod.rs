@@ -22,7 +22,11 @@
 //! another consumer of the group. So an entry can arrive twice (its consumer died after
 //! handling it, before acknowledging it); [`DedupWindow`] drops a repeat of any of the last
 //! `n` ids it saw. Order is the stream's order for one consumer, except for redelivered
-//! entries, which come again after newer ones.
+//! entries, which come again after newer ones. A consumer that is alive keeps the entries
+//! whose events are still in its store from being claimed ([`Backend::keep_alive`]), and
+//! reads only as fast as its store runs (it never overruns its lane). A sender may pack
+//! several events into one entry ([`RedisOptions::events_per_entry`]): the entry is then
+//! acknowledged, claimed and trimmed as a whole.
 
 mod backend;
 mod codec;
