@@ -446,14 +446,14 @@
 //! `abandoned` (waiting for room at close) or `buffered`, and every buffered one is `sent`,
 //! `evicted`, `unsent` (at close), or still in the buffer (`send_buffer_depth`) or the
 //! sender's hands (`in_sender`); for a `Receiver`, every event read (an entry holds one, or
-//! several a sender packed) is `enqueued`, a `duplicate`, `malformed`, `refused` (only when
-//! stopped while waiting for room: the receiver never overruns its lane), or `skipped` (its
-//! entry is still in the store), and every enqueued event is settled as handled, `forgotten`
-//! after `forget_after`, or still `in_flight`. Entries are counted apart: one is acknowledged
-//! (`acked`, or `ack_failed` when the broker did not take it) once every event of it is
-//! settled, a duplicate or malformed, and left pending if one of its events was forgotten or
-//! refused. With one event an entry (the default), enqueued = acked - duplicates - malformed
-//! + ack_failed + forgotten + in_flight.
+//! several a sender packed) is `enqueued`, a `duplicate` (of one handled or still in the
+//! store), `malformed`, `refused` (not enqueued: the store closed, the receiver stopped, or no
+//! room came within `forget_after`; the receiver never overruns its lane), or `skipped` (its
+//! entry is still open here), and every enqueued event is `handled` (settled as handled),
+//! `forgotten` after `forget_after`, or still `in_flight`. Entries are counted apart: one is
+//! acknowledged (`acked`, or `ack_failed` when the broker did not take it) once every event
+//! of it is handled, a duplicate or malformed, and left pending if one of its events was
+//! forgotten or refused.
 //!
 //! # Limits
 //! Sequence numbers are 61-bit (the tail word's top bits are the closed, gate and sealed

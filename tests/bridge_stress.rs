@@ -335,8 +335,15 @@ fn assert_receiver_accounting(m: &ReceiveMetrics, stream: &Stream) {
     assert_eq!((m.ack_failed, m.backend_errors), (0, 0), "{m:?}");
     assert_eq!(
         m.enqueued,
-        (m.acked - m.duplicates - m.malformed) + m.ack_failed + m.forgotten + m.in_flight,
-        "every enqueued event is acknowledged, forgotten or in flight: {m:?}"
+        m.handled + m.forgotten + m.in_flight,
+        "every enqueued event is handled, forgotten or in flight: {m:?}"
+    );
+    // One event an entry here: an entry is acknowledged (or failed to be) per handled
+    // event, duplicate and malformed one.
+    assert_eq!(
+        m.acked + m.ack_failed,
+        m.handled + m.duplicates + m.malformed,
+        "an entry per handled, duplicate or malformed event: {m:?}"
     );
 }
 
@@ -589,8 +596,10 @@ fn stress_run(capacity: usize, policy: OverrunPolicy, abort: &Arc<AtomicBool>) {
         "10 malformed entries, 10 bad payloads: {m:?}"
     );
     assert!(m.forgotten > 0, "failed events are forgotten: {m:?}");
-    // The receiver enqueues only into room: no policy refuses what it received.
-    assert_eq!(m.refused, 0, "{policy:?}: {m:?}");
+    // The receiver enqueues only into room: no policy refuses what it received. (It may give
+    // up waiting for room after `forget_after`, 100 ms here, counted in `refused` and left
+    // pending: on an oversubscribed machine that can happen, so only the store's own
+    // refusals and evictions are asserted away, below.)
     receiver.stop();
 
     store.close(Duration::from_secs(10)).unwrap();
@@ -920,6 +929,16 @@ fn hostile_receiver(
     policy: OverrunPolicy,
     flags: &'static [u8],
 ) -> Option<(EventStore<Hostile>, Receiver, Arc<Stream>)> {
+    hostile_receiver_with(capacity, policy, flags, hostile_options())
+}
+
+/// [`hostile_receiver`] with `options`.
+fn hostile_receiver_with(
+    capacity: usize,
+    policy: OverrunPolicy,
+    flags: &'static [u8],
+    options: ReceiveOptions,
+) -> Option<(EventStore<Hostile>, Receiver, Arc<Stream>)> {
     let (store, producer, handled) = hostile_store(capacity, policy);
     if !producer.is_single_producer_lane() {
         eprintln!("SKIPPED: no producer lane of its own here (no membarrier)");
@@ -944,7 +963,7 @@ fn hostile_receiver(
     for n in 1..=flags.len() as u64 {
         stream.push(Body::Event(n));
     }
-    let receiver = Receiver::start(producer, HostileCodec, stream.backend(), hostile_options());
+    let receiver = Receiver::start(producer, HostileCodec, stream.backend(), options);
     Some((store, receiver.unwrap(), stream))
 }
 
@@ -955,9 +974,11 @@ fn hostile_receiver(
 fn an_event_handed_back_whose_drop_panics_leaves_the_receiver_running() {
     quiet();
     watchdog("handed_back_drop", LIMIT, |abort| {
-        // Nobody publishes: event 1 fills the lane of one, event 2 waits for room.
+        // Nobody publishes: event 1 fills the lane of one, event 2 waits for room (nothing
+        // forgotten meanwhile: the wait is shorter than forget_after).
+        let options = hostile_options().forget_after(Duration::from_secs(30));
         let Some((store, receiver, stream)) =
-            hostile_receiver(1, OverrunPolicy::ReturnError, &[0, BAD_DROP])
+            hostile_receiver_with(1, OverrunPolicy::ReturnError, &[0, BAD_DROP], options)
         else {
             return;
         };

@@ -13,6 +13,7 @@ pub struct BridgeMetrics {
     acked: AtomicU64,
     redelivered: AtomicU64,
     malformed: AtomicU64,
+    dead_letter_failures: AtomicU64,
     reconnects: AtomicU64,
 }
 
@@ -31,6 +32,8 @@ pub struct BridgeMetricsSnapshot {
     /// Received events that were not events (missing fields, bad id, over the size limit, a
     /// trimmed entry).
     pub malformed: u64,
+    /// Events not events that could not be copied to the dead-letter stream (it refused).
+    pub dead_letter_failures: u64,
     /// Connections made again after one broke.
     pub reconnects: u64,
 }
@@ -43,6 +46,7 @@ pub(crate) enum Count {
     Acked,
     Redelivered,
     Malformed,
+    DeadLetterFailures,
     Reconnects,
 }
 
@@ -55,6 +59,7 @@ impl BridgeMetrics {
             Count::Acked => &self.acked,
             Count::Redelivered => &self.redelivered,
             Count::Malformed => &self.malformed,
+            Count::DeadLetterFailures => &self.dead_letter_failures,
             Count::Reconnects => &self.reconnects,
         };
         counter.fetch_add(n, Ordering::Relaxed);
@@ -69,6 +74,7 @@ impl BridgeMetrics {
             acked: read(&self.acked),
             redelivered: read(&self.redelivered),
             malformed: read(&self.malformed),
+            dead_letter_failures: read(&self.dead_letter_failures),
             reconnects: read(&self.reconnects),
         }
     }

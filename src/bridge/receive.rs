@@ -81,25 +81,30 @@ impl ReceiveOptions {
 pub struct ReceiveMetrics {
     /// Events enqueued into the store.
     pub enqueued: u64,
+    /// Enqueued events that settled as handled while still in flight (`enqueued` = `handled`
+    /// + `forgotten` + `in_flight`).
+    pub handled: u64,
     /// Entries acknowledged: each once all its events (one, or several when the sender
     /// packs them: [`RedisOptions::events_per_entry`](super::RedisOptions::events_per_entry))
     /// settled as handled, were duplicates, or were not events.
     pub acked: u64,
-    /// Repeats of an event already handled, acknowledged without running it again.
+    /// Repeats of an event already handled or still in the store (a resend read with its
+    /// original, an id twice in one entry), acknowledged without running it again.
     pub duplicates: u64,
     /// Entries moved aside (acknowledged, not run): malformed, or a payload the codec could
     /// not decode.
     pub malformed: u64,
-    /// Events the store refused or timed out on: left unacknowledged, delivered again. The
-    /// receiver enqueues only into room in its lane, so this counts only events it was
-    /// waiting to enqueue when stopped.
+    /// Events not enqueued: the store closed, the receiver stopped, or no room came within
+    /// `forget_after` (a store that stopped running); with one, the rest of its read. Left
+    /// pending at the broker, delivered again.
     pub refused: u64,
     /// Events forgotten unsettled after `forget_after`: left unacknowledged, delivered again.
     /// One that settles as handled later (a slow handler) is remembered, and its redelivery
     /// dropped as a duplicate.
     pub forgotten: u64,
-    /// Events delivered again while their entry was still in the store: not enqueued twice
-    /// (the first delivery's acknowledgement covers them).
+    /// Events delivered again while their entry was still open here (in the store, or being
+    /// enqueued): not enqueued twice; that entry's first delivery settles it (acknowledged,
+    /// or left pending and delivered again if one of its events failed).
     pub skipped: u64,
     /// Entries whose acknowledgement failed: delivered again, their events then dropped as
     /// duplicates and the entries acknowledged.
@@ -113,6 +118,7 @@ pub struct ReceiveMetrics {
 #[derive(Default)]
 struct Counters {
     enqueued: AtomicU64,
+    handled: AtomicU64,
     acked: AtomicU64,
     duplicates: AtomicU64,
     malformed: AtomicU64,
@@ -211,6 +217,8 @@ impl Receiver {
             in_flight: HashMap::new(),
             entries: HashMap::new(),
             ack: Vec::new(),
+            in_store_ids: ahash::AHashSet::new(),
+            last_forget: Instant::now(),
             keep_alive_every,
             last_keep_alive: Instant::now(),
             forgotten: HashMap::new(),
@@ -239,6 +247,7 @@ impl Receiver {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ReceiveMetrics {
             enqueued: read(&c.enqueued),
+            handled: read(&c.handled),
             acked: read(&c.acked),
             duplicates: read(&c.duplicates),
             malformed: read(&c.malformed),
@@ -300,10 +309,9 @@ enum Taken {
     Done,
     /// Enqueued: in the store as this sequence.
     InStore(u64, EventId),
-    /// Not enqueued: left for a redelivery.
+    /// Not enqueued (the store closed, the receiver stopped, or no room came): left for a
+    /// redelivery.
     Refused,
-    /// The store closed.
-    Closed,
 }
 
 /// The receiver thread's state.
@@ -318,6 +326,10 @@ struct Run<E: Event + Send + 'static, Err: 'static, C, B> {
     entries: HashMap<String, OpenEntry>,
     /// Entries to acknowledge, gathered for one round trip.
     ack: Vec<String>,
+    /// The ids of the events in `in_flight`: a repeat of one is a duplicate.
+    in_store_ids: ahash::AHashSet<EventId>,
+    /// When stale events were last forgotten.
+    last_forget: Instant,
     /// The backend's keep-alive period, asked once.
     keep_alive_every: Option<Duration>,
     /// When the open entries were last scanned for a keep-alive.
@@ -342,14 +354,8 @@ where
 {
     fn until(&mut self, stop: &AtomicBool) {
         let mut backoff = Duration::from_millis(10);
-        let mut last_forget = Instant::now();
         while !stop.load(Ordering::Acquire) && !self.producer.store().is_closed() {
-            self.acknowledge_settled();
-            if last_forget.elapsed() >= Duration::from_secs(1).min(self.options.forget_after) {
-                self.forget_stale();
-                last_forget = Instant::now();
-            }
-            self.keep_alive();
+            self.housekeeping();
             if self.in_flight.len() >= self.options.max_in_flight {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
@@ -383,9 +389,26 @@ where
         let _ = contained(&mut self.backend, |b| b.close());
     }
 
+    /// What the receiver does between reads, and while it waits for room: acknowledges what
+    /// settled, forgets what is stale (once a second at most), keeps its entries alive.
+    fn housekeeping(&mut self) {
+        self.acknowledge_settled();
+        if self.last_forget.elapsed() >= Duration::from_secs(1).min(self.options.forget_after) {
+            self.forget_stale();
+            self.last_forget = Instant::now();
+        }
+        self.keep_alive();
+    }
+
     /// Enqueues the events of `batch` (an entry's events come together); acknowledges at
-    /// once the entries with nothing left to run.
+    /// once the entries with nothing left to run. Every entry of the batch is open (kept
+    /// alive at the broker) from the start, not only once its turn comes: in a slow store
+    /// the last of a batch may wait long for room. Once one event cannot be enqueued (the
+    /// store closed, the receiver stopped, or no room came within `forget_after`), the rest
+    /// of the batch is left pending too.
     fn take(&mut self, batch: Vec<Received>, stop: &AtomicBool) {
+        let now = Instant::now();
+        let mut open = Vec::new();
         let mut batch = batch.into_iter().peekable();
         while let Some(first) = batch.next() {
             let entry = first.entry.clone();
@@ -394,23 +417,27 @@ where
                 events.push(next);
             }
             if self.entries.contains_key(&entry) {
-                // Delivered again while still in the store: its acknowledgement comes.
+                // Delivered again while still open here: its own delivery settles it.
                 bump(&self.counters.skipped, events.len() as u64);
                 continue;
             }
             self.entries.insert(
                 entry.clone(),
                 OpenEntry {
-                    since: Instant::now(),
+                    since: now,
                     in_store: 0,
                     taking: true,
                     failed: false,
                 },
             );
-            let mut closed = false;
+            open.push((entry, events));
+        }
+        let mut give_up = false;
+        for (entry, events) in open {
             for received in events {
-                let taken = if closed {
-                    Taken::Closed
+                let taken = if give_up {
+                    bump(&self.counters.refused, 1);
+                    Taken::Refused
                 } else {
                     self.take_one(received.body, stop)
                 };
@@ -419,6 +446,7 @@ where
                     Taken::Done => {}
                     Taken::InStore(sequence, id) => {
                         open.in_store += 1;
+                        self.in_store_ids.insert(id);
                         self.in_flight.insert(
                             sequence,
                             InFlight {
@@ -428,10 +456,9 @@ where
                             },
                         );
                     }
-                    Taken::Refused => open.failed = true,
-                    Taken::Closed => {
+                    Taken::Refused => {
                         open.failed = true;
-                        closed = true;
+                        give_up = true;
                     }
                 }
             }
@@ -439,9 +466,6 @@ where
                 open.taking = false;
             }
             self.finish_if_done(&entry);
-            if closed {
-                break;
-            }
         }
         self.counters
             .in_flight
@@ -460,7 +484,9 @@ where
             bump(&self.counters.malformed, 1);
             return Taken::Done;
         };
-        if self.dedup.contains(&incoming.id) {
+        // A repeat of an event handled, or still in the store (a resend read with its
+        // original, or an id twice in one entry): the original's entry carries it.
+        if self.dedup.contains(&incoming.id) || self.in_store_ids.contains(&incoming.id) {
             bump(&self.counters.duplicates, 1);
             return Taken::Done;
         }
@@ -485,14 +511,12 @@ where
                 Taken::InStore(enqueued.sequence, incoming.id)
             }
             // Left pending: delivered again after the claim timeout.
-            Err(EnqueueError::Full(back) | EnqueueError::Timeout(back)) => {
+            Err(
+                EnqueueError::Full(back) | EnqueueError::Timeout(back) | EnqueueError::Closed(back),
+            ) => {
                 panics::drop_contained(back);
                 bump(&self.counters.refused, 1);
                 Taken::Refused
-            }
-            Err(EnqueueError::Closed(back)) => {
-                panics::drop_contained(back);
-                Taken::Closed
             }
         }
     }
@@ -524,42 +548,27 @@ where
         }
     }
 
-    /// Enqueues `event` once the lane has room, waiting in steps so that [`Receiver::stop`]
-    /// is heard (a stopped receiver leaves the event unacknowledged).
-    fn enqueue(
-        &mut self,
-        mut event: E,
-        stop: &AtomicBool,
-    ) -> Result<crate::Enqueued, EnqueueError<E>> {
-        // The lane has room, or gets it: the receiver never makes its store evict (under
-        // `DropOldest`) or refuse (under `ReturnError`) what it received, since the broker
-        // holds the backlog. Meanwhile settled events are acknowledged and the entries
-        // waiting in the store kept from other consumers.
+    /// Enqueues `event` once the lane has room and fewer than `max_in_flight` received events
+    /// are in the store, waiting in steps (with [`housekeeping`](Self::housekeeping)) so that
+    /// [`Receiver::stop`] and the store's close are heard. The receiver never makes its store
+    /// evict (under `DropOldest`), refuse (`ReturnError`) or block (`Block`) what it received:
+    /// the broker holds the backlog. Gives up (the event stays pending at the broker) when
+    /// stopped, or after `forget_after` without room: a store that stopped running.
+    fn enqueue(&mut self, event: E, stop: &AtomicBool) -> Result<crate::Enqueued, EnqueueError<E>> {
+        let started = Instant::now();
         let mut pause = Duration::from_micros(20);
-        while self.producer.room() == 0 && !self.producer.store().is_closed() {
-            if stop.load(Ordering::Acquire) {
+        while (self.producer.room() == 0 || self.in_flight.len() >= self.options.max_in_flight)
+            && !self.producer.store().is_closed()
+        {
+            if stop.load(Ordering::Acquire) || started.elapsed() >= self.options.forget_after {
                 return Err(EnqueueError::Timeout(event));
             }
-            self.acknowledge_settled();
-            self.keep_alive();
+            self.housekeeping();
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
         }
-        loop {
-            match self
-                .producer
-                .enqueue_timeout(event, Duration::from_millis(50))
-            {
-                Err(EnqueueError::Timeout(back)) if !stop.load(Ordering::Acquire) => {
-                    // Settled events free room in `in_flight` meanwhile, and the entries
-                    // waiting in the store are kept from other consumers.
-                    self.acknowledge_settled();
-                    self.keep_alive();
-                    event = back;
-                }
-                other => return other,
-            }
-        }
+        // With room, this neither waits nor evicts; a closed store hands the event back.
+        self.producer.enqueue(event)
     }
 
     /// Acknowledges the entries whose events the store settled since the last call, and
@@ -567,6 +576,8 @@ where
     fn acknowledge_settled(&mut self) {
         while let Some(sequence) = self.settled.pop() {
             if let Some(done) = self.in_flight.remove(&sequence) {
+                bump(&self.counters.handled, 1);
+                self.in_store_ids.remove(&done.id);
                 self.dedup.first_time(done.id);
                 self.left_store(&done.entry, true);
             } else if let Some(id) = self.forgotten.remove(&sequence) {
@@ -592,15 +603,25 @@ where
             return;
         }
         self.last_keep_alive = now;
-        let mut due = Vec::new();
-        for (entry, open) in &mut self.entries {
-            if now.duration_since(open.since) >= every {
-                open.since = now;
-                due.push(entry.clone());
-            }
+        let due: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, open)| now.duration_since(open.since) >= every)
+            .map(|(entry, _)| entry.clone())
+            .collect();
+        if due.is_empty() {
+            return;
         }
-        if !due.is_empty() && contained(&mut self.backend, |b| b.keep_alive(&due)).is_err() {
-            bump(&self.counters.backend_errors, 1);
+        // Refreshed only once the broker took it: a failed call is tried at the next scan.
+        match contained(&mut self.backend, |b| b.keep_alive(&due)) {
+            Ok(()) => {
+                for entry in &due {
+                    if let Some(open) = self.entries.get_mut(entry) {
+                        open.since = now;
+                    }
+                }
+            }
+            Err(_) => bump(&self.counters.backend_errors, 1),
         }
     }
 
@@ -635,6 +656,7 @@ where
         bump(&self.counters.forgotten, stale.len() as u64);
         for sequence in stale {
             if let Some(gone) = self.in_flight.remove(&sequence) {
+                self.in_store_ids.remove(&gone.id);
                 self.left_store(&gone.entry, false);
                 self.forgotten.insert(sequence, gone.id);
                 self.forgotten_order.push_back(sequence);
