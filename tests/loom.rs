@@ -742,6 +742,43 @@ fn publish_wait_is_woken_by_the_single_producer() {
     });
 }
 
+/// `Producer::room` racing a publisher that empties the lane: the producer enqueues only
+/// while `room` says there is some (as the bridge's receiver does), so under `DropOldest` it
+/// never evicts, and every event it put in runs. `room` may understate what a racing publisher
+/// freed, never overstate it.
+#[test]
+fn room_is_never_more_than_the_lane_takes() {
+    model(2, || {
+        let (store, mut producer, seen) = store_with_producer(2, OverrunPolicy::DropOldest);
+        let feed = thread::spawn(move || {
+            let mut put = 0;
+            let mut tries = 0;
+            while put < 3 && tries < 6 {
+                tries += 1;
+                if producer.room() == 0 {
+                    thread::yield_now();
+                    continue;
+                }
+                let enqueued = producer.enqueue(Ev::new(1, put)).unwrap();
+                assert_eq!(enqueued.dropped, 0, "room said there was room");
+                put += 1;
+            }
+            put
+        });
+        let publisher = {
+            let store = store.clone();
+            thread::spawn(move || {
+                store.publish();
+            })
+        };
+        let put = feed.join().unwrap();
+        publisher.join().unwrap();
+        store.publish();
+        assert_eq!(store.metrics().dropped, 0);
+        assert_eq!(seen.lock().unwrap().len() as u64, put);
+    });
+}
+
 /// Both lanes at once: the single producer and an outside producer on the shared ring, one
 /// publisher, a ring of 1 each under `Block`. Everything gets through, each lane in order.
 #[test]
