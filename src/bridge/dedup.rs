@@ -44,6 +44,13 @@ impl DedupWindow {
         true
     }
 
+    /// Takes `id` out of the window (its event did not get handled after all: it must run
+    /// when it comes again). Its place in the window's order stays until it ages out: if the
+    /// id is seen again meanwhile, it leaves the window that much earlier.
+    pub fn forget(&mut self, id: &EventId) {
+        self.seen.remove(id);
+    }
+
     /// True if `id` is in the window (without offering it).
     pub fn contains(&self, id: &EventId) -> bool {
         self.seen.contains(id)
@@ -74,6 +81,16 @@ mod tests {
             origin: 1,
             sequence,
         }
+    }
+
+    #[test]
+    fn a_forgotten_id_is_new_again() {
+        let mut window = DedupWindow::new(4);
+        assert!(window.first_time(id(1)));
+        window.forget(&id(1));
+        assert!(!window.contains(&id(1)));
+        assert!(window.first_time(id(1)), "offered again, it is new");
+        assert!(window.contains(&id(1)));
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl ReceiveOptions {
         self
     }
 
-    /// How many handled event ids are remembered to drop repeats ([`DedupWindow`]).
+    /// How many event ids are remembered to drop repeats ([`DedupWindow`]): those of the
+    /// events enqueued most recently, in the store or handled (one forgotten unsettled is
+    /// taken out, to run when it comes again).
     pub fn dedup(mut self, ids: usize) -> Self {
         self.dedup = ids;
         self
@@ -217,7 +219,6 @@ impl Receiver {
             in_flight: HashMap::new(),
             entries: HashMap::new(),
             ack: Vec::new(),
-            in_store_ids: ahash::AHashSet::new(),
             last_forget: Instant::now(),
             keep_alive_every,
             last_keep_alive: Instant::now(),
@@ -326,8 +327,6 @@ struct Run<E: Event + Send + 'static, Err: 'static, C, B> {
     entries: HashMap<String, OpenEntry>,
     /// Entries to acknowledge, gathered for one round trip.
     ack: Vec<String>,
-    /// The ids of the events in `in_flight`: a repeat of one is a duplicate.
-    in_store_ids: ahash::AHashSet<EventId>,
     /// When stale events were last forgotten.
     last_forget: Instant,
     /// The backend's keep-alive period, asked once.
@@ -446,7 +445,9 @@ where
                     Taken::Done => {}
                     Taken::InStore(sequence, id) => {
                         open.in_store += 1;
-                        self.in_store_ids.insert(id);
+                        // In the window from now: a repeat read while it is in the store is a
+                        // duplicate too (taken out again if it is forgotten).
+                        self.dedup.first_time(id);
                         self.in_flight.insert(
                             sequence,
                             InFlight {
@@ -486,7 +487,7 @@ where
         };
         // A repeat of an event handled, or still in the store (a resend read with its
         // original, or an id twice in one entry): the original's entry carries it.
-        if self.dedup.contains(&incoming.id) || self.in_store_ids.contains(&incoming.id) {
+        if self.dedup.contains(&incoming.id) {
             bump(&self.counters.duplicates, 1);
             return Taken::Done;
         }
@@ -571,14 +572,12 @@ where
         self.producer.enqueue(event)
     }
 
-    /// Acknowledges the entries whose events the store settled since the last call, and
-    /// remembers the events' ids as handled.
+    /// Acknowledges the entries whose events the store settled since the last call (their ids
+    /// are in the window since they were enqueued).
     fn acknowledge_settled(&mut self) {
         while let Some(sequence) = self.settled.pop() {
             if let Some(done) = self.in_flight.remove(&sequence) {
                 bump(&self.counters.handled, 1);
-                self.in_store_ids.remove(&done.id);
-                self.dedup.first_time(done.id);
                 self.left_store(&done.entry, true);
             } else if let Some(id) = self.forgotten.remove(&sequence) {
                 // Settled after it was forgotten: its entry stays pending, and comes back.
@@ -656,7 +655,7 @@ where
         bump(&self.counters.forgotten, stale.len() as u64);
         for sequence in stale {
             if let Some(gone) = self.in_flight.remove(&sequence) {
-                self.in_store_ids.remove(&gone.id);
+                self.dedup.forget(&gone.id);
                 self.left_store(&gone.entry, false);
                 self.forgotten.insert(sequence, gone.id);
                 self.forgotten_order.push_back(sequence);
