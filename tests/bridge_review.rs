@@ -21,36 +21,15 @@ use ringbus::bridge::{
 use ringbus::{ConsumerThread, Dispatcher, EventStore, OverrunPolicy, Producer, WaitStrategy};
 
 mod support {
+    pub mod bridge_ev;
     pub mod deadline;
     pub mod redis_server;
 }
+use support::bridge_ev::{Ev, wait_until};
 use support::deadline::deadline;
 use support::redis_server::RedisServer;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Ev {
-    n: u64,
-}
-
-impl ringbus::Event for Ev {
-    type Projection = &'static str;
-    fn projection(&self) -> &'static str {
-        "ev"
-    }
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while !done() {
-        if started.elapsed() > limit {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-    true
-}
 
 /// A store of `capacity` whose "ev" handler runs `handle`, and its producer.
 fn store(

@@ -10,9 +10,11 @@ use ringbus::bridge::{
 };
 
 mod support {
+    pub mod bridge_ev;
     pub mod deadline;
     pub mod redis_server;
 }
+use support::bridge_ev::{Ev, wait_until};
 use support::deadline::deadline;
 use support::redis_server::RedisServer;
 
@@ -58,31 +60,6 @@ fn receive_n(backend: &mut RedisStreams, n: usize, ack: bool, limit: Duration) -
         all.extend(batch);
     }
     all
-}
-
-/// The receiving tests' event: a number, on one projection.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Ev {
-    n: u64,
-}
-
-impl ringbus::Event for Ev {
-    type Projection = &'static str;
-    fn projection(&self) -> &'static str {
-        "ev"
-    }
-}
-
-/// Polls `done` until it holds (true) or `limit` passes (false).
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while !done() {
-        if started.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
 }
 
 fn payload_of(received: &Received) -> &[u8] {
